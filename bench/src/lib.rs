@@ -1,0 +1,1 @@
+//! Load generator for spate; the load-generator issue fills this crate.
