@@ -1,0 +1,193 @@
+//! Kafka v2 record batches as opaque bytes: header parsing, validation and the
+//! in-place patches the broker is allowed to make. Records are never decoded.
+//!
+//! Header layout (big-endian):
+//! `baseOffset i64 | batchLength i32 | partitionLeaderEpoch i32 | magic i8 | crc u32 |
+//!  attributes i16 | lastOffsetDelta i32 | baseTimestamp i64 | maxTimestamp i64 |
+//!  producerId i64 | producerEpoch i16 | baseSequence i32 | recordCount i32`.
+//! The CRC32C covers `attributes` to the end, so baseOffset and
+//! partitionLeaderEpoch can be rewritten without recomputing it.
+
+/// Bytes in a v2 batch header.
+pub const HEADER_BYTES: usize = 61;
+/// Bytes before the batchLength-counted part (baseOffset + batchLength).
+pub const LOG_OVERHEAD_BYTES: usize = 12;
+const LENGTH_AT: usize = 8;
+const EPOCH_AT: usize = 12;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+const ATTRIBUTES_AT: usize = 21;
+const LAST_DELTA_AT: usize = 23;
+const MAX_TIMESTAMP_AT: usize = 35;
+const RECORD_COUNT_AT: usize = 57;
+const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
+
+/// Why a batch was refused. Each maps to one Kafka error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchError {
+    /// Truncated header or a length that runs past the data (CORRUPT_MESSAGE).
+    Truncated,
+    /// Magic other than 2: the pre-0.11 message formats (INVALID_RECORD).
+    OldMagic(i8),
+    /// CRC32C does not match (CORRUPT_MESSAGE).
+    BadCrc,
+    /// Record count or lastOffsetDelta impossible (INVALID_RECORD).
+    BadCount,
+    /// Larger than max.message.bytes (MESSAGE_TOO_LARGE).
+    TooLarge { batch_bytes: usize },
+}
+
+/// What the broker reads from a batch header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub base_offset: i64,
+    /// Whole batch, header included.
+    pub total_bytes: usize,
+    pub leader_epoch: i32,
+    pub last_offset_delta: i32,
+    pub max_timestamp: i64,
+    pub record_count: i32,
+}
+
+impl BatchInfo {
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + self.last_offset_delta as i64
+    }
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads the header at the start of `bytes` without checking the CRC.
+/// Fails if the header or the batch it announces is not wholly present.
+pub fn peek(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(BatchError::Truncated);
+    }
+    let length = be_i32(bytes, LENGTH_AT);
+    if length < (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32 {
+        return Err(BatchError::Truncated);
+    }
+    let total_bytes = length as usize + LOG_OVERHEAD_BYTES;
+    if total_bytes > bytes.len() {
+        return Err(BatchError::Truncated);
+    }
+    let magic = bytes[MAGIC_AT] as i8;
+    if magic != 2 {
+        return Err(BatchError::OldMagic(magic));
+    }
+    Ok(BatchInfo {
+        base_offset: be_i64(bytes, 0),
+        total_bytes,
+        leader_epoch: be_i32(bytes, EPOCH_AT),
+        last_offset_delta: be_i32(bytes, LAST_DELTA_AT),
+        max_timestamp: be_i64(bytes, MAX_TIMESTAMP_AT),
+        record_count: be_i32(bytes, RECORD_COUNT_AT),
+    })
+}
+
+/// Full check of the batch at the start of `bytes`: framing, magic, CRC32C,
+/// record count, and size against `max_batch_bytes`.
+pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
+    let info = peek(bytes)?;
+    if info.total_bytes > max_batch_bytes {
+        return Err(BatchError::TooLarge { batch_bytes: info.total_bytes });
+    }
+    let stored_crc = be_i32(bytes, CRC_AT) as u32;
+    if crc32c::crc32c(&bytes[ATTRIBUTES_AT..info.total_bytes]) != stored_crc {
+        return Err(BatchError::BadCrc);
+    }
+    if info.record_count < 1 || info.last_offset_delta != info.record_count - 1 {
+        return Err(BatchError::BadCount);
+    }
+    Ok(info)
+}
+
+/// The 16-byte prefix a stored batch carries: its assigned base offset, its
+/// length, and the leader epoch that appended it.
+pub fn patched_prefix(original: &[u8], base_offset: i64, leader_epoch: i32) -> [u8; 16] {
+    let mut prefix = [0u8; 16];
+    prefix[..8].copy_from_slice(&base_offset.to_be_bytes());
+    prefix[8..12].copy_from_slice(&original[LENGTH_AT..LENGTH_AT + 4]);
+    prefix[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+    prefix
+}
+
+/// Rewrites a batch for a LogAppendTime topic: timestamp type bit set,
+/// maxTimestamp = `now_ms`, CRC recomputed. The records stay compressed.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    let attributes = be_i16(batch, ATTRIBUTES_AT) | TIMESTAMP_TYPE_BIT;
+    batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// A minimal valid uncompressed batch holding `count` empty-valued records.
+    pub fn sample_batch(count: i32, max_timestamp: i64) -> Vec<u8> {
+        let mut records = Vec::new();
+        for i in 0..count {
+            // length, attributes, timestampDelta, offsetDelta(i), keyLen -1, valueLen 0, headers 0
+            let body = [0u8, 0, (i as u8) << 1, 1, 0, 0];
+            records.push((body.len() as u8) << 1);
+            records.extend_from_slice(&body);
+        }
+        let mut b = vec![0u8; HEADER_BYTES];
+        b.extend_from_slice(&records);
+        let len = (b.len() - LOG_OVERHEAD_BYTES) as i32;
+        b[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&len.to_be_bytes());
+        b[MAGIC_AT] = 2;
+        b[LAST_DELTA_AT..LAST_DELTA_AT + 4].copy_from_slice(&(count - 1).to_be_bytes());
+        b[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+        b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+        b[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_AT..]);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn validates_and_patches_without_touching_crc() {
+        let batch = sample_batch(3, 1_000);
+        let info = validate(&batch, 1 << 20).unwrap();
+        assert_eq!((info.record_count, info.last_offset_delta, info.total_bytes), (3, 2, batch.len()));
+        let mut stored = batch.clone();
+        stored[..16].copy_from_slice(&patched_prefix(&batch, 42, 7));
+        let info = validate(&stored, 1 << 20).unwrap();
+        assert_eq!((info.base_offset, info.leader_epoch, info.last_offset()), (42, 7, 44));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let batch = sample_batch(2, 5);
+        assert_eq!(validate(&batch[..40], 1 << 20), Err(BatchError::Truncated));
+        assert_eq!(validate(&batch[..batch.len() - 1], 1 << 20), Err(BatchError::Truncated));
+        let mut bad_crc = batch.clone();
+        *bad_crc.last_mut().unwrap() ^= 0xff;
+        assert_eq!(validate(&bad_crc, 1 << 20), Err(BatchError::BadCrc));
+        let mut old = batch.clone();
+        old[MAGIC_AT] = 1;
+        assert_eq!(validate(&old, 1 << 20), Err(BatchError::OldMagic(1)));
+        assert_eq!(validate(&batch, 10), Err(BatchError::TooLarge { batch_bytes: batch.len() }));
+    }
+
+    #[test]
+    fn log_append_time_keeps_batch_valid() {
+        let mut batch = sample_batch(1, 5);
+        set_log_append_time(&mut batch, 99);
+        let info = validate(&batch, 1 << 20).unwrap();
+        assert_eq!(info.max_timestamp, 99);
+        assert_ne!(be_i16(&batch, ATTRIBUTES_AT) & TIMESTAMP_TYPE_BIT, 0);
+    }
+}

@@ -1,0 +1,398 @@
+//! A partition's log: an ordered run of segments, the last one active, plus a
+//! bounded cache of the newest batches. Knows nothing of the Kafka wire.
+//!
+//! All methods here are synchronous; anything that waits for the disk is
+//! returned as a job for [`super::partition::Partition`] to run without holding
+//! the log borrowed.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use glommio::io::DmaFile;
+
+use super::batch::{self, BatchError, BatchInfo};
+use super::segment::{FlushJob, Segment};
+
+/// Per-partition log settings (Kafka topic configs where one exists).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogConfig {
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    /// -1: keep forever.
+    pub retention_ms: i64,
+    /// -1: no size limit.
+    pub retention_bytes: i64,
+    pub max_message_bytes: usize,
+    pub index_interval_bytes: u64,
+    pub log_append_time: bool,
+    /// Aligned write buffer per active segment.
+    pub write_buffer_bytes: usize,
+    /// Bound on the tail cache of this partition (unflushed batches always stay).
+    pub cache_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            max_message_bytes: 1_048_588,
+            index_interval_bytes: 4096,
+            log_append_time: false,
+            write_buffer_bytes: 1 << 20,
+            cache_bytes: 8 << 20,
+        }
+    }
+}
+
+/// A stored batch held in memory: its 16-byte patched prefix and the rest,
+/// which may still point into the producer's request buffer.
+#[derive(Clone, Debug)]
+pub struct CachedBatch {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub prefix: Bytes,
+    pub body: Bytes,
+}
+
+impl CachedBatch {
+    pub fn len(&self) -> usize {
+        self.prefix.len() + self.body.len()
+    }
+}
+
+/// Where the bytes of a fetch come from.
+pub enum ReadPlan {
+    /// Offset not in [log start, log end].
+    OutOfRange,
+    /// Whole batches from the cache, as write segments.
+    Cached(Vec<Bytes>),
+    /// Read `len` bytes at `position` of a segment file, then keep batches
+    /// ending at or after `offset`, cut to the byte budget.
+    Disk { file: Rc<DmaFile>, position: u64, len: usize, readable: u64, offset: i64, max_bytes: usize },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The broker time written into the batches, for LogAppendTime topics.
+    pub log_append_time_ms: i64,
+}
+
+pub struct PartitionLog {
+    pub dir: PathBuf,
+    pub config: LogConfig,
+    pub leader_epoch: i32,
+    segments: Vec<Segment>,
+    log_start_offset: i64,
+    /// Offsets below this are written to the segment files.
+    flushed_offset: i64,
+    /// Offsets below this have been fdatasync'd.
+    synced_offset: i64,
+    cache: VecDeque<CachedBatch>,
+    cache_bytes: usize,
+}
+
+pub const LOG_START_FILE: &str = "log-start-offset";
+
+impl PartitionLog {
+    /// Wraps recovered segments (oldest first, last writable).
+    pub fn new(dir: &Path, config: LogConfig, leader_epoch: i32, segments: Vec<Segment>, log_start_offset: i64) -> Self {
+        assert!(segments.last().is_some_and(Segment::is_writable), "a log has a writable active segment");
+        let end = segments.last().map_or(0, |s| s.next_offset);
+        let first_base = segments.first().map_or(0, |s| s.base_offset);
+        PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            leader_epoch,
+            segments,
+            log_start_offset: log_start_offset.max(first_base).min(end),
+            flushed_offset: end,
+            synced_offset: end,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        }
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// One past the last stored offset (the high watermark on a single node).
+    pub fn end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    pub fn flushed_offset(&self) -> i64 {
+        self.flushed_offset
+    }
+
+    pub fn synced_offset(&self) -> i64 {
+        self.synced_offset
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("log has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("log has an active segment")
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.active().pending_bytes()
+    }
+
+    /// Checks every batch of a produce payload without storing anything.
+    pub fn validate(&self, records: &[u8]) -> Result<usize, BatchError> {
+        let mut at = 0;
+        let mut batches = 0;
+        while at < records.len() {
+            let info = batch::validate(&records[at..], self.config.max_message_bytes)?;
+            at += info.total_bytes;
+            batches += 1;
+        }
+        if batches == 0 {
+            return Err(BatchError::BadCount);
+        }
+        Ok(batches)
+    }
+
+    /// Whether appending `bytes` more needs a new segment first.
+    pub fn needs_roll(&self, bytes: usize, now_ms: i64) -> bool {
+        let active = self.active();
+        if !active.is_writable() {
+            return true;
+        }
+        let full = active.size_bytes > 0 && active.size_bytes + bytes as u64 > self.config.segment_bytes;
+        let old = active.first_append_ms.is_some_and(|t| now_ms - t >= self.config.segment_ms);
+        full || old
+    }
+
+    /// Appends a validated produce payload: assigns offsets, copies it into the
+    /// active segment's write buffer, and caches it. Never decompresses.
+    pub fn append(&mut self, records: &Bytes, now_ms: i64) -> AppendInfo {
+        let first = self.end_offset();
+        let mut at = 0;
+        while at < records.len() {
+            let info = batch::peek(&records[at..]).expect("payload was validated");
+            let whole = records.slice(at..at + info.total_bytes);
+            self.append_batch(whole, &info, now_ms);
+            at += info.total_bytes;
+        }
+        let log_append_time_ms = if self.config.log_append_time { now_ms } else { -1 };
+        AppendInfo { base_offset: first, last_offset: self.end_offset() - 1, log_append_time_ms }
+    }
+
+    fn append_batch(&mut self, whole: Bytes, info: &BatchInfo, now_ms: i64) {
+        let base_offset = self.end_offset();
+        let next_offset = base_offset + info.last_offset_delta as i64 + 1;
+        let (prefix, body, max_timestamp) = if self.config.log_append_time {
+            let mut copy = BytesMut::from(&whole[..]);
+            batch::set_log_append_time(&mut copy, now_ms);
+            copy[..16].copy_from_slice(&batch::patched_prefix(&whole, base_offset, self.leader_epoch));
+            let copy = copy.freeze();
+            (copy.slice(..16), copy.slice(16..), now_ms)
+        } else {
+            let prefix = batch::patched_prefix(&whole, base_offset, self.leader_epoch);
+            (Bytes::copy_from_slice(&prefix), whole.slice(16..), info.max_timestamp)
+        };
+        let interval = self.config.index_interval_bytes;
+        self.active_mut().append(&[&prefix, &body], base_offset, next_offset, max_timestamp, now_ms, interval);
+        self.cache_bytes += prefix.len() + body.len();
+        self.cache.push_back(CachedBatch { base_offset, last_offset: next_offset - 1, max_timestamp, prefix, body });
+        self.trim_cache();
+    }
+
+    /// Drops the oldest cached batches beyond the bound, never unflushed ones.
+    fn trim_cache(&mut self) {
+        while self.cache_bytes > self.config.cache_bytes {
+            match self.cache.front() {
+                Some(front) if front.last_offset < self.flushed_offset => {
+                    self.cache_bytes -= front.len();
+                    self.cache.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Takes the active segment's pending writes, and the offset they cover.
+    pub fn begin_flush(&mut self) -> (Option<FlushJob>, i64) {
+        let end = self.end_offset();
+        (self.active_mut().begin_flush(), end)
+    }
+
+    pub fn finish_flush(&mut self, flushed_to_bytes: u64, offset: i64) {
+        self.active_mut().finish_flush(flushed_to_bytes);
+        self.flushed_offset = self.flushed_offset.max(offset);
+        self.trim_cache();
+    }
+
+    pub fn finish_sync(&mut self, offset: i64) {
+        self.synced_offset = self.synced_offset.max(offset);
+    }
+
+    pub fn active_file(&self) -> Rc<DmaFile> {
+        self.active().file()
+    }
+
+    /// Marks the (flushed) active segment read-only and returns what sealing
+    /// it must persist; the caller then pushes the next segment.
+    pub fn seal_active(&mut self) -> super::segment::SealJob {
+        let active = self.active_mut();
+        active.stop_appending();
+        active.seal_job()
+    }
+
+    pub fn push_segment(&mut self, segment: Segment) {
+        assert_eq!(segment.base_offset, self.end_offset(), "segments are contiguous");
+        self.segments.push(segment);
+    }
+
+    /// Plans a read of up to `max_bytes` (at least one whole batch) from `offset`.
+    pub fn plan_read(&self, offset: i64, max_bytes: usize) -> ReadPlan {
+        if offset < self.log_start_offset || offset > self.end_offset() {
+            return ReadPlan::OutOfRange;
+        }
+        if offset == self.end_offset() {
+            return ReadPlan::Cached(Vec::new());
+        }
+        if self.cache.front().is_some_and(|b| b.base_offset <= offset) {
+            return ReadPlan::Cached(self.read_cache(offset, max_bytes));
+        }
+        self.plan_disk_read(offset, max_bytes)
+    }
+
+    fn read_cache(&self, offset: i64, max_bytes: usize) -> Vec<Bytes> {
+        let start = self.cache.partition_point(|b| b.last_offset < offset);
+        let mut parts = Vec::new();
+        let mut bytes = 0;
+        for cached in self.cache.range(start..) {
+            if bytes > 0 && bytes + cached.len() > max_bytes {
+                break;
+            }
+            bytes += cached.len();
+            parts.push(cached.prefix.clone());
+            parts.push(cached.body.clone());
+        }
+        parts
+    }
+
+    fn plan_disk_read(&self, offset: i64, max_bytes: usize) -> ReadPlan {
+        let i = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let Some(segment) = self.segments[i..].iter().find(|s| s.next_offset > offset) else {
+            return ReadPlan::Cached(Vec::new());
+        };
+        let relative = (offset.max(segment.base_offset) - segment.base_offset) as u32;
+        let position = segment.index.position_for(relative) as u64;
+        let readable = segment.flushed_bytes.min(segment.size_bytes);
+        // Read past the budget by one index interval: the start may precede `offset`.
+        let want = max_bytes as u64 + self.config.index_interval_bytes + batch::HEADER_BYTES as u64;
+        let len = want.min(readable.saturating_sub(position)) as usize;
+        ReadPlan::Disk { file: segment.file(), position, len, readable, offset, max_bytes }
+    }
+
+    /// Segments from the one holding the first batch whose max timestamp is at
+    /// least `timestamp`: (file, scan start, readable bytes), or None.
+    pub fn plan_time_lookup(&self, timestamp: i64) -> Option<(Rc<DmaFile>, u64, u64)> {
+        let segment = self.segments.iter().find(|s| s.max_timestamp >= timestamp && s.next_offset > self.log_start_offset)?;
+        let relative = segment.index.scan_start_for_time(timestamp);
+        let position = segment.index.position_for(relative) as u64;
+        Some((segment.file(), position, segment.flushed_bytes.min(segment.size_bytes)))
+    }
+
+    /// First cached batch whose max timestamp reaches `timestamp`.
+    pub fn cached_time_lookup(&self, timestamp: i64) -> Option<(i64, i64)> {
+        self.cache.iter().find(|b| b.max_timestamp >= timestamp).map(|b| (b.max_timestamp, b.base_offset))
+    }
+
+    /// The batch with the greatest timestamp: (timestamp, its last offset).
+    pub fn max_timestamp_offset(&self) -> Option<(i64, i64)> {
+        let segment = self.segments.iter().filter(|s| s.next_offset > s.base_offset).max_by_key(|s| s.max_timestamp)?;
+        Some((segment.max_timestamp, segment.next_offset - 1))
+    }
+
+    /// Advances the log start (DeleteRecords); returns the new start.
+    pub fn advance_start(&mut self, offset: i64) -> i64 {
+        self.log_start_offset = self.log_start_offset.max(offset.min(self.end_offset()));
+        while self.cache.front().is_some_and(|b| b.last_offset < self.log_start_offset && b.last_offset < self.flushed_offset) {
+            let front = self.cache.pop_front().expect("checked non-empty");
+            self.cache_bytes -= front.len();
+        }
+        self.log_start_offset
+    }
+
+    /// Removes sealed segments wholly below the log start, or expired by
+    /// retention.ms / retention.bytes. Returns them for the caller to delete.
+    pub fn take_expired_segments(&mut self, now_ms: i64) -> Vec<Segment> {
+        let mut total = self.size_bytes() as i64;
+        let mut expired = 0;
+        for segment in &self.segments[..self.segments.len() - 1] {
+            let below_start = segment.next_offset <= self.log_start_offset;
+            let too_old = self.config.retention_ms >= 0 && segment.max_timestamp >= 0 && now_ms - segment.max_timestamp > self.config.retention_ms;
+            let too_big = self.config.retention_bytes >= 0 && total - segment.size_bytes as i64 >= self.config.retention_bytes;
+            if !(below_start || too_old || too_big) {
+                break;
+            }
+            total -= segment.size_bytes as i64;
+            expired += 1;
+        }
+        let removed: Vec<Segment> = self.segments.drain(..expired).collect();
+        if let Some(first) = self.segments.first() {
+            self.advance_start(first.base_offset);
+        }
+        removed
+    }
+
+    /// The oldest offset an OffsetForLeaderEpoch answer may give for `epoch`:
+    /// single-node logs have had one leader epoch from offset 0.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        (epoch <= self.leader_epoch && epoch >= 0).then_some((self.leader_epoch, self.end_offset()))
+    }
+}
+
+/// Keeps whole batches from `data` (read from disk at a batch boundary) that
+/// end at or after `offset`, within `max_bytes` but at least one.
+pub fn cut_batches(data: Bytes, offset: i64, max_bytes: usize) -> Bytes {
+    let mut start = None;
+    let mut at = 0;
+    while let Ok(info) = batch::peek(&data[at..]) {
+        if info.last_offset() < offset {
+            at += info.total_bytes;
+            continue;
+        }
+        let first = *start.get_or_insert(at);
+        if at > first && at + info.total_bytes - first > max_bytes {
+            break;
+        }
+        at += info.total_bytes;
+    }
+    match start {
+        Some(first) => data.slice(first..at),
+        None => Bytes::new(),
+    }
+}
+
+/// The length of the first batch in `data`, if its header is there.
+pub fn first_batch_bytes(data: &[u8]) -> Option<usize> {
+    if data.len() < batch::HEADER_BYTES {
+        return None;
+    }
+    let length = i32::from_be_bytes(data[8..12].try_into().expect("4 bytes"));
+    (length > 0).then(|| length as usize + batch::LOG_OVERHEAD_BYTES)
+}

@@ -1,0 +1,14 @@
+//! Storage: partition logs made of segment files, written with O_DIRECT through
+//! io_uring and indexed sparsely. It knows record batches only as framed,
+//! checksummed bytes and nothing of the Kafka wire protocol.
+
+pub mod batch;
+pub mod index;
+pub mod log;
+pub mod partition;
+pub mod recovery;
+pub mod segment;
+
+pub use log::{LogConfig, PartitionLog};
+pub use partition::{now_ms, Durability, Partition, StorageError};
+pub use recovery::open_log;

@@ -1,0 +1,252 @@
+//! A partition as its owning shard sees it: the log behind a `RefCell`, plus
+//! the async steps around it — group-committed flushes and syncs, segment
+//! rolls, disk reads, and waking long-polling fetches when data arrives.
+//!
+//! Borrows of the log never span an `.await`: each step borrows, takes a job,
+//! releases, awaits the job, and borrows again to record the result.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use glommio::sync::Semaphore;
+
+use super::batch::BatchError;
+use super::log::{cut_batches, AppendInfo, PartitionLog, ReadPlan, LOG_START_FILE};
+use super::segment::{read_at, Segment};
+
+#[derive(Debug)]
+pub enum StorageError {
+    Batch(BatchError),
+    OffsetOutOfRange,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        StorageError::Io(e)
+    }
+}
+
+/// How long a produce waits before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// acks=0: in the write buffer.
+    Buffered,
+    /// acks=1: written to the segment file.
+    Written,
+    /// acks=all: written and fdatasync'd.
+    Synced,
+}
+
+pub struct Partition {
+    pub log: RefCell<PartitionLog>,
+    /// Serialises flushes, syncs and rolls: one disk write stream per partition.
+    flush_lock: Semaphore,
+    /// Fetches waiting for data past the end; bounded by in-flight fetches.
+    data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Pending bytes past which an append first waits for a flush.
+    max_pending_bytes: usize,
+}
+
+impl Partition {
+    pub fn new(log: PartitionLog) -> Partition {
+        let max_pending_bytes = log.config.write_buffer_bytes * 4;
+        Partition { log: RefCell::new(log), flush_lock: Semaphore::new(1), data_waiters: RefCell::new(Vec::new()), max_pending_bytes }
+    }
+
+    /// Validates, stores, and waits for `durability`.
+    pub async fn produce(&self, records: Bytes, durability: Durability, now_ms: i64) -> Result<AppendInfo, StorageError> {
+        self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
+        if self.log.borrow().needs_roll(records.len(), now_ms) {
+            self.roll(records.len(), now_ms).await?;
+        }
+        if self.log.borrow().pending_bytes() > self.max_pending_bytes {
+            self.flush(false).await?;
+        }
+        let info = self.log.borrow_mut().append(&records, now_ms);
+        for waiter in self.data_waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
+        match durability {
+            Durability::Buffered => {}
+            Durability::Written => self.wait_durable(info.last_offset, false).await?,
+            Durability::Synced => self.wait_durable(info.last_offset, true).await?,
+        }
+        Ok(info)
+    }
+
+    /// Returns once `offset` is written (and synced if `sync`). Concurrent
+    /// waiters queue on the flush lock; the first one through writes everything
+    /// appended so far, so the rest usually find their offset already covered.
+    pub async fn wait_durable(&self, offset: i64, sync: bool) -> std::io::Result<()> {
+        loop {
+            let done = {
+                let log = self.log.borrow();
+                if sync { log.synced_offset() > offset } else { log.flushed_offset() > offset }
+            };
+            if done {
+                return Ok(());
+            }
+            self.flush(sync).await?;
+        }
+    }
+
+    /// Writes the active segment's pending buffers, then fdatasyncs if `sync`.
+    pub async fn flush(&self, sync: bool) -> std::io::Result<()> {
+        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.flush_locked(sync).await
+    }
+
+    async fn flush_locked(&self, sync: bool) -> std::io::Result<()> {
+        let (job, offset) = self.log.borrow_mut().begin_flush();
+        if let Some(job) = job {
+            let flushed_to = job.run().await?;
+            self.log.borrow_mut().finish_flush(flushed_to, offset);
+        }
+        if sync && self.log.borrow().synced_offset() < offset {
+            let file = self.log.borrow().active_file();
+            file.fdatasync().await?;
+            self.log.borrow_mut().finish_sync(offset);
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one, if still needed.
+    async fn roll(&self, bytes: usize, now_ms: i64) -> std::io::Result<()> {
+        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if !self.log.borrow().needs_roll(bytes, now_ms) {
+            return Ok(());
+        }
+        self.flush_locked(true).await?;
+        let seal = self.log.borrow_mut().seal_active();
+        seal.run().await?;
+        let (dir, base, buffer_bytes) = {
+            let log = self.log.borrow();
+            (log.dir.clone(), log.end_offset(), log.config.write_buffer_bytes)
+        };
+        let segment = Segment::create(&dir, base, buffer_bytes).await?;
+        self.log.borrow_mut().push_segment(segment);
+        Ok(())
+    }
+
+    /// Reads from `offset`: up to `max_bytes`, at least one whole batch.
+    /// Returns the parts to send, in order.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
+        let plan = self.log.borrow().plan_read(offset, max_bytes);
+        match plan {
+            ReadPlan::OutOfRange => Err(StorageError::OffsetOutOfRange),
+            ReadPlan::Cached(parts) => Ok(parts),
+            ReadPlan::Disk { file, position, len, readable, offset, max_bytes } => {
+                let kept = read_disk(&file, position, len, readable, offset, max_bytes).await?;
+                Ok(if kept.is_empty() { Vec::new() } else { vec![kept] })
+            }
+        }
+    }
+
+    /// Waits until the log grows past `end_offset`, or `timeout` passes.
+    pub async fn wait_for_data(&self, end_offset: i64, timeout: Duration) {
+        if self.log.borrow().end_offset() > end_offset {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.data_waiters.borrow_mut().push(tx);
+        let _ = glommio::timer::timeout(timeout, async move {
+            let _ = rx.await;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// First batch whose max timestamp is at least `timestamp`:
+    /// (that timestamp, its base offset).
+    pub async fn offset_for_time(&self, timestamp: i64) -> std::io::Result<Option<(i64, i64)>> {
+        let plan = self.log.borrow().plan_time_lookup(timestamp);
+        if let Some((file, mut position, readable)) = plan {
+            while position < readable {
+                let chunk = read_at(&file, position, (readable - position).min(1 << 20) as usize).await?;
+                let mut at = 0;
+                while let Ok(info) = super::batch::peek(&chunk[at..]) {
+                    if info.max_timestamp >= timestamp {
+                        return Ok(Some((info.max_timestamp, info.base_offset)));
+                    }
+                    at += info.total_bytes;
+                }
+                if at == 0 {
+                    break;
+                }
+                position += at as u64;
+            }
+        }
+        Ok(self.log.borrow().cached_time_lookup(timestamp))
+    }
+
+    /// DeleteRecords: moves the log start to `offset` and persists it.
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, StorageError> {
+        let (start, dir) = {
+            let mut log = self.log.borrow_mut();
+            if offset > log.end_offset() || offset < 0 {
+                return Err(StorageError::OffsetOutOfRange);
+            }
+            (log.advance_start(offset), log.dir.clone())
+        };
+        glommio::executor().spawn_blocking(move || std::fs::write(dir.join(LOG_START_FILE), start.to_string())).await?;
+        self.enforce_retention(now_ms()).await?;
+        Ok(start)
+    }
+
+    /// Deletes segments past retention or below the log start.
+    pub async fn enforce_retention(&self, now_ms: i64) -> std::io::Result<()> {
+        let expired = self.log.borrow_mut().take_expired_segments(now_ms);
+        for segment in expired {
+            segment.remove().await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and syncs everything; used by the periodic flusher and shutdown.
+    pub async fn flush_all(&self) -> std::io::Result<()> {
+        self.flush(true).await
+    }
+}
+
+/// Reads whole batches from a segment file, starting the search at `position`
+/// (a batch boundary at or before `offset`) and never past `readable`.
+/// Steps forward over batches before `offset`, and widens the read when the
+/// wanted batch is larger than `len`.
+async fn read_disk(file: &glommio::io::DmaFile, mut position: u64, mut len: usize, readable: u64, offset: i64, max_bytes: usize) -> std::io::Result<Bytes> {
+    while position < readable {
+        len = len.min((readable - position) as usize);
+        let data = read_at(file, position, len).await?;
+        let kept = cut_batches(data.clone(), offset, max_bytes);
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
+        let skip = skip_to(&data, offset);
+        match super::log::first_batch_bytes(&data[skip..]) {
+            Some(whole) if skip > 0 || whole > data.len() => {
+                position += skip as u64;
+                len = len.max(whole);
+            }
+            _ => break,
+        }
+    }
+    Ok(Bytes::new())
+}
+
+/// Offset within `data` of the first batch ending at or after `offset`.
+fn skip_to(data: &[u8], offset: i64) -> usize {
+    let mut at = 0;
+    while let Ok(info) = super::batch::peek(&data[at..]) {
+        if info.last_offset() >= offset {
+            break;
+        }
+        at += info.total_bytes;
+    }
+    at
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

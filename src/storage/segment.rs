@@ -1,0 +1,313 @@
+//! One segment file of a partition log, named by its base offset, written with
+//! O_DIRECT through io_uring (glommio `DmaFile`) and read back the same way.
+//!
+//! Appends are copied once, into an aligned write buffer. `flush` writes the
+//! buffers out in large aligned writes; the last, partial block is written
+//! zero-padded and kept in memory, so the next flush rewrites just that block.
+//! The file's logical length (`size_bytes`) is what recovery and readers trust;
+//! sealing truncates the padding away.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+
+use super::index::SegmentIndex;
+
+/// Alignment of O_DIRECT writes.
+pub const BLOCK_BYTES: u64 = 4096;
+
+pub fn log_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+pub fn index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.index"))
+}
+pub fn time_index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.timeindex"))
+}
+
+fn align_down(v: u64) -> u64 {
+    v & !(BLOCK_BYTES - 1)
+}
+fn align_up(v: u64) -> u64 {
+    align_down(v + BLOCK_BYTES - 1)
+}
+
+/// Aligned buffers not yet written, in file order.
+struct Appender {
+    buffer_bytes: usize,
+    /// Full buffers waiting for the next flush: (file position, buffer).
+    sealed: Vec<(u64, DmaBuffer)>,
+    /// The buffer being filled, starting at the aligned file position `current_pos`.
+    current: DmaBuffer,
+    current_pos: u64,
+    current_len: usize,
+}
+
+impl Appender {
+    fn pending_bytes(&self) -> usize {
+        self.sealed.len() * self.buffer_bytes + self.current_len
+    }
+}
+
+pub struct Segment {
+    pub base_offset: i64,
+    pub dir: PathBuf,
+    file: Rc<DmaFile>,
+    /// Logical bytes: everything appended, flushed or not.
+    pub size_bytes: u64,
+    /// Bytes known written to the file (readable from disk).
+    pub flushed_bytes: u64,
+    /// One past the last offset stored here.
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+    /// Wall-clock time of the first append, for segment.ms rolls.
+    pub first_append_ms: Option<i64>,
+    pub index: SegmentIndex,
+    bytes_since_index: u64,
+    appender: Option<Appender>,
+}
+
+impl Segment {
+    async fn open_file(path: &Path) -> std::io::Result<DmaFile> {
+        let file = OpenOptions::new().read(true).write(true).create(true).dma_open(path).await?;
+        Ok(file)
+    }
+
+    /// Creates a new, empty, writable segment.
+    pub async fn create(dir: &Path, base_offset: i64, buffer_bytes: usize) -> std::io::Result<Segment> {
+        let file = Self::open_file(&log_path(dir, base_offset)).await?;
+        file.truncate(0).await?;
+        let mut segment = Segment::with_file(dir, base_offset, file);
+        segment.start_appending(buffer_bytes, Vec::new());
+        Ok(segment)
+    }
+
+    /// Opens an existing segment read-only in spirit; recovery fills in the rest.
+    pub async fn open(dir: &Path, base_offset: i64) -> std::io::Result<Segment> {
+        let file = Self::open_file(&log_path(dir, base_offset)).await?;
+        let mut segment = Segment::with_file(dir, base_offset, file);
+        segment.size_bytes = segment.file.file_size().await?;
+        segment.flushed_bytes = segment.size_bytes;
+        Ok(segment)
+    }
+
+    fn with_file(dir: &Path, base_offset: i64, file: DmaFile) -> Segment {
+        Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file: Rc::new(file),
+            size_bytes: 0,
+            flushed_bytes: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            first_append_ms: None,
+            index: SegmentIndex::default(),
+            bytes_since_index: 0,
+            appender: None,
+        }
+    }
+
+    /// Makes a recovered segment writable at its logical end: cuts the file to
+    /// `size_bytes` and reloads the partial last block into the write buffer.
+    pub async fn resume_appending(&mut self, buffer_bytes: usize) -> std::io::Result<()> {
+        self.file.truncate(self.size_bytes).await?;
+        let block_start = align_down(self.size_bytes);
+        let partial = (self.size_bytes - block_start) as usize;
+        let head = if partial > 0 { read_at(&self.file, block_start, partial).await?.to_vec() } else { Vec::new() };
+        self.start_appending(buffer_bytes, head);
+        Ok(())
+    }
+
+    fn start_appending(&mut self, buffer_bytes: usize, head: Vec<u8>) {
+        assert!(buffer_bytes as u64 % BLOCK_BYTES == 0 && buffer_bytes > 0, "write buffer is whole blocks");
+        let mut current = self.file.alloc_dma_buffer(buffer_bytes);
+        current.as_bytes_mut()[..head.len()].copy_from_slice(&head);
+        self.appender = Some(Appender {
+            buffer_bytes,
+            sealed: Vec::new(),
+            current,
+            current_pos: align_down(self.size_bytes),
+            current_len: head.len(),
+        });
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.appender.is_some()
+    }
+
+    /// Appended bytes not yet handed to the disk.
+    pub fn pending_bytes(&self) -> usize {
+        self.appender.as_ref().map_or(0, Appender::pending_bytes)
+    }
+
+    /// Copies one batch (given as parts) to the end of the segment and indexes it.
+    pub fn append(&mut self, parts: &[&[u8]], first_offset: i64, next_offset: i64, max_timestamp: i64, now_ms: i64, index_interval_bytes: u64) {
+        let position = self.size_bytes;
+        let batch_bytes: usize = parts.iter().map(|p| p.len()).sum();
+        let file = self.file.clone();
+        let appender = self.appender.as_mut().expect("append to a sealed segment");
+        for part in parts {
+            let mut rest: &[u8] = part;
+            while !rest.is_empty() {
+                let room = appender.buffer_bytes - appender.current_len;
+                let n = room.min(rest.len());
+                appender.current.as_bytes_mut()[appender.current_len..appender.current_len + n].copy_from_slice(&rest[..n]);
+                appender.current_len += n;
+                rest = &rest[n..];
+                if appender.current_len == appender.buffer_bytes {
+                    let full = std::mem::replace(&mut appender.current, file.alloc_dma_buffer(appender.buffer_bytes));
+                    appender.sealed.push((appender.current_pos, full));
+                    appender.current_pos += appender.buffer_bytes as u64;
+                    appender.current_len = 0;
+                }
+            }
+        }
+        self.track(position, first_offset, next_offset, max_timestamp, batch_bytes as u64, index_interval_bytes);
+        self.first_append_ms.get_or_insert(now_ms);
+    }
+
+    /// Accounts for a batch now at `position` (appended, or found by recovery):
+    /// size, next offset, max timestamp, and a sparse index entry every
+    /// `index_interval_bytes`.
+    pub fn track(&mut self, position: u64, first_offset: i64, next_offset: i64, max_timestamp: i64, batch_bytes: u64, index_interval_bytes: u64) {
+        let relative = (first_offset - self.base_offset) as u32;
+        self.max_timestamp = self.max_timestamp.max(max_timestamp);
+        let indexed = self.index.last_relative().is_some_and(|last| relative <= last);
+        if !indexed && (self.index.is_empty() || self.bytes_since_index >= index_interval_bytes) {
+            self.index.add(relative, position as u32, self.max_timestamp);
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += batch_bytes;
+        self.size_bytes = position + batch_bytes;
+        self.next_offset = next_offset;
+    }
+
+    /// Starts recovery bookkeeping from a loaded index (tail scan follows).
+    pub fn set_index(&mut self, index: SegmentIndex) {
+        self.max_timestamp = index.max_timestamp().unwrap_or(-1);
+        self.index = index;
+        self.bytes_since_index = 0;
+    }
+
+    /// Takes every pending buffer for writing. Callers serialise flushes of one
+    /// segment (the partial tail block is rewritten by the next flush) and call
+    /// [`Segment::finish_flush`] with the job's result.
+    pub fn begin_flush(&mut self) -> Option<FlushJob> {
+        let appender = self.appender.as_mut()?;
+        if self.size_bytes == self.flushed_bytes {
+            return None;
+        }
+        let mut writes = std::mem::take(&mut appender.sealed);
+        if appender.current_len > 0 {
+            // Write the partial buffer zero-padded to a block; keep its last,
+            // partial block as the start of a fresh buffer.
+            let len = appender.current_len;
+            let keep_from = align_down(len as u64) as usize;
+            let mut fresh = self.file.alloc_dma_buffer(appender.buffer_bytes);
+            fresh.as_bytes_mut()[..len - keep_from].copy_from_slice(&appender.current.as_bytes()[keep_from..len]);
+            let mut out = std::mem::replace(&mut appender.current, fresh);
+            let padded = align_up(len as u64) as usize;
+            out.as_bytes_mut()[len..padded].fill(0);
+            out.trim_to_size(padded);
+            writes.push((appender.current_pos, out));
+            appender.current_pos += keep_from as u64;
+            appender.current_len = len - keep_from;
+        }
+        Some(FlushJob { file: self.file.clone(), writes, flushed_to: self.size_bytes })
+    }
+
+    pub fn finish_flush(&mut self, flushed_to: u64) {
+        self.flushed_bytes = self.flushed_bytes.max(flushed_to);
+    }
+
+    /// Ends appending (after a final flush); the segment is read-only from here.
+    pub fn stop_appending(&mut self) {
+        debug_assert_eq!(self.pending_bytes(), 0, "stop appending only once flushed");
+        self.appender = None;
+    }
+
+    pub fn file(&self) -> Rc<DmaFile> {
+        self.file.clone()
+    }
+
+    /// What sealing must persist: the logical size and the encoded indexes.
+    pub fn seal_job(&self) -> SealJob {
+        SealJob {
+            file: self.file.clone(),
+            size_bytes: self.size_bytes,
+            index: (index_path(&self.dir, self.base_offset), self.index.encode_offsets()),
+            time_index: (time_index_path(&self.dir, self.base_offset), self.index.encode_times()),
+        }
+    }
+
+    /// Deletes the segment's files.
+    pub async fn remove(self) -> std::io::Result<()> {
+        let (dir, base) = (self.dir.clone(), self.base_offset);
+        if let Ok(file) = Rc::try_unwrap(self.file) {
+            let _ = file.close().await;
+        }
+        glommio::executor()
+            .spawn_blocking(move || {
+                for path in [log_path(&dir, base), index_path(&dir, base), time_index_path(&dir, base)] {
+                    let _ = std::fs::remove_file(path);
+                }
+            })
+            .await;
+        Ok(())
+    }
+}
+
+/// Pending aligned writes of one segment, run without holding the log.
+pub struct FlushJob {
+    file: Rc<DmaFile>,
+    writes: Vec<(u64, DmaBuffer)>,
+    flushed_to: u64,
+}
+
+impl FlushJob {
+    /// Issues all writes at once (io_uring queues them) and waits for them.
+    /// Returns the logical size they make durable-on-sync.
+    pub async fn run(self) -> std::io::Result<u64> {
+        let file = &self.file;
+        let writes = self.writes.into_iter().map(|(pos, buf)| file.write_at(buf, pos));
+        for result in futures::future::join_all(writes).await {
+            result?;
+        }
+        Ok(self.flushed_to)
+    }
+}
+
+/// What sealing a flushed segment persists.
+pub struct SealJob {
+    file: Rc<DmaFile>,
+    size_bytes: u64,
+    index: (PathBuf, Vec<u8>),
+    time_index: (PathBuf, Vec<u8>),
+}
+
+impl SealJob {
+    /// Cuts the block padding, syncs the data and writes the index files.
+    pub async fn run(self) -> std::io::Result<()> {
+        self.file.truncate(self.size_bytes).await?;
+        self.file.fdatasync().await?;
+        let (index, time_index) = (self.index, self.time_index);
+        glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<()> {
+                std::fs::write(&index.0, index.1)?;
+                std::fs::write(&time_index.0, time_index.1)
+            })
+            .await
+    }
+}
+
+/// Reads `len` bytes at `position` through io_uring (unaligned is fine).
+pub async fn read_at(file: &DmaFile, position: u64, len: usize) -> std::io::Result<Bytes> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let result = file.read_at(position, len).await?;
+    Ok(Bytes::copy_from_slice(&result[..]))
+}
