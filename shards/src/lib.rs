@@ -12,5 +12,5 @@ pub mod placement;
 pub mod runtime;
 
 pub use mailbox::{Mailbox, Reply, SendError};
-pub use placement::{NodeId, PlacementTable, ShardId};
+pub use placement::{NodeId, Placement, PlacementTable, ShardId};
 pub use runtime::{probe_io_uring, periodic, RuntimeConfig, Shard, ShardRuntime};

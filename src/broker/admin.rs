@@ -1,0 +1,180 @@
+//! Metadata changes, run on the controller shard (0): create and delete
+//! topics, add partitions, alter topic configs. Each change is validated,
+//! persisted to `topics.json`, then installed on every shard before the answer.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use tracing::info;
+
+use super::metadata::{self, random_topic_id, valid_topic_name, ClusterMeta, TopicMeta};
+use super::{Broker, ShardMsg};
+
+/// The controller shard.
+pub const CONTROLLER_SHARD: usize = 0;
+const META_FILE: &str = "topics.json";
+
+#[derive(Debug, Clone)]
+pub enum ConfigChange {
+    Set(String, String),
+    Delete(String),
+}
+
+#[derive(Debug)]
+pub enum AdminOp {
+    CreateTopic { name: String, partitions: i32, configs: BTreeMap<String, String>, validate_only: bool },
+    DeleteTopic { name: String },
+    CreatePartitions { name: String, count: i32, validate_only: bool },
+    /// `replace`: AlterConfigs semantics (unnamed keys revert to defaults).
+    AlterConfigs { name: String, changes: Vec<ConfigChange>, replace: bool, validate_only: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminError {
+    pub code: i16,
+    pub message: String,
+}
+
+pub type AdminResult = Result<(), AdminError>;
+
+fn fail(error: ResponseError, message: impl Into<String>) -> AdminResult {
+    Err(AdminError { code: error.code(), message: message.into() })
+}
+
+impl Broker {
+    /// Runs a metadata change on the controller, from any shard.
+    pub async fn admin(&self, op: AdminOp) -> AdminResult {
+        if self.shard_id == CONTROLLER_SHARD {
+            return self.run_admin(op).await;
+        }
+        self.mailbox
+            .call(CONTROLLER_SHARD, |reply| ShardMsg::Admin { op, reply })
+            .await
+            .unwrap_or_else(|e| fail(ResponseError::UnknownServerError, e.to_string()))
+    }
+
+    pub(super) async fn run_admin(&self, op: AdminOp) -> AdminResult {
+        assert_eq!(self.shard_id, CONTROLLER_SHARD, "metadata changes run on the controller");
+        let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| AdminError { code: -1, message: e.to_string() })?;
+        let mut meta = (*self.meta()).clone();
+        let validate_only = self.apply(&mut meta, op)?;
+        if validate_only {
+            return Ok(());
+        }
+        self.persist(&meta).await.map_err(|e| AdminError { code: ResponseError::KafkaStorageError.code(), message: e.to_string() })?;
+        self.install_everywhere(Arc::new(meta)).await;
+        Ok(())
+    }
+
+    /// Applies `op` to `meta`; returns whether it was validate-only.
+    fn apply(&self, meta: &mut ClusterMeta, op: AdminOp) -> Result<bool, AdminError> {
+        let limit = self.config.max_partitions_per_topic;
+        match op {
+            AdminOp::CreateTopic { name, partitions, configs, validate_only } => {
+                if !valid_topic_name(&name) {
+                    fail(ResponseError::InvalidTopicException, format!("invalid topic name {name:?}"))?;
+                }
+                if meta.topic(&name).is_some() {
+                    fail(ResponseError::TopicAlreadyExists, format!("topic {name:?} already exists"))?;
+                }
+                if partitions < 1 || partitions > limit {
+                    fail(ResponseError::InvalidPartitions, format!("partitions must be 1..={limit}"))?;
+                }
+                if let Err(message) = metadata::log_config(&self.config.log_defaults(), &configs) {
+                    fail(ResponseError::InvalidConfig, message)?;
+                }
+                if !validate_only {
+                    info!(topic = %name, partitions, "creating topic");
+                }
+                meta.put_topic(TopicMeta { name, id: random_topic_id(), partitions, configs, leader_epoch: 0 });
+                Ok(validate_only)
+            }
+            AdminOp::DeleteTopic { name } => {
+                if meta.remove_topic(&name).is_none() {
+                    fail(ResponseError::UnknownTopicOrPartition, format!("no topic {name:?}"))?;
+                }
+                info!(topic = %name, "deleting topic");
+                Ok(false)
+            }
+            AdminOp::CreatePartitions { name, count, validate_only } => {
+                let Some(topic) = meta.topic(&name) else { return fail(ResponseError::UnknownTopicOrPartition, format!("no topic {name:?}")).map(|_| false) };
+                if count <= topic.partitions {
+                    fail(ResponseError::InvalidPartitions, format!("topic has {} partitions; the count can only grow", topic.partitions))?;
+                }
+                if count > limit {
+                    fail(ResponseError::InvalidPartitions, format!("partitions must be at most {limit}"))?;
+                }
+                let mut grown = (**topic).clone();
+                grown.partitions = count;
+                meta.put_topic(grown);
+                Ok(validate_only)
+            }
+            AdminOp::AlterConfigs { name, changes, replace, validate_only } => {
+                let Some(topic) = meta.topic(&name) else { return fail(ResponseError::UnknownTopicOrPartition, format!("no topic {name:?}")).map(|_| false) };
+                let mut altered = (**topic).clone();
+                if replace {
+                    altered.configs.clear();
+                }
+                for change in changes {
+                    match change {
+                        ConfigChange::Set(key, value) => altered.configs.insert(key, value),
+                        ConfigChange::Delete(key) => altered.configs.remove(&key),
+                    };
+                }
+                if let Err(message) = metadata::log_config(&self.config.log_defaults(), &altered.configs) {
+                    fail(ResponseError::InvalidConfig, message)?;
+                }
+                meta.put_topic(altered);
+                Ok(validate_only)
+            }
+        }
+    }
+
+    async fn persist(&self, meta: &ClusterMeta) -> std::io::Result<()> {
+        let dir = self.config.data_dir.clone();
+        let json = meta.to_json();
+        glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<()> {
+                use std::io::Write;
+                std::fs::create_dir_all(&dir)?;
+                let tmp = dir.join(format!("{META_FILE}.tmp"));
+                let mut file = std::fs::File::create(&tmp)?;
+                file.write_all(&json)?;
+                file.sync_all()?;
+                std::fs::rename(&tmp, dir.join(META_FILE))?;
+                std::fs::File::open(&dir)?.sync_all()
+            })
+            .await
+    }
+
+    /// Sends the snapshot to every shard (this one included) and waits for all.
+    pub async fn install_everywhere(&self, meta: Arc<ClusterMeta>) {
+        let installs = (0..self.shard_count).map(|shard| {
+            let meta = meta.clone();
+            Box::pin(async move {
+                if shard == self.shard_id {
+                    self.install(meta).await;
+                } else {
+                    let _ = self.mailbox.call(shard, |reply| ShardMsg::Install { meta, reply }).await;
+                }
+            })
+        });
+        futures::future::join_all(installs).await;
+    }
+
+    /// Controller start-up: loads `topics.json` (if any) and installs it everywhere.
+    pub async fn load_metadata(self: &Rc<Self>) -> anyhow::Result<()> {
+        let path = self.config.data_dir.join(META_FILE);
+        let bytes = glommio::executor().spawn_blocking(move || std::fs::read(path)).await;
+        let meta = match bytes {
+            Ok(bytes) => ClusterMeta::from_json(self.config.node_id, self.shard_count, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClusterMeta::new(self.config.node_id, self.shard_count, Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        info!(topics = meta.topics.len(), "loaded metadata");
+        self.install_everywhere(Arc::new(meta)).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! One shard's share of the broker: the partitions it owns, its snapshot of
+//! the cluster metadata, and the routing that sends work on other shards'
+//! partitions to them as actor messages (the only way shards talk).
+
+pub mod admin;
+pub mod metadata;
+pub mod messages;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::sync::Semaphore;
+use shards::{Mailbox, ShardId};
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::storage::{self, Durability, Partition, StorageError};
+pub use messages::{PartitionError, PartitionOk, PartitionOp, PartitionResult, ShardMsg};
+pub use metadata::{ClusterMeta, TopicMeta, TopicPartition};
+
+pub struct Broker {
+    pub shard_id: ShardId,
+    pub shard_count: usize,
+    pub config: Arc<Config>,
+    pub mailbox: Rc<Mailbox<ShardMsg>>,
+    meta: RefCell<Arc<ClusterMeta>>,
+    partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
+    /// Serialises metadata changes (used on the controller shard).
+    admin_lock: Semaphore,
+    /// Set once the first metadata snapshot is installed.
+    ready: Cell<bool>,
+    pub connections: Cell<usize>,
+}
+
+impl Broker {
+    pub fn new(shard_id: ShardId, shard_count: usize, config: Arc<Config>, mailbox: Rc<Mailbox<ShardMsg>>) -> Broker {
+        let meta = Arc::new(ClusterMeta::new(config.node_id, shard_count, Vec::new()));
+        Broker {
+            shard_id,
+            shard_count,
+            config,
+            mailbox,
+            meta: RefCell::new(meta),
+            partitions: RefCell::new(HashMap::new()),
+            admin_lock: Semaphore::new(1),
+            ready: Cell::new(false),
+            connections: Cell::new(0),
+        }
+    }
+
+    /// The current metadata snapshot (cheap: an `Arc` clone).
+    pub fn meta(&self) -> Arc<ClusterMeta> {
+        self.meta.borrow().clone()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.get()
+    }
+
+    /// Handles a message from another shard. Work that may wait runs in its own task.
+    pub fn on_message(self: &Rc<Self>, msg: ShardMsg) {
+        let broker = self.clone();
+        glommio::spawn_local(async move {
+            match msg {
+                ShardMsg::Partition { tp, op, reply } => {
+                    let _ = reply.send(broker.run_local(tp, op).await);
+                }
+                ShardMsg::WaitForData { waits, timeout, reply } => {
+                    broker.wait_local(&waits, timeout).await;
+                    let _ = reply.send(());
+                }
+                ShardMsg::Admin { op, reply } => {
+                    let _ = reply.send(broker.run_admin(op).await);
+                }
+                ShardMsg::Install { meta, reply } => {
+                    broker.install(meta).await;
+                    let _ = reply.send(());
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Runs `op` on partition `tp`, wherever it lives: here directly, on
+    /// another shard through its mailbox.
+    pub async fn on_partition(&self, tp: TopicPartition, op: PartitionOp) -> PartitionResult {
+        let owner = match self.meta.borrow().placement(&tp) {
+            Some(placement) => placement.shard,
+            None => return Err(PartitionError::UnknownTopicOrPartition),
+        };
+        if owner == self.shard_id {
+            return self.run_local(tp, op).await;
+        }
+        self.mailbox
+            .call(owner, |reply| ShardMsg::Partition { tp, op, reply })
+            .await
+            .unwrap_or(Err(PartitionError::NotAvailable))
+    }
+
+    fn local_partition(&self, tp: &TopicPartition) -> Option<Rc<Partition>> {
+        self.partitions.borrow().get(tp).cloned()
+    }
+
+    async fn run_local(&self, tp: TopicPartition, op: PartitionOp) -> PartitionResult {
+        let Some(partition) = self.local_partition(&tp) else {
+            return Err(PartitionError::UnknownTopicOrPartition);
+        };
+        let log_start = || partition.log.borrow().log_start_offset();
+        match op {
+            PartitionOp::Produce { records, durability } => {
+                let info = partition.produce(records, durability, storage::now_ms()).await.map_err(PartitionError::from)?;
+                Ok(PartitionOk::Produced { base_offset: info.base_offset, log_append_time_ms: info.log_append_time_ms, log_start_offset: log_start() })
+            }
+            PartitionOp::Read { offset, max_bytes } => {
+                let parts = partition.read(offset, max_bytes).await.map_err(PartitionError::from)?;
+                let log = partition.log.borrow();
+                Ok(PartitionOk::Read { parts, high_watermark: log.end_offset(), log_start_offset: log.log_start_offset() })
+            }
+            PartitionOp::Offsets => {
+                let log = partition.log.borrow();
+                Ok(PartitionOk::Offsets { log_start_offset: log.log_start_offset(), high_watermark: log.end_offset() })
+            }
+            PartitionOp::OffsetForTime { timestamp } => {
+                let found = partition.offset_for_time(timestamp).await.map_err(|e| PartitionError::from(StorageError::Io(e)))?;
+                Ok(PartitionOk::Timestamped { found })
+            }
+            PartitionOp::MaxTimestamp => Ok(PartitionOk::Timestamped { found: partition.log.borrow().max_timestamp_offset() }),
+            PartitionOp::DeleteRecords { offset } => {
+                let low_watermark = partition.delete_records(offset).await.map_err(PartitionError::from)?;
+                Ok(PartitionOk::Deleted { low_watermark })
+            }
+            PartitionOp::EndOffsetForEpoch { epoch } => {
+                let log = partition.log.borrow();
+                Ok(PartitionOk::EpochEnd { found: log.end_offset_for_epoch(epoch) })
+            }
+        }
+    }
+
+    /// Waits until any of `waits` (partition, end offset seen) grows, or `timeout`.
+    /// Partitions on other shards are waited for through their mailboxes.
+    pub async fn wait_for_data(&self, waits: Vec<(TopicPartition, i64)>, timeout: Duration) {
+        let mut by_shard: HashMap<ShardId, Vec<(TopicPartition, i64)>> = HashMap::new();
+        {
+            let meta = self.meta.borrow();
+            for (tp, end) in waits {
+                if let Some(placement) = meta.placement(&tp) {
+                    by_shard.entry(placement.shard).or_default().push((tp, end));
+                }
+            }
+        }
+        let waiters = by_shard.into_iter().map(|(shard, waits)| {
+            Box::pin(async move {
+                if shard == self.shard_id {
+                    self.wait_local(&waits, timeout).await;
+                } else {
+                    let _ = self.mailbox.call(shard, |reply| ShardMsg::WaitForData { waits, timeout, reply }).await;
+                }
+            })
+        });
+        let all: Vec<_> = waiters.collect();
+        if all.is_empty() {
+            glommio::timer::sleep(timeout).await;
+        } else {
+            futures::future::select_all(all).await;
+        }
+    }
+
+    async fn wait_local(&self, waits: &[(TopicPartition, i64)], timeout: Duration) {
+        let parts: Vec<_> = waits.iter().filter_map(|(tp, end)| Some((self.local_partition(tp)?, *end))).collect();
+        let futures: Vec<_> = parts.iter().map(|(p, end)| Box::pin(p.wait_for_data(*end, timeout))).collect();
+        if futures.is_empty() {
+            glommio::timer::sleep(timeout).await;
+        } else {
+            futures::future::select_all(futures).await;
+        }
+    }
+
+    /// Installs a metadata snapshot: opens partitions newly placed here, closes
+    /// and deletes those gone, and applies changed topic configs.
+    pub async fn install(&self, meta: Arc<ClusterMeta>) {
+        let old = self.meta.replace(meta.clone());
+        let mut mine = Vec::new();
+        for topic in meta.topics.values() {
+            for p in 0..topic.partitions {
+                let tp = topic.tp(p);
+                if meta.placement(&tp).is_some_and(|pl| pl.shard == self.shard_id) {
+                    mine.push((topic.clone(), p));
+                }
+            }
+        }
+        let cache_bytes = (self.config.cache_bytes_per_shard / mine.len().max(1)).max(self.config.write_buffer_bytes);
+        for (topic, p) in &mine {
+            let tp = topic.tp(*p);
+            let mut log_config = metadata::log_config(&self.config.log_defaults(), &topic.configs).unwrap_or_else(|_| self.config.log_defaults());
+            log_config.cache_bytes = cache_bytes;
+            if let Some(existing) = self.local_partition(&tp) {
+                existing.log.borrow_mut().config = log_config;
+                continue;
+            }
+            let dir = self.config.data_dir.join(topic.dir_name(*p));
+            match storage::open_log(&dir, log_config, topic.leader_epoch).await {
+                Ok(log) => {
+                    self.partitions.borrow_mut().insert(tp, Rc::new(Partition::new(log)));
+                }
+                Err(e) => error!(dir = %dir.display(), "cannot open partition: {e}"),
+            }
+        }
+        let gone: Vec<(TopicPartition, Rc<Partition>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(tp, _)| meta.placement(tp).is_none_or(|pl| pl.shard != self.shard_id))
+            .map(|(tp, p)| (*tp, p.clone()))
+            .collect();
+        for (tp, partition) in gone {
+            self.partitions.borrow_mut().remove(&tp);
+            let deleted_topic = old.topics.values().find(|t| t.id == tp.topic_id).filter(|t| !meta.topics.values().any(|n| n.id == t.id));
+            if let Some(topic) = deleted_topic {
+                let dir = partition.log.borrow().dir.clone();
+                drop(partition);
+                info!(topic = %topic.name, partition = tp.partition, "deleting partition data");
+                let _ = glommio::executor().spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+            }
+        }
+        self.ready.set(true);
+    }
+
+    /// Every local partition, for the periodic tasks and shutdown.
+    pub fn local_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    /// Writes and syncs every partition with unsynced data.
+    pub async fn flush_all(&self) {
+        for partition in self.local_partitions() {
+            let dirty = {
+                let log = partition.log.borrow();
+                log.synced_offset() < log.end_offset()
+            };
+            if dirty {
+                if let Err(e) = partition.flush_all().await {
+                    error!(dir = %partition.log.borrow().dir.display(), "flush failed: {e}");
+                }
+            }
+        }
+    }
+
+    pub async fn enforce_retention(&self) {
+        let now = storage::now_ms();
+        for partition in self.local_partitions() {
+            if let Err(e) = partition.enforce_retention(now).await {
+                error!(dir = %partition.log.borrow().dir.display(), "retention failed: {e}");
+            }
+        }
+    }
+}
+
+impl From<StorageError> for PartitionError {
+    fn from(e: StorageError) -> Self {
+        use crate::storage::batch::BatchError;
+        match e {
+            StorageError::Batch(BatchError::Truncated | BatchError::BadCrc) => PartitionError::CorruptMessage,
+            StorageError::Batch(BatchError::OldMagic(_) | BatchError::BadCount) => PartitionError::InvalidRecord,
+            StorageError::Batch(BatchError::TooLarge { .. }) => PartitionError::MessageTooLarge,
+            StorageError::OffsetOutOfRange => PartitionError::OffsetOutOfRange,
+            StorageError::Io(e) => {
+                error!("storage error: {e}");
+                PartitionError::StorageError
+            }
+        }
+    }
+}
+
+/// How a produce's acks map to storage durability.
+pub fn durability_for_acks(acks: i16) -> Durability {
+    match acks {
+        0 => Durability::Buffered,
+        1 => Durability::Written,
+        _ => Durability::Synced,
+    }
+}

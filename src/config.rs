@@ -1,0 +1,193 @@
+//! Broker configuration: defaults that work out of the box, overridden in turn
+//! by a TOML file (`--config`), `SPATE_<KEY>` environment variables, and
+//! `--set key=value` flags. Every bound the broker enforces is a field here.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::LogConfig;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT).
+    pub listen: String,
+    /// Host clients are told to connect to; defaults to the listen host, or
+    /// "localhost" when listening on a wildcard address.
+    pub advertised_host: Option<String>,
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    /// Shards (executors); 0 = one per core.
+    pub shards: usize,
+    /// io_uring registered memory per shard (counts against RLIMIT_MEMLOCK).
+    pub io_memory_bytes: usize,
+    /// Queued messages per ordered pair of shards.
+    pub mailbox_capacity: usize,
+    pub pin_shards: bool,
+
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    /// Bound on partitions per topic.
+    pub max_partitions_per_topic: i32,
+
+    /// socket.request.max.bytes: larger frames close the connection.
+    pub socket_request_max_bytes: usize,
+    /// Requests read ahead per connection while earlier ones are answered.
+    pub max_inflight_requests: usize,
+    /// Connections per shard; more are refused.
+    pub max_connections_per_shard: usize,
+    /// Upper bound on a fetch's max_wait_ms.
+    pub fetch_max_wait_cap_ms: u64,
+
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: usize,
+    pub index_interval_bytes: u64,
+    pub write_buffer_bytes: usize,
+    /// Tail cache per shard, shared out over its partitions.
+    pub cache_bytes_per_shard: usize,
+    /// Period of the background write + fdatasync of every partition.
+    pub flush_interval_ms: u64,
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        Config {
+            listen: "0.0.0.0:9092".into(),
+            advertised_host: None,
+            data_dir: PathBuf::from("./data"),
+            node_id: 0,
+            shards: 0,
+            io_memory_bytes: 1 << 20,
+            mailbox_capacity: 1024,
+            pin_shards: true,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_partitions_per_topic: 10_000,
+            socket_request_max_bytes: 100 << 20,
+            max_inflight_requests: 128,
+            max_connections_per_shard: 10_000,
+            fetch_max_wait_cap_ms: 30_000,
+            segment_bytes: log.segment_bytes,
+            segment_ms: log.segment_ms,
+            retention_ms: log.retention_ms,
+            retention_bytes: log.retention_bytes,
+            max_message_bytes: log.max_message_bytes,
+            index_interval_bytes: log.index_interval_bytes,
+            write_buffer_bytes: log.write_buffer_bytes,
+            cache_bytes_per_shard: 256 << 20,
+            flush_interval_ms: 500,
+            retention_check_interval_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file, then SPATE_* variables, then `--set` pairs.
+    pub fn load(file: Option<&PathBuf>, sets: &[String]) -> Result<Config> {
+        let mut table = toml::Table::try_from(Config::default())?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let from_file: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+            table.extend(from_file);
+        }
+        for (key, value) in std::env::vars() {
+            if let Some(name) = key.strip_prefix("SPATE_") {
+                let name = name.to_ascii_lowercase();
+                if table.contains_key(&name) || name == "advertised_host" {
+                    table.insert(name, parse_value(&value));
+                }
+            }
+        }
+        for pair in sets {
+            let Some((key, value)) = pair.split_once('=') else { bail!("--set wants key=value, got {pair:?}") };
+            table.insert(key.trim().replace('-', "_"), parse_value(value.trim()));
+        }
+        let config: Config = table.try_into().context("invalid configuration")?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.write_buffer_bytes == 0 || self.write_buffer_bytes % 4096 != 0 {
+            bail!("write_buffer_bytes must be a positive multiple of 4096");
+        }
+        if self.default_partitions < 1 || self.default_partitions > self.max_partitions_per_topic {
+            bail!("default_partitions must be between 1 and max_partitions_per_topic");
+        }
+        if self.max_inflight_requests == 0 || self.mailbox_capacity == 0 {
+            bail!("max_inflight_requests and mailbox_capacity must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn advertised_host(&self) -> String {
+        if let Some(host) = &self.advertised_host {
+            return host.clone();
+        }
+        let host = self.listen.rsplit_once(':').map_or(self.listen.as_str(), |(h, _)| h);
+        match host {
+            "" | "0.0.0.0" | "[::]" | "::" => "localhost".into(),
+            h => h.trim_start_matches('[').trim_end_matches(']').into(),
+        }
+    }
+
+    pub fn advertised_port(&self) -> i32 {
+        self.listen.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(9092)
+    }
+
+    /// The broker-wide log defaults, before per-topic overrides.
+    pub fn log_defaults(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            max_message_bytes: self.max_message_bytes,
+            index_interval_bytes: self.index_interval_bytes,
+            log_append_time: false,
+            write_buffer_bytes: self.write_buffer_bytes,
+            cache_bytes: self.cache_bytes_per_shard,
+        }
+    }
+}
+
+/// Reads an override as a TOML value: integer, float, boolean, else string.
+fn parse_value(text: &str) -> toml::Value {
+    if let Ok(i) = text.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = text.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else if let Ok(f) = text.parse::<f64>() {
+        toml::Value::Float(f)
+    } else {
+        toml::Value::String(text.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_defaults() {
+        let dir = std::env::temp_dir().join(format!("spate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("spate.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:19092\"\ndefault_partitions = 3\n").unwrap();
+        let config = Config::load(Some(&file), &["default_partitions=5".into(), "auto-create-topics=false".into()]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:19092");
+        assert_eq!(config.default_partitions, 5);
+        assert!(!config.auto_create_topics);
+        assert_eq!(config.advertised_host(), "127.0.0.1");
+        assert_eq!(config.advertised_port(), 19092);
+        assert!(Config::load(None, &["no_such_key=1".into()]).is_err());
+        assert!(Config::load(None, &["write_buffer_bytes=1000".into()]).is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! DeleteTopics: removed from metadata by the controller; each owning shard
+//! closes the partitions and deletes their files.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
+
+use super::{decode_body, FrameError};
+use crate::broker::admin::AdminOp;
+use crate::broker::Broker;
+use crate::protocol::{encode, str_bytes, Reply, Request};
+
+pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
+    let body: DeleteTopicsRequest = decode_body(request)?;
+    let mut response = DeleteTopicsResponse::default();
+    for name in &body.topic_names {
+        let mut out = DeletableTopicResult::default();
+        out.name = Some(name.clone());
+        if let Err(e) = broker.admin(AdminOp::DeleteTopic { name: name.0.to_string() }).await {
+            out.error_code = e.code;
+            out.error_message = Some(str_bytes(&e.message));
+        }
+        response.responses.push(out);
+    }
+    Ok(encode(request, &response))
+}

@@ -1,0 +1,91 @@
+//! Metadata: brokers (this node), the controller (this node), and topics with
+//! their partitions' leaders and epochs. Unknown topics are auto-created when
+//! the broker and the request both allow it.
+
+use std::rc::Rc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+
+use super::{decode_body, FrameError};
+use crate::broker::admin::AdminOp;
+use crate::broker::metadata::valid_topic_name;
+use crate::broker::{Broker, TopicMeta};
+use crate::protocol::{encode, str_bytes, Reply, Request};
+
+/// Kafka's "authorized operations not requested" marker.
+const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
+pub const CLUSTER_ID: &str = "spate-cluster";
+
+pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
+    let body: MetadataRequest = decode_body(request)?;
+    let version = request.version();
+    // v0: an empty list means all topics; v1+: null means all topics.
+    let wanted: Option<Vec<String>> = match body.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(t.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
+    };
+    let auto_create = broker.config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
+    if let (Some(names), true) = (&wanted, auto_create) {
+        for name in names {
+            if broker.meta().topic(name).is_none() && valid_topic_name(name) {
+                let op = AdminOp::CreateTopic { name: name.clone(), partitions: broker.config.default_partitions, configs: Default::default(), validate_only: false };
+                if let Err(e) = broker.admin(op).await {
+                    // Lost a race with another creator, or a real failure: the topic list below tells.
+                    tracing::debug!(topic = %name, "auto-create: {}", e.message);
+                }
+            }
+        }
+    }
+    let meta = broker.meta();
+    let mut response = MetadataResponse::default();
+    let mut node = MetadataResponseBroker::default();
+    node.node_id = BrokerId(broker.config.node_id);
+    node.host = str_bytes(&broker.config.advertised_host());
+    node.port = broker.config.advertised_port();
+    response.brokers = vec![node];
+    response.cluster_id = Some(str_bytes(CLUSTER_ID));
+    response.controller_id = BrokerId(broker.config.node_id);
+    response.cluster_authorized_operations = OPERATIONS_NOT_REQUESTED;
+    response.topics = match wanted {
+        None => meta.topics.values().map(|t| describe_topic(broker, t)).collect(),
+        Some(names) => names
+            .iter()
+            .map(|name| match meta.topic(name) {
+                Some(topic) => describe_topic(broker, topic),
+                None => missing_topic(name),
+            })
+            .collect(),
+    };
+    Ok(encode(request, &response))
+}
+
+fn describe_topic(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
+    let node = BrokerId(broker.config.node_id);
+    let mut out = MetadataResponseTopic::default();
+    out.name = Some(TopicName(str_bytes(&topic.name)));
+    out.topic_id = uuid::Uuid::from_bytes(topic.id);
+    out.topic_authorized_operations = OPERATIONS_NOT_REQUESTED;
+    out.partitions = (0..topic.partitions)
+        .map(|p| {
+            let mut part = MetadataResponsePartition::default();
+            part.partition_index = p;
+            part.leader_id = node;
+            part.leader_epoch = topic.leader_epoch;
+            part.replica_nodes = vec![node];
+            part.isr_nodes = vec![node];
+            part
+        })
+        .collect();
+    out
+}
+
+fn missing_topic(name: &str) -> MetadataResponseTopic {
+    let mut out = MetadataResponseTopic::default();
+    out.name = Some(TopicName(str_bytes(name)));
+    out.error_code = if valid_topic_name(name) { ResponseError::UnknownTopicOrPartition.code() } else { ResponseError::InvalidTopicException.code() };
+    out.topic_authorized_operations = OPERATIONS_NOT_REQUESTED;
+    out
+}

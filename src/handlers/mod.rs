@@ -1,0 +1,133 @@
+//! The request router: one handler file per Kafka API, and the table of API
+//! versions spate advertises. Only what is implemented is advertised.
+
+mod alter_configs;
+mod api_versions;
+mod create_partitions;
+mod create_topics;
+mod delete_records;
+mod delete_topics;
+mod describe_configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod offset_for_leader_epoch;
+mod produce;
+
+use std::rc::Rc;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::Decodable;
+
+use crate::broker::{Broker, PartitionError};
+use crate::protocol::{Reply, Request};
+
+/// (API, lowest version, highest version) served.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 5),
+    (ApiKey::DeleteTopics, 1, 4),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+];
+
+pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_APIS.iter().find(|(k, _, _)| *k == api_key).map(|&(_, min, max)| (min, max))
+}
+
+/// Why a frame could not be served; the connection is closed.
+#[derive(Debug)]
+pub struct FrameError(pub String);
+
+/// Parses a frame's header. ApiVersions at any version gets through (it must
+/// be answered even when unsupported); other unsupported versions do not.
+pub fn parse_request(mut frame: Bytes) -> Result<Request, FrameError> {
+    if frame.len() < 8 {
+        return Err(FrameError(format!("frame of {} bytes is too short for a request header", frame.len())));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api_key = ApiKey::try_from(key).map_err(|_| FrameError(format!("unknown API key {key}")))?;
+    let supported = supported_range(api_key).ok_or_else(|| FrameError(format!("API {api_key:?} is not supported")))?;
+    if api_key == ApiKey::ApiVersions && !(supported.0..=supported.1).contains(&version) {
+        // Answered in the v0 format whatever its header looks like: only the
+        // correlation id (always at bytes 4..8) is needed.
+        let mut header = RequestHeader::default();
+        header.request_api_key = key;
+        header.request_api_version = version;
+        header.correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        return Ok(Request { api_key, header, body: Bytes::new() });
+    }
+    if !(supported.0..=supported.1).contains(&version) {
+        return Err(FrameError(format!("{api_key:?} v{version} is not supported (v{}..v{})", supported.0, supported.1)));
+    }
+    let header_version = api_key.request_header_version(version);
+    let header = RequestHeader::decode(&mut frame, header_version).map_err(|e| FrameError(format!("bad {api_key:?} header: {e}")))?;
+    Ok(Request { api_key, header, body: frame })
+}
+
+/// Decodes the body of `request` as `T`.
+pub fn decode_body<T: Decodable>(request: &Request) -> Result<T, FrameError> {
+    let mut body = request.body.clone();
+    let decoded = T::decode(&mut body, request.version())
+        .map_err(|e| FrameError(format!("bad {:?} v{} body: {e}", request.api_key, request.version())))?;
+    if body.has_remaining() {
+        tracing::debug!(api = ?request.api_key, extra = body.remaining(), "request body has trailing bytes");
+    }
+    Ok(decoded)
+}
+
+/// Serves one request.
+pub async fn handle(broker: &Rc<Broker>, request: Request) -> Result<Reply, FrameError> {
+    match request.api_key {
+        ApiKey::ApiVersions => Ok(api_versions::handle(&request)),
+        ApiKey::Metadata => metadata::handle(broker, &request).await,
+        ApiKey::Produce => produce::handle(broker, &request).await,
+        ApiKey::Fetch => fetch::handle(broker, &request).await,
+        ApiKey::ListOffsets => list_offsets::handle(broker, &request).await,
+        ApiKey::CreateTopics => create_topics::handle(broker, &request).await,
+        ApiKey::DeleteTopics => delete_topics::handle(broker, &request).await,
+        ApiKey::CreatePartitions => create_partitions::handle(broker, &request).await,
+        ApiKey::DescribeConfigs => describe_configs::handle(broker, &request),
+        ApiKey::AlterConfigs => alter_configs::handle_alter(broker, &request).await,
+        ApiKey::IncrementalAlterConfigs => alter_configs::handle_incremental(broker, &request).await,
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
+        ApiKey::DeleteRecords => delete_records::handle(broker, &request).await,
+        other => Err(FrameError(format!("API {other:?} is not supported"))),
+    }
+}
+
+/// The Kafka error code for a partition-level failure.
+pub fn error_code(error: PartitionError) -> i16 {
+    let e = match error {
+        PartitionError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        PartitionError::CorruptMessage => ResponseError::CorruptMessage,
+        PartitionError::InvalidRecord => ResponseError::InvalidRecord,
+        PartitionError::MessageTooLarge => ResponseError::MessageTooLarge,
+        PartitionError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+        PartitionError::StorageError => ResponseError::KafkaStorageError,
+        PartitionError::NotAvailable => ResponseError::NotLeaderOrFollower,
+    };
+    e.code()
+}
+
+/// Checks a client's idea of the leader epoch against ours (-1: no check).
+pub fn check_leader_epoch(client_epoch: i32, leader_epoch: i32) -> Result<(), i16> {
+    if client_epoch < 0 || client_epoch == leader_epoch {
+        Ok(())
+    } else if client_epoch < leader_epoch {
+        Err(ResponseError::FencedLeaderEpoch.code())
+    } else {
+        Err(ResponseError::UnknownLeaderEpoch.code())
+    }
+}

@@ -1,0 +1,74 @@
+//! Produce: each partition's record batches go, still encoded and uncopied,
+//! to the shard owning the partition; results are gathered in request order.
+//! acks=0 requests get no response, and on error the connection is closed.
+
+use std::rc::Rc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::{decode_body, error_code, FrameError};
+use crate::broker::{durability_for_acks, Broker, PartitionError, PartitionOk, PartitionOp};
+use crate::protocol::{encode, Reply, Request};
+
+pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
+    let body: ProduceRequest = decode_body(request)?;
+    let acks = body.acks;
+    let meta = broker.meta();
+    let mut pending = Vec::new();
+    for topic in &body.topic_data {
+        let known = meta.topic(topic.name.0.as_str());
+        for partition in &topic.partition_data {
+            let outcome = async move {
+                let Some(topic) = known.filter(|t| partition.index >= 0 && partition.index < t.partitions) else {
+                    return Err(PartitionError::UnknownTopicOrPartition);
+                };
+                let Some(records) = partition.records.clone() else { return Err(PartitionError::InvalidRecord) };
+                if !matches!(acks, -1..=1) {
+                    return Ok(None);
+                }
+                let op = PartitionOp::Produce { records, durability: durability_for_acks(acks) };
+                broker.on_partition(topic.tp(partition.index), op).await.map(Some)
+            };
+            pending.push(outcome);
+        }
+    }
+    let mut results = futures::future::join_all(pending).await.into_iter();
+
+    let mut response = ProduceResponse::default();
+    let mut failed = None;
+    for topic in &body.topic_data {
+        let mut topic_out = TopicProduceResponse::default();
+        topic_out.name = topic.name.clone();
+        for partition in &topic.partition_data {
+            let mut out = PartitionProduceResponse::default();
+            out.index = partition.index;
+            out.base_offset = -1;
+            out.log_append_time_ms = -1;
+            out.log_start_offset = -1;
+            match results.next().expect("one result per partition") {
+                Ok(Some(PartitionOk::Produced { base_offset, log_append_time_ms, log_start_offset })) => {
+                    out.base_offset = base_offset;
+                    out.log_append_time_ms = log_append_time_ms;
+                    out.log_start_offset = log_start_offset;
+                }
+                Ok(Some(other)) => unreachable!("produce answered with {other:?}"),
+                Ok(None) => out.error_code = ResponseError::InvalidRequiredAcks.code(),
+                Err(e) => {
+                    out.error_code = error_code(e);
+                    failed = Some(e);
+                }
+            }
+            topic_out.partition_responses.push(out);
+        }
+        response.responses.push(topic_out);
+    }
+    if acks == 0 {
+        return Ok(match failed {
+            Some(e) => Reply::Close(format!("acks=0 produce failed: {e:?}")),
+            None => Reply::Nothing,
+        });
+    }
+    Ok(encode(request, &response))
+}

@@ -1,0 +1,7 @@
+//! spate: a Kafka-compatible message broker on thread-per-core io_uring shards.
+
+pub mod broker;
+pub mod config;
+pub mod storage;
+pub mod handlers;
+pub mod protocol;
