@@ -5,3 +5,6 @@ pub mod config;
 pub mod storage;
 pub mod handlers;
 pub mod protocol;
+pub mod server;
+pub mod cli;
+pub mod client;

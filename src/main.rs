@@ -1,1 +1,117 @@
-fn main() {}
+//! The `spate` binary: `serve` runs the broker; the other commands are a
+//! small rpk-style client for topics, producing and consuming.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use spate::cli::{self, ConsumeArgs, ProduceArgs, TopicCommand};
+use spate::config::Config;
+use tracing::info;
+
+#[derive(Parser, Debug)]
+#[command(name = "spate", version, about = "A Kafka-compatible message broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Manage topics.
+    Topic {
+        #[arg(short, long, env = "SPATE_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Produce lines from stdin as records.
+    Produce {
+        #[arg(short, long, env = "SPATE_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[command(flatten)]
+        args: ProduceArgs,
+    },
+    /// Print records as OFFSET<TAB>KEY<TAB>VALUE lines.
+    Consume {
+        #[arg(short, long, env = "SPATE_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[command(flatten)]
+        args: ConsumeArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(short, long, env = "SPATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address (config key `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory (config key `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Shard count; 0 = one per core (config key `shards`).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Any config key: --set key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Topic { brokers, command } => cli::topic(&brokers, command),
+        Command::Produce { brokers, args } => cli::produce(&brokers, args),
+        Command::Consume { brokers, args } => cli::consume(&brokers, args),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut sets = args.sets.clone();
+    if let Some(listen) = args.listen {
+        sets.push(format!("listen={listen}"));
+    }
+    if let Some(dir) = args.data_dir {
+        sets.push(format!("data_dir={}", dir.display()));
+    }
+    if let Some(shards) = args.shards {
+        sets.push(format!("shards={shards}"));
+    }
+    let config = Arc::new(Config::load(args.config.as_ref(), &sets)?);
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    info!(listen = %config.listen, data_dir = %config.data_dir.display(), node_id = config.node_id, "starting spate");
+    let runtime_config = shards::RuntimeConfig {
+        shard_count: config.shards,
+        io_memory_bytes: config.io_memory_bytes,
+        mailbox_capacity: config.mailbox_capacity,
+        pin_to_cores: config.pin_shards,
+        name: "spate-shard".into(),
+    };
+    let shard_config = config.clone();
+    let runtime = shards::ShardRuntime::start(&runtime_config, move |shard| spate::server::run_shard(shard, shard_config.clone()))
+        .context("starting shards")?;
+    info!(shards = runtime.shard_count(), "shards started");
+    let stop = runtime.stop_flag();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            info!(signal, "shutting down");
+            stop.store(true, Ordering::Release);
+        }
+    });
+    runtime.join()?;
+    info!("stopped cleanly");
+    Ok(())
+}

@@ -29,7 +29,8 @@ pub fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameErro
         let mut out = DescribeConfigsResult::default();
         out.resource_type = resource.resource_type;
         out.resource_name = resource.resource_name.clone();
-        let wanted = |key: &str| resource.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k.as_str() == key));
+        // Null (or an empty list) asks for every key.
+        let wanted = |key: &str| resource.configuration_keys.as_ref().is_none_or(|keys| keys.is_empty() || keys.iter().any(|k| k.as_str() == key));
         match resource.resource_type {
             RESOURCE_TOPIC => match meta.topic(resource.resource_name.as_str()) {
                 None => {
