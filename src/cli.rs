@@ -3,14 +3,13 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
-use anyhow::{bail, Result};
-use bytes::{Bytes, BytesMut};
-use clap::{Args, Subcommand};
-use kafka_protocol::error::ParseResponseErrorCode;
-use kafka_protocol::messages::*;
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
-use crate::client::{str_bytes, Client};
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use kafka_protocol::messages::*;
+
+use crate::client::{check, compression_by_name, str_bytes, Client};
 
 #[derive(Subcommand, Debug)]
 pub enum TopicCommand {
@@ -76,13 +75,6 @@ pub struct ConsumeArgs {
     pub follow: bool,
 }
 
-fn check(code: i16, what: &str) -> Result<()> {
-    match code.err() {
-        None => Ok(()),
-        Some(e) => bail!("{what}: {e:?} (error code {code})"),
-    }
-}
-
 fn metadata(client: &mut Client, topics: Option<Vec<&str>>) -> Result<MetadataResponse> {
     let mut req = MetadataRequest::default();
     req.topics = topics.map(|t| {
@@ -101,25 +93,9 @@ pub fn topic(brokers: &str, command: TopicCommand) -> Result<()> {
     let mut client = Client::connect(brokers)?;
     match command {
         TopicCommand::Create { name, partitions, configs } => {
-            let mut topic = create_topics_request::CreatableTopic::default();
-            topic.name = TopicName(str_bytes(&name));
-            topic.num_partitions = partitions;
-            topic.replication_factor = -1;
-            for pair in &configs {
-                let Some((k, v)) = pair.split_once('=') else { bail!("config wants key=value, got {pair:?}") };
-                let mut c = create_topics_request::CreatableTopicConfig::default();
-                c.name = str_bytes(k);
-                c.value = Some(str_bytes(v));
-                topic.configs.push(c);
-            }
-            let mut req = CreateTopicsRequest::default();
-            req.topics = vec![topic];
-            req.timeout_ms = 30_000;
-            let resp: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 5, &req)?;
-            for t in resp.topics {
-                check(t.error_code, &format!("create {}: {}", name, t.error_message.as_deref().unwrap_or("")))?;
-                println!("created topic {} with {} partitions", name, t.num_partitions);
-            }
+            let configs: Vec<(String, String)> = pairs(&configs)?.into_iter().collect();
+            let created = client.create_topic(&name, partitions, &configs)?;
+            println!("created topic {name} with {created} partitions");
         }
         TopicCommand::List => {
             let resp = metadata(&mut client, None)?;
@@ -176,8 +152,8 @@ fn describe(client: &mut Client, name: &str) -> Result<()> {
     println!("topic {name}: {} partitions", topic.partitions.len());
     println!("{:>9} {:>7} {:>7} {:>14} {:>14}", "PARTITION", "LEADER", "EPOCH", "LOG-START", "HIGH-WATERMARK");
     for p in &topic.partitions {
-        let start = list_offset(client, name, p.partition_index, -2)?;
-        let end = list_offset(client, name, p.partition_index, -1)?;
+        let start = client.list_offset(name, p.partition_index, -2)?;
+        let end = client.list_offset(name, p.partition_index, -1)?;
         println!("{:>9} {:>7} {:>7} {:>14} {:>14}", p.partition_index, p.leader_id.0, p.leader_epoch, start, end);
     }
     let mut resource = describe_configs_request::DescribeConfigsResource::default();
@@ -198,39 +174,9 @@ fn describe(client: &mut Client, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp.
-fn list_offset(client: &mut Client, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
-    let mut p = list_offsets_request::ListOffsetsPartition::default();
-    p.partition_index = partition;
-    p.timestamp = timestamp;
-    p.current_leader_epoch = -1;
-    let mut t = list_offsets_request::ListOffsetsTopic::default();
-    t.name = TopicName(str_bytes(topic));
-    t.partitions = vec![p];
-    let mut req = ListOffsetsRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.topics = vec![t];
-    let resp: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 7, &req)?;
-    let part = resp.topics.into_iter().next().and_then(|t| t.partitions.into_iter().next());
-    let Some(part) = part else { bail!("empty ListOffsets response") };
-    check(part.error_code, &format!("list offsets {topic}/{partition}"))?;
-    Ok(part.offset)
-}
-
-fn compression(name: &str) -> Result<Compression> {
-    Ok(match name {
-        "none" => Compression::None,
-        "gzip" => Compression::Gzip,
-        "snappy" => Compression::Snappy,
-        "lz4" => Compression::Lz4,
-        "zstd" => Compression::Zstd,
-        other => bail!("unknown compression {other:?}"),
-    })
-}
-
 pub fn produce(brokers: &str, args: ProduceArgs) -> Result<()> {
     let mut client = Client::connect(brokers)?;
-    let options = RecordEncodeOptions { version: 2, compression: compression(&args.compression)? };
+    let compression = compression_by_name(&args.compression)?;
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let mut sent = 0usize;
@@ -238,63 +184,27 @@ pub fn produce(brokers: &str, args: ProduceArgs) -> Result<()> {
         let mut records = Vec::with_capacity(args.batch);
         for line in lines.by_ref().take(args.batch.max(1)) {
             let line = line?;
-            let (key, value) = match args.key_separator.as_deref().and_then(|sep| line.split_once(sep)) {
+            records.push(match args.key_separator.as_deref().and_then(|sep| line.split_once(sep)) {
                 Some((k, v)) => (Some(Bytes::copy_from_slice(k.as_bytes())), Bytes::copy_from_slice(v.as_bytes())),
                 None => (None, Bytes::copy_from_slice(line.as_bytes())),
-            };
-            records.push(new_record(records.len() as i64, key, value));
+            });
         }
         if records.is_empty() {
             break;
         }
-        let mut batch = BytesMut::new();
-        RecordBatchEncoder::encode(&mut batch, records.iter(), &options)?;
-        let mut pd = produce_request::PartitionProduceData::default();
-        pd.index = args.partition;
-        pd.records = Some(batch.freeze());
-        let mut td = produce_request::TopicProduceData::default();
-        td.name = TopicName(str_bytes(&args.topic));
-        td.partition_data = vec![pd];
-        let mut req = ProduceRequest::default();
-        req.acks = args.acks;
-        req.timeout_ms = 30_000;
-        req.topic_data = vec![td];
-        let resp: ProduceResponse = client.call(ApiKey::Produce, 9, &req)?;
-        for t in resp.responses {
-            for p in t.partition_responses {
-                check(p.error_code, &format!("produce to {}/{}", args.topic, args.partition))?;
-            }
-        }
+        client.produce(&args.topic, args.partition, &records, args.acks, compression)?;
         sent += records.len();
     }
     eprintln!("produced {sent} records to {}/{}", args.topic, args.partition);
     Ok(())
 }
 
-fn new_record(offset: i64, key: Option<Bytes>, value: Bytes) -> Record {
-    Record {
-        transactional: false,
-        control: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset,
-        sequence: -1,
-        timestamp: crate::storage::now_ms(),
-        key,
-        value: Some(value),
-        headers: Default::default(),
-        delete_horizon: false,
-    }
-}
-
 pub fn consume(brokers: &str, args: ConsumeArgs) -> Result<()> {
     let mut client = Client::connect(brokers)?;
     let mut offset = match (args.timestamp, args.offset.as_str()) {
-        (Some(ts), _) => list_offset(&mut client, &args.topic, args.partition, ts)?,
-        (None, "beginning") => list_offset(&mut client, &args.topic, args.partition, -2)?,
-        (None, "end") => list_offset(&mut client, &args.topic, args.partition, -1)?,
+        (Some(ts), _) => client.list_offset(&args.topic, args.partition, ts)?,
+        (None, "beginning") => client.list_offset(&args.topic, args.partition, -2)?,
+        (None, "end") => client.list_offset(&args.topic, args.partition, -1)?,
         (None, n) => n.parse()?,
     };
     if offset < 0 {
@@ -304,11 +214,9 @@ pub fn consume(brokers: &str, args: ConsumeArgs) -> Result<()> {
     let out = std::io::stdout();
     let mut out = out.lock();
     loop {
-        let (records, high_watermark) = fetch(&mut client, &args, offset)?;
+        let max_wait_ms = if args.follow { 1000 } else { 100 };
+        let (records, high_watermark) = client.fetch(&args.topic, args.partition, offset, max_wait_ms)?;
         for record in records {
-            if record.offset < offset {
-                continue; // a batch can start before the requested offset
-            }
             let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
             let value = record.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
             writeln!(out, "{}\t{}\t{}", record.offset, key, value)?;
@@ -322,37 +230,6 @@ pub fn consume(brokers: &str, args: ConsumeArgs) -> Result<()> {
             return Ok(());
         }
     }
-}
-
-fn fetch(client: &mut Client, args: &ConsumeArgs, offset: i64) -> Result<(Vec<Record>, i64)> {
-    let mut p = fetch_request::FetchPartition::default();
-    p.partition = args.partition;
-    p.fetch_offset = offset;
-    p.partition_max_bytes = 1 << 20;
-    p.current_leader_epoch = -1;
-    p.log_start_offset = -1;
-    let mut t = fetch_request::FetchTopic::default();
-    t.topic = TopicName(str_bytes(&args.topic));
-    t.partitions = vec![p];
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_wait_ms = if args.follow { 1000 } else { 100 };
-    req.min_bytes = 1;
-    req.max_bytes = 16 << 20;
-    req.session_epoch = -1;
-    req.topics = vec![t];
-    let resp: FetchResponse = client.call(ApiKey::Fetch, 12, &req)?;
-    let Some(part) = resp.responses.into_iter().next().and_then(|t| t.partitions.into_iter().next()) else {
-        bail!("empty Fetch response")
-    };
-    check(part.error_code, &format!("fetch {}/{}", args.topic, args.partition))?;
-    let mut records = Vec::new();
-    if let Some(mut bytes) = part.records {
-        while bytes.len() >= 61 {
-            records.extend(RecordBatchDecoder::decode(&mut bytes)?.records);
-        }
-    }
-    Ok((records, part.high_watermark))
 }
 
 /// Parses repeated key=value pairs.

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::error::ParseResponseErrorCode;
+use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 pub struct Client {
     stream: TcpStream,
@@ -55,6 +57,162 @@ impl Client {
         }
         Ok(response)
     }
+}
+
+impl Client {
+    /// Creates a topic; `partitions` -1 takes the broker default.
+    pub fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(String, String)]) -> Result<i32> {
+        let mut topic = create_topics_request::CreatableTopic::default();
+        topic.name = TopicName(str_bytes(name));
+        topic.num_partitions = partitions;
+        topic.replication_factor = -1;
+        for (k, v) in configs {
+            let mut c = create_topics_request::CreatableTopicConfig::default();
+            c.name = str_bytes(k);
+            c.value = Some(str_bytes(v));
+            topic.configs.push(c);
+        }
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![topic];
+        req.timeout_ms = 30_000;
+        let resp: CreateTopicsResponse = self.call(ApiKey::CreateTopics, 5, &req)?;
+        let Some(t) = resp.topics.into_iter().next() else { bail!("empty CreateTopics response") };
+        check(t.error_code, &format!("create {name}: {}", t.error_message.as_deref().unwrap_or("")))?;
+        Ok(t.num_partitions)
+    }
+
+    /// Produces one batch of `records` (key, value); returns its base offset.
+    pub fn produce(&mut self, topic: &str, partition: i32, records: &[(Option<Bytes>, Bytes)], acks: i16, compression: Compression) -> Result<i64> {
+        let now = crate::storage::now_ms();
+        let records: Vec<Record> = records.iter().enumerate().map(|(i, (k, v))| new_record(i as i64, now, k.clone(), v.clone())).collect();
+        let mut batch = BytesMut::new();
+        RecordBatchEncoder::encode(&mut batch, records.iter(), &RecordEncodeOptions { version: 2, compression })?;
+        self.produce_raw(topic, partition, batch.freeze(), acks)
+    }
+
+    /// Produces already-encoded batches as they are; returns the base offset.
+    pub fn produce_raw(&mut self, topic: &str, partition: i32, records: Bytes, acks: i16) -> Result<i64> {
+        let mut pd = produce_request::PartitionProduceData::default();
+        pd.index = partition;
+        pd.records = Some(records);
+        let mut td = produce_request::TopicProduceData::default();
+        td.name = TopicName(str_bytes(topic));
+        td.partition_data = vec![pd];
+        let mut req = ProduceRequest::default();
+        req.acks = acks;
+        req.timeout_ms = 30_000;
+        req.topic_data = vec![td];
+        let resp: ProduceResponse = self.call(ApiKey::Produce, 9, &req)?;
+        let part = resp.responses.into_iter().next().and_then(|t| t.partition_responses.into_iter().next());
+        let Some(part) = part else { bail!("empty Produce response") };
+        check(part.error_code, &format!("produce to {topic}/{partition}"))?;
+        Ok(part.base_offset)
+    }
+
+    /// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp.
+    pub fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
+        let mut p = list_offsets_request::ListOffsetsPartition::default();
+        p.partition_index = partition;
+        p.timestamp = timestamp;
+        p.current_leader_epoch = -1;
+        let mut t = list_offsets_request::ListOffsetsTopic::default();
+        t.name = TopicName(str_bytes(topic));
+        t.partitions = vec![p];
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.topics = vec![t];
+        let resp: ListOffsetsResponse = self.call(ApiKey::ListOffsets, 7, &req)?;
+        let part = resp.topics.into_iter().next().and_then(|t| t.partitions.into_iter().next());
+        let Some(part) = part else { bail!("empty ListOffsets response") };
+        check(part.error_code, &format!("list offsets {topic}/{partition}"))?;
+        Ok(part.offset)
+    }
+
+    /// One Fetch from `offset`: the decoded records and the high watermark.
+    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> Result<(Vec<Record>, i64)> {
+        let mut p = fetch_request::FetchPartition::default();
+        p.partition = partition;
+        p.fetch_offset = offset;
+        p.partition_max_bytes = 1 << 20;
+        p.current_leader_epoch = -1;
+        p.log_start_offset = -1;
+        let mut t = fetch_request::FetchTopic::default();
+        t.topic = TopicName(str_bytes(topic));
+        t.partitions = vec![p];
+        let mut req = FetchRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.max_wait_ms = max_wait_ms;
+        req.min_bytes = 1;
+        req.max_bytes = 16 << 20;
+        req.session_epoch = -1;
+        req.topics = vec![t];
+        let resp: FetchResponse = self.call(ApiKey::Fetch, 12, &req)?;
+        let Some(part) = resp.responses.into_iter().next().and_then(|t| t.partitions.into_iter().next()) else {
+            bail!("empty Fetch response")
+        };
+        check(part.error_code, &format!("fetch {topic}/{partition}"))?;
+        let mut records = Vec::new();
+        if let Some(mut bytes) = part.records {
+            while bytes.len() >= 61 {
+                records.extend(RecordBatchDecoder::decode(&mut bytes)?.records);
+            }
+        }
+        Ok((records.into_iter().filter(|r| r.offset >= offset).collect(), part.high_watermark))
+    }
+
+    /// Every record from `offset` to the high watermark.
+    pub fn fetch_all(&mut self, topic: &str, partition: i32, mut offset: i64) -> Result<Vec<Record>> {
+        let mut all = Vec::new();
+        loop {
+            let (records, high_watermark) = self.fetch(topic, partition, offset, 100)?;
+            if let Some(last) = records.last() {
+                offset = last.offset + 1;
+            }
+            all.extend(records);
+            if offset >= high_watermark {
+                return Ok(all);
+            }
+        }
+    }
+}
+
+/// Turns a Kafka error code into an error naming `what` failed.
+pub fn check(code: i16, what: &str) -> Result<()> {
+    match code.err() {
+        None => Ok(()),
+        Some(e) => bail!("{what}: {e:?} (error code {code})"),
+    }
+}
+
+pub fn new_record(offset: i64, timestamp: i64, key: Option<Bytes>, value: Bytes) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        // Non-idempotent batches carry baseSequence -1; the encoder keeps records
+        // in one batch only while offset - sequence stays constant.
+        sequence: offset as i32 - 1,
+        timestamp,
+        key,
+        value: Some(value),
+        headers: Default::default(),
+        delete_horizon: false,
+    }
+}
+
+pub fn compression_by_name(name: &str) -> Result<Compression> {
+    Ok(match name {
+        "none" => Compression::None,
+        "gzip" => Compression::Gzip,
+        "snappy" => Compression::Snappy,
+        "lz4" => Compression::Lz4,
+        "zstd" => Compression::Zstd,
+        other => bail!("unknown compression {other:?}"),
+    })
 }
 
 pub fn str_bytes(s: &str) -> StrBytes {

@@ -50,7 +50,7 @@ pub async fn run_shard(mut shard: shards::Shard<ShardMsg>, config: Arc<Config>) 
     info!(shard = shard.id, "stopping: flushing partitions");
     drop(acceptor.cancel());
     drop(flusher);
-    broker.flush_all().await;
+    broker.close_all().await;
 }
 
 fn start_periodic_tasks(broker: &Rc<Broker>) -> Vec<glommio::Task<()>> {

@@ -248,6 +248,15 @@ impl Broker {
         }
     }
 
+    /// Clean shutdown of every local partition.
+    pub async fn close_all(&self) {
+        for partition in self.local_partitions() {
+            if let Err(e) = partition.close().await {
+                error!(dir = %partition.log.borrow().dir.display(), "close failed: {e}");
+            }
+        }
+    }
+
     pub async fn enforce_retention(&self) {
         let now = storage::now_ms();
         for partition in self.local_partitions() {

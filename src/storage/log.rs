@@ -251,6 +251,10 @@ impl PartitionLog {
         self.active().file()
     }
 
+    pub fn active_file_and_size(&self) -> (Rc<DmaFile>, u64) {
+        (self.active().file(), self.active().size_bytes)
+    }
+
     /// Marks the (flushed) active segment read-only and returns what sealing
     /// it must persist; the caller then pushes the next segment.
     pub fn seal_active(&mut self) -> super::segment::SealJob {

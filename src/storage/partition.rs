@@ -205,9 +205,20 @@ impl Partition {
         Ok(())
     }
 
-    /// Flushes and syncs everything; used by the periodic flusher and shutdown.
+    /// Flushes and syncs everything; used by the periodic flusher.
     pub async fn flush_all(&self) -> std::io::Result<()> {
         self.flush(true).await
+    }
+
+    /// Clean shutdown: flush, sync, and cut the active segment's block
+    /// padding so the file ends at its last batch.
+    pub async fn close(&self) -> std::io::Result<()> {
+        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.flush_locked(true).await?;
+        let (file, size) = self.log.borrow().active_file_and_size();
+        file.truncate(size).await?;
+        file.fdatasync().await?;
+        Ok(())
     }
 }
 

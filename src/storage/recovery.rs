@@ -84,10 +84,8 @@ async fn recover_active(segment: &mut Segment, config: &LogConfig) -> std::io::R
     let file_bytes = segment.size_bytes;
     let end = scan(segment, 0, true, config).await?;
     if end < file_bytes {
-        let padding_only = file_bytes - end < super::segment::BLOCK_BYTES;
-        if !padding_only {
-            warn!(dir = %segment.dir.display(), base = segment.base_offset, valid_bytes = end, file_bytes, "truncating torn or corrupt log tail");
-        }
+        // After a crash this is often just the zero padding of the last block.
+        warn!(dir = %segment.dir.display(), base = segment.base_offset, valid_bytes = end, file_bytes, "truncating torn or corrupt log tail");
     }
     segment.flushed_bytes = end;
     Ok(())

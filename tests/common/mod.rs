@@ -1,0 +1,102 @@
+//! Starts the real `spate` binary on a free loopback port with its own data
+//! directory, for the integration tests. No part of the broker is mocked.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spate::client::Client;
+
+pub struct TestBroker {
+    child: Option<Child>,
+    pub addr: String,
+    pub dir: PathBuf,
+}
+
+/// A fresh, empty directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("spate-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl TestBroker {
+    pub fn start(dir: &Path, extra: &[&str]) -> TestBroker {
+        Self::start_on(dir, free_port(), extra)
+    }
+
+    pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> TestBroker {
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
+        cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(dir.join("data"));
+        cmd.args(["--shards", "2", "--set", "pin_shards=false"]);
+        for arg in extra {
+            cmd.args(["--set", arg]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn spate");
+        let broker = TestBroker { child: Some(child), addr, dir: dir.to_path_buf() };
+        broker.wait_ready();
+        broker
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(&self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("broker at {} did not start; log:\n{}", self.addr, self.log());
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.addr).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "broker exited with {status}; log:\n{}", self.log());
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
