@@ -175,6 +175,12 @@ impl Broker {
         };
         info!(topics = meta.topics.len(), "loaded metadata");
         self.install_everywhere(Arc::new(meta)).await;
+        // Only now may any shard serve: a request on one shard can route to
+        // partitions of every other.
+        self.ready.set(true);
+        for shard in (0..self.shard_count).filter(|&s| s != self.shard_id) {
+            self.mailbox.send(shard, ShardMsg::Start).await.map_err(|e| anyhow::anyhow!("starting shard {shard}: {e}"))?;
+        }
         Ok(())
     }
 }

@@ -55,4 +55,6 @@ pub enum ShardMsg {
     Admin { op: AdminOp, reply: Reply<AdminResult> },
     /// From the controller: install this snapshot.
     Install { meta: Arc<ClusterMeta>, reply: Reply<()> },
+    /// From the controller at start: every shard has its partitions open.
+    Start,
 }

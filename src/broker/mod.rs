@@ -30,7 +30,7 @@ pub struct Broker {
     partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
     /// Serialises metadata changes (used on the controller shard).
     admin_lock: Semaphore,
-    /// Set once the first metadata snapshot is installed.
+    /// Set once every shard has installed the first metadata snapshot.
     ready: Cell<bool>,
     pub connections: Cell<usize>,
 }
@@ -79,6 +79,7 @@ impl Broker {
                     broker.install(meta).await;
                     let _ = reply.send(());
                 }
+                ShardMsg::Start => broker.ready.set(true),
             }
         })
         .detach();
@@ -225,7 +226,6 @@ impl Broker {
                 let _ = glommio::executor().spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
             }
         }
-        self.ready.set(true);
     }
 
     /// Every local partition, for the periodic tasks and shutdown.
