@@ -1,10 +1,10 @@
 //! spate: a Kafka-compatible message broker on thread-per-core io_uring shards.
 
 pub mod broker;
+pub mod cli;
+pub mod client;
 pub mod config;
-pub mod storage;
 pub mod handlers;
 pub mod protocol;
 pub mod server;
-pub mod cli;
-pub mod client;
+pub mod storage;

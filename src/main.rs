@@ -66,7 +66,10 @@ struct ServeArgs {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -90,7 +93,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         sets.push(format!("shards={shards}"));
     }
     let config = Arc::new(Config::load(args.config.as_ref(), &sets)?);
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     info!(listen = %config.listen, data_dir = %config.data_dir.display(), node_id = config.node_id, "starting spate");
     let runtime_config = shards::RuntimeConfig {
         shard_count: config.shards,
@@ -100,11 +104,16 @@ fn serve(args: ServeArgs) -> Result<()> {
         name: "spate-shard".into(),
     };
     let shard_config = config.clone();
-    let runtime = shards::ShardRuntime::start(&runtime_config, move |shard| spate::server::run_shard(shard, shard_config.clone()))
-        .context("starting shards")?;
+    let runtime = shards::ShardRuntime::start(&runtime_config, move |shard| {
+        spate::server::run_shard(shard, shard_config.clone())
+    })
+    .context("starting shards")?;
     info!(shards = runtime.shard_count(), "shards started");
     let stop = runtime.stop_flag();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             info!(signal, "shutting down");

@@ -13,4 +13,4 @@ pub mod runtime;
 
 pub use mailbox::{Mailbox, Reply, SendError};
 pub use placement::{NodeId, Placement, PlacementTable, ShardId};
-pub use runtime::{probe_io_uring, periodic, RuntimeConfig, Shard, ShardRuntime};
+pub use runtime::{periodic, probe_io_uring, RuntimeConfig, Shard, ShardRuntime};

@@ -24,11 +24,27 @@ pub enum ConfigChange {
 
 #[derive(Debug)]
 pub enum AdminOp {
-    CreateTopic { name: String, partitions: i32, configs: BTreeMap<String, String>, validate_only: bool },
-    DeleteTopic { name: String },
-    CreatePartitions { name: String, count: i32, validate_only: bool },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        count: i32,
+        validate_only: bool,
+    },
     /// `replace`: AlterConfigs semantics (unnamed keys revert to defaults).
-    AlterConfigs { name: String, changes: Vec<ConfigChange>, replace: bool, validate_only: bool },
+    AlterConfigs {
+        name: String,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+        validate_only: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +56,10 @@ pub struct AdminError {
 pub type AdminResult = Result<(), AdminError>;
 
 fn fail(error: ResponseError, message: impl Into<String>) -> AdminResult {
-    Err(AdminError { code: error.code(), message: message.into() })
+    Err(AdminError {
+        code: error.code(),
+        message: message.into(),
+    })
 }
 
 impl Broker {
@@ -56,14 +75,27 @@ impl Broker {
     }
 
     pub(super) async fn run_admin(&self, op: AdminOp) -> AdminResult {
-        assert_eq!(self.shard_id, CONTROLLER_SHARD, "metadata changes run on the controller");
-        let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| AdminError { code: -1, message: e.to_string() })?;
+        assert_eq!(
+            self.shard_id, CONTROLLER_SHARD,
+            "metadata changes run on the controller"
+        );
+        let _permit = self
+            .admin_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| AdminError {
+                code: -1,
+                message: e.to_string(),
+            })?;
         let mut meta = (*self.meta()).clone();
         let validate_only = self.apply(&mut meta, op)?;
         if validate_only {
             return Ok(());
         }
-        self.persist(&meta).await.map_err(|e| AdminError { code: ResponseError::KafkaStorageError.code(), message: e.to_string() })?;
+        self.persist(&meta).await.map_err(|e| AdminError {
+            code: ResponseError::KafkaStorageError.code(),
+            message: e.to_string(),
+        })?;
         self.install_everywhere(Arc::new(meta)).await;
         Ok(())
     }
@@ -72,15 +104,29 @@ impl Broker {
     fn apply(&self, meta: &mut ClusterMeta, op: AdminOp) -> Result<bool, AdminError> {
         let limit = self.config.max_partitions_per_topic;
         match op {
-            AdminOp::CreateTopic { name, partitions, configs, validate_only } => {
+            AdminOp::CreateTopic {
+                name,
+                partitions,
+                configs,
+                validate_only,
+            } => {
                 if !valid_topic_name(&name) {
-                    fail(ResponseError::InvalidTopicException, format!("invalid topic name {name:?}"))?;
+                    fail(
+                        ResponseError::InvalidTopicException,
+                        format!("invalid topic name {name:?}"),
+                    )?;
                 }
                 if meta.topic(&name).is_some() {
-                    fail(ResponseError::TopicAlreadyExists, format!("topic {name:?} already exists"))?;
+                    fail(
+                        ResponseError::TopicAlreadyExists,
+                        format!("topic {name:?} already exists"),
+                    )?;
                 }
                 if partitions < 1 || partitions > limit {
-                    fail(ResponseError::InvalidPartitions, format!("partitions must be 1..={limit}"))?;
+                    fail(
+                        ResponseError::InvalidPartitions,
+                        format!("partitions must be 1..={limit}"),
+                    )?;
                 }
                 if let Err(message) = metadata::log_config(&self.config.log_defaults(), &configs) {
                     fail(ResponseError::InvalidConfig, message)?;
@@ -88,31 +134,70 @@ impl Broker {
                 if !validate_only {
                     info!(topic = %name, partitions, "creating topic");
                 }
-                meta.put_topic(TopicMeta { name, id: random_topic_id(), partitions, configs, leader_epoch: 0 });
+                meta.put_topic(TopicMeta {
+                    name,
+                    id: random_topic_id(),
+                    partitions,
+                    configs,
+                    leader_epoch: 0,
+                });
                 Ok(validate_only)
             }
             AdminOp::DeleteTopic { name } => {
                 if meta.remove_topic(&name).is_none() {
-                    fail(ResponseError::UnknownTopicOrPartition, format!("no topic {name:?}"))?;
+                    fail(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("no topic {name:?}"),
+                    )?;
                 }
                 info!(topic = %name, "deleting topic");
                 Ok(false)
             }
-            AdminOp::CreatePartitions { name, count, validate_only } => {
-                let Some(topic) = meta.topic(&name) else { return fail(ResponseError::UnknownTopicOrPartition, format!("no topic {name:?}")).map(|_| false) };
+            AdminOp::CreatePartitions {
+                name,
+                count,
+                validate_only,
+            } => {
+                let Some(topic) = meta.topic(&name) else {
+                    return fail(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("no topic {name:?}"),
+                    )
+                    .map(|_| false);
+                };
                 if count <= topic.partitions {
-                    fail(ResponseError::InvalidPartitions, format!("topic has {} partitions; the count can only grow", topic.partitions))?;
+                    fail(
+                        ResponseError::InvalidPartitions,
+                        format!(
+                            "topic has {} partitions; the count can only grow",
+                            topic.partitions
+                        ),
+                    )?;
                 }
                 if count > limit {
-                    fail(ResponseError::InvalidPartitions, format!("partitions must be at most {limit}"))?;
+                    fail(
+                        ResponseError::InvalidPartitions,
+                        format!("partitions must be at most {limit}"),
+                    )?;
                 }
                 let mut grown = (**topic).clone();
                 grown.partitions = count;
                 meta.put_topic(grown);
                 Ok(validate_only)
             }
-            AdminOp::AlterConfigs { name, changes, replace, validate_only } => {
-                let Some(topic) = meta.topic(&name) else { return fail(ResponseError::UnknownTopicOrPartition, format!("no topic {name:?}")).map(|_| false) };
+            AdminOp::AlterConfigs {
+                name,
+                changes,
+                replace,
+                validate_only,
+            } => {
+                let Some(topic) = meta.topic(&name) else {
+                    return fail(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("no topic {name:?}"),
+                    )
+                    .map(|_| false);
+                };
                 let mut altered = (**topic).clone();
                 if replace {
                     altered.configs.clear();
@@ -123,7 +208,9 @@ impl Broker {
                         ConfigChange::Delete(key) => altered.configs.remove(&key),
                     };
                 }
-                if let Err(message) = metadata::log_config(&self.config.log_defaults(), &altered.configs) {
+                if let Err(message) =
+                    metadata::log_config(&self.config.log_defaults(), &altered.configs)
+                {
                     fail(ResponseError::InvalidConfig, message)?;
                 }
                 meta.put_topic(altered);
@@ -157,7 +244,10 @@ impl Broker {
                 if shard == self.shard_id {
                     self.install(meta).await;
                 } else {
-                    let _ = self.mailbox.call(shard, |reply| ShardMsg::Install { meta, reply }).await;
+                    let _ = self
+                        .mailbox
+                        .call(shard, |reply| ShardMsg::Install { meta, reply })
+                        .await;
                 }
             })
         });
@@ -167,10 +257,14 @@ impl Broker {
     /// Controller start-up: loads `topics.json` (if any) and installs it everywhere.
     pub async fn load_metadata(self: &Rc<Self>) -> anyhow::Result<()> {
         let path = self.config.data_dir.join(META_FILE);
-        let bytes = glommio::executor().spawn_blocking(move || std::fs::read(path)).await;
+        let bytes = glommio::executor()
+            .spawn_blocking(move || std::fs::read(path))
+            .await;
         let meta = match bytes {
             Ok(bytes) => ClusterMeta::from_json(self.config.node_id, self.shard_count, &bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClusterMeta::new(self.config.node_id, self.shard_count, Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                ClusterMeta::new(self.config.node_id, self.shard_count, Vec::new())
+            }
             Err(e) => return Err(e.into()),
         };
         info!(topics = meta.topics.len(), "loaded metadata");
@@ -179,7 +273,10 @@ impl Broker {
         // partitions of every other.
         self.ready.set(true);
         for shard in (0..self.shard_count).filter(|&s| s != self.shard_id) {
-            self.mailbox.send(shard, ShardMsg::Start).await.map_err(|e| anyhow::anyhow!("starting shard {shard}: {e}"))?;
+            self.mailbox
+                .send(shard, ShardMsg::Start)
+                .await
+                .map_err(|e| anyhow::anyhow!("starting shard {shard}: {e}"))?;
         }
         Ok(())
     }

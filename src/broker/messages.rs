@@ -13,25 +13,54 @@ use crate::storage::Durability;
 /// Work on one partition, run by its owning shard.
 #[derive(Debug)]
 pub enum PartitionOp {
-    Produce { records: Bytes, durability: Durability },
-    Read { offset: i64, max_bytes: usize },
+    Produce {
+        records: Bytes,
+        durability: Durability,
+    },
+    Read {
+        offset: i64,
+        max_bytes: usize,
+    },
     Offsets,
-    OffsetForTime { timestamp: i64 },
+    OffsetForTime {
+        timestamp: i64,
+    },
     MaxTimestamp,
-    DeleteRecords { offset: i64 },
-    EndOffsetForEpoch { epoch: i32 },
+    DeleteRecords {
+        offset: i64,
+    },
+    EndOffsetForEpoch {
+        epoch: i32,
+    },
 }
 
 #[derive(Debug)]
 pub enum PartitionOk {
-    Produced { base_offset: i64, log_append_time_ms: i64, log_start_offset: i64 },
-    Read { parts: Vec<Bytes>, high_watermark: i64, log_start_offset: i64 },
-    Offsets { log_start_offset: i64, high_watermark: i64 },
+    Produced {
+        base_offset: i64,
+        log_append_time_ms: i64,
+        log_start_offset: i64,
+    },
+    Read {
+        parts: Vec<Bytes>,
+        high_watermark: i64,
+        log_start_offset: i64,
+    },
+    Offsets {
+        log_start_offset: i64,
+        high_watermark: i64,
+    },
     /// (timestamp, offset) of the batch found, if any.
-    Timestamped { found: Option<(i64, i64)> },
-    Deleted { low_watermark: i64 },
+    Timestamped {
+        found: Option<(i64, i64)>,
+    },
+    Deleted {
+        low_watermark: i64,
+    },
     /// (leader epoch, end offset) for the requested epoch, if known.
-    EpochEnd { found: Option<(i32, i64)> },
+    EpochEnd {
+        found: Option<(i32, i64)>,
+    },
 }
 
 /// Partition-level failures; the handlers map each to a Kafka error code.
@@ -49,12 +78,26 @@ pub enum PartitionError {
 pub type PartitionResult = Result<PartitionOk, PartitionError>;
 
 pub enum ShardMsg {
-    Partition { tp: TopicPartition, op: PartitionOp, reply: Reply<PartitionResult> },
-    WaitForData { waits: Vec<(TopicPartition, i64)>, timeout: Duration, reply: Reply<()> },
+    Partition {
+        tp: TopicPartition,
+        op: PartitionOp,
+        reply: Reply<PartitionResult>,
+    },
+    WaitForData {
+        waits: Vec<(TopicPartition, i64)>,
+        timeout: Duration,
+        reply: Reply<()>,
+    },
     /// To the controller shard (0).
-    Admin { op: AdminOp, reply: Reply<AdminResult> },
+    Admin {
+        op: AdminOp,
+        reply: Reply<AdminResult>,
+    },
     /// From the controller: install this snapshot.
-    Install { meta: Arc<ClusterMeta>, reply: Reply<()> },
+    Install {
+        meta: Arc<ClusterMeta>,
+        reply: Reply<()>,
+    },
     /// From the controller at start: every shard has its partitions open.
     Start,
 }

@@ -3,8 +3,8 @@
 //! partitions to them as actor messages (the only way shards talk).
 
 pub mod admin;
-pub mod metadata;
 pub mod messages;
+pub mod metadata;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -36,7 +36,12 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(shard_id: ShardId, shard_count: usize, config: Arc<Config>, mailbox: Rc<Mailbox<ShardMsg>>) -> Broker {
+    pub fn new(
+        shard_id: ShardId,
+        shard_count: usize,
+        config: Arc<Config>,
+        mailbox: Rc<Mailbox<ShardMsg>>,
+    ) -> Broker {
         let meta = Arc::new(ClusterMeta::new(config.node_id, shard_count, Vec::new()));
         Broker {
             shard_id,
@@ -68,7 +73,11 @@ impl Broker {
                 ShardMsg::Partition { tp, op, reply } => {
                     let _ = reply.send(broker.run_local(tp, op).await);
                 }
-                ShardMsg::WaitForData { waits, timeout, reply } => {
+                ShardMsg::WaitForData {
+                    waits,
+                    timeout,
+                    reply,
+                } => {
                     broker.wait_local(&waits, timeout).await;
                     let _ = reply.send(());
                 }
@@ -111,31 +120,61 @@ impl Broker {
         };
         let log_start = || partition.log.borrow().log_start_offset();
         match op {
-            PartitionOp::Produce { records, durability } => {
-                let info = partition.produce(records, durability, storage::now_ms()).await.map_err(PartitionError::from)?;
-                Ok(PartitionOk::Produced { base_offset: info.base_offset, log_append_time_ms: info.log_append_time_ms, log_start_offset: log_start() })
+            PartitionOp::Produce {
+                records,
+                durability,
+            } => {
+                let info = partition
+                    .produce(records, durability, storage::now_ms())
+                    .await
+                    .map_err(PartitionError::from)?;
+                Ok(PartitionOk::Produced {
+                    base_offset: info.base_offset,
+                    log_append_time_ms: info.log_append_time_ms,
+                    log_start_offset: log_start(),
+                })
             }
             PartitionOp::Read { offset, max_bytes } => {
-                let parts = partition.read(offset, max_bytes).await.map_err(PartitionError::from)?;
+                let parts = partition
+                    .read(offset, max_bytes)
+                    .await
+                    .map_err(PartitionError::from)?;
                 let log = partition.log.borrow();
-                Ok(PartitionOk::Read { parts, high_watermark: log.end_offset(), log_start_offset: log.log_start_offset() })
+                Ok(PartitionOk::Read {
+                    parts,
+                    high_watermark: log.end_offset(),
+                    log_start_offset: log.log_start_offset(),
+                })
             }
             PartitionOp::Offsets => {
                 let log = partition.log.borrow();
-                Ok(PartitionOk::Offsets { log_start_offset: log.log_start_offset(), high_watermark: log.end_offset() })
+                Ok(PartitionOk::Offsets {
+                    log_start_offset: log.log_start_offset(),
+                    high_watermark: log.end_offset(),
+                })
             }
             PartitionOp::OffsetForTime { timestamp } => {
-                let found = partition.offset_for_time(timestamp).await.map_err(|e| PartitionError::from(StorageError::Io(e)))?;
+                let found = partition
+                    .offset_for_time(timestamp)
+                    .await
+                    .map_err(|e| PartitionError::from(StorageError::Io(e)))?;
                 Ok(PartitionOk::Timestamped { found })
             }
-            PartitionOp::MaxTimestamp => Ok(PartitionOk::Timestamped { found: partition.log.borrow().max_timestamp_offset() }),
+            PartitionOp::MaxTimestamp => Ok(PartitionOk::Timestamped {
+                found: partition.log.borrow().max_timestamp_offset(),
+            }),
             PartitionOp::DeleteRecords { offset } => {
-                let low_watermark = partition.delete_records(offset).await.map_err(PartitionError::from)?;
+                let low_watermark = partition
+                    .delete_records(offset)
+                    .await
+                    .map_err(PartitionError::from)?;
                 Ok(PartitionOk::Deleted { low_watermark })
             }
             PartitionOp::EndOffsetForEpoch { epoch } => {
                 let log = partition.log.borrow();
-                Ok(PartitionOk::EpochEnd { found: log.end_offset_for_epoch(epoch) })
+                Ok(PartitionOk::EpochEnd {
+                    found: log.end_offset_for_epoch(epoch),
+                })
             }
         }
     }
@@ -157,7 +196,14 @@ impl Broker {
                 if shard == self.shard_id {
                     self.wait_local(&waits, timeout).await;
                 } else {
-                    let _ = self.mailbox.call(shard, |reply| ShardMsg::WaitForData { waits, timeout, reply }).await;
+                    let _ = self
+                        .mailbox
+                        .call(shard, |reply| ShardMsg::WaitForData {
+                            waits,
+                            timeout,
+                            reply,
+                        })
+                        .await;
                 }
             })
         });
@@ -170,8 +216,14 @@ impl Broker {
     }
 
     async fn wait_local(&self, waits: &[(TopicPartition, i64)], timeout: Duration) {
-        let parts: Vec<_> = waits.iter().filter_map(|(tp, end)| Some((self.local_partition(tp)?, *end))).collect();
-        let futures: Vec<_> = parts.iter().map(|(p, end)| Box::pin(p.wait_for_data(*end, timeout))).collect();
+        let parts: Vec<_> = waits
+            .iter()
+            .filter_map(|(tp, end)| Some((self.local_partition(tp)?, *end)))
+            .collect();
+        let futures: Vec<_> = parts
+            .iter()
+            .map(|(p, end)| Box::pin(p.wait_for_data(*end, timeout)))
+            .collect();
         if futures.is_empty() {
             glommio::timer::sleep(timeout).await;
         } else {
@@ -187,15 +239,20 @@ impl Broker {
         for topic in meta.topics.values() {
             for p in 0..topic.partitions {
                 let tp = topic.tp(p);
-                if meta.placement(&tp).is_some_and(|pl| pl.shard == self.shard_id) {
+                if meta
+                    .placement(&tp)
+                    .is_some_and(|pl| pl.shard == self.shard_id)
+                {
                     mine.push((topic.clone(), p));
                 }
             }
         }
-        let cache_bytes = (self.config.cache_bytes_per_shard / mine.len().max(1)).max(self.config.write_buffer_bytes);
+        let cache_bytes = (self.config.cache_bytes_per_shard / mine.len().max(1))
+            .max(self.config.write_buffer_bytes);
         for (topic, p) in &mine {
             let tp = topic.tp(*p);
-            let mut log_config = metadata::log_config(&self.config.log_defaults(), &topic.configs).unwrap_or_else(|_| self.config.log_defaults());
+            let mut log_config = metadata::log_config(&self.config.log_defaults(), &topic.configs)
+                .unwrap_or_else(|_| self.config.log_defaults());
             log_config.cache_bytes = cache_bytes;
             if let Some(existing) = self.local_partition(&tp) {
                 existing.log.borrow_mut().config = log_config;
@@ -204,7 +261,9 @@ impl Broker {
             let dir = self.config.data_dir.join(topic.dir_name(*p));
             match storage::open_log(&dir, log_config, topic.leader_epoch).await {
                 Ok(log) => {
-                    self.partitions.borrow_mut().insert(tp, Rc::new(Partition::new(log)));
+                    self.partitions
+                        .borrow_mut()
+                        .insert(tp, Rc::new(Partition::new(log)));
                 }
                 Err(e) => error!(dir = %dir.display(), "cannot open partition: {e}"),
             }
@@ -213,17 +272,26 @@ impl Broker {
             .partitions
             .borrow()
             .iter()
-            .filter(|(tp, _)| meta.placement(tp).is_none_or(|pl| pl.shard != self.shard_id))
+            .filter(|(tp, _)| {
+                meta.placement(tp)
+                    .is_none_or(|pl| pl.shard != self.shard_id)
+            })
             .map(|(tp, p)| (*tp, p.clone()))
             .collect();
         for (tp, partition) in gone {
             self.partitions.borrow_mut().remove(&tp);
-            let deleted_topic = old.topics.values().find(|t| t.id == tp.topic_id).filter(|t| !meta.topics.values().any(|n| n.id == t.id));
+            let deleted_topic = old
+                .topics
+                .values()
+                .find(|t| t.id == tp.topic_id)
+                .filter(|t| !meta.topics.values().any(|n| n.id == t.id));
             if let Some(topic) = deleted_topic {
                 let dir = partition.log.borrow().dir.clone();
                 drop(partition);
                 info!(topic = %topic.name, partition = tp.partition, "deleting partition data");
-                let _ = glommio::executor().spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+                let _ = glommio::executor()
+                    .spawn_blocking(move || std::fs::remove_dir_all(dir))
+                    .await;
             }
         }
     }
@@ -271,8 +339,12 @@ impl From<StorageError> for PartitionError {
     fn from(e: StorageError) -> Self {
         use crate::storage::batch::BatchError;
         match e {
-            StorageError::Batch(BatchError::Truncated | BatchError::BadCrc) => PartitionError::CorruptMessage,
-            StorageError::Batch(BatchError::OldMagic(_) | BatchError::BadCount) => PartitionError::InvalidRecord,
+            StorageError::Batch(BatchError::Truncated | BatchError::BadCrc) => {
+                PartitionError::CorruptMessage
+            }
+            StorageError::Batch(BatchError::OldMagic(_) | BatchError::BadCount) => {
+                PartitionError::InvalidRecord
+            }
             StorageError::Batch(BatchError::TooLarge { .. }) => PartitionError::MessageTooLarge,
             StorageError::OffsetOutOfRange => PartitionError::OffsetOutOfRange,
             StorageError::Io(e) => {

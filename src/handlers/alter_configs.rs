@@ -7,7 +7,10 @@ use std::rc::Rc;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
-use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use super::describe_configs::RESOURCE_TOPIC;
@@ -19,11 +22,26 @@ use crate::protocol::{encode, str_bytes, Reply, Request};
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
-async fn alter(broker: &Broker, resource_type: i8, name: &StrBytes, changes: Result<Vec<ConfigChange>, AdminError>, replace: bool, validate_only: bool) -> Result<(), AdminError> {
+async fn alter(
+    broker: &Broker,
+    resource_type: i8,
+    name: &StrBytes,
+    changes: Result<Vec<ConfigChange>, AdminError>,
+    replace: bool,
+    validate_only: bool,
+) -> Result<(), AdminError> {
     if resource_type != RESOURCE_TOPIC {
-        return Err(AdminError { code: ResponseError::InvalidRequest.code(), message: "only topic configs can be altered".into() });
+        return Err(AdminError {
+            code: ResponseError::InvalidRequest.code(),
+            message: "only topic configs can be altered".into(),
+        });
     }
-    let op = AdminOp::AlterConfigs { name: name.to_string(), changes: changes?, replace, validate_only };
+    let op = AdminOp::AlterConfigs {
+        name: name.to_string(),
+        changes: changes?,
+        replace,
+        validate_only,
+    };
     broker.admin(op).await
 }
 
@@ -42,7 +60,16 @@ pub async fn handle_alter(broker: &Rc<Broker>, request: &Request) -> Result<Repl
         let mut out = AlterConfigsResourceResponse::default();
         out.resource_type = resource.resource_type;
         out.resource_name = resource.resource_name.clone();
-        if let Err(e) = alter(broker, resource.resource_type, &resource.resource_name, Ok(changes), true, body.validate_only).await {
+        if let Err(e) = alter(
+            broker,
+            resource.resource_type,
+            &resource.resource_name,
+            Ok(changes),
+            true,
+            body.validate_only,
+        )
+        .await
+        {
             out.error_code = e.code;
             out.error_message = Some(str_bytes(&e.message));
         }
@@ -51,7 +78,10 @@ pub async fn handle_alter(broker: &Rc<Broker>, request: &Request) -> Result<Repl
     Ok(encode(request, &response))
 }
 
-pub async fn handle_incremental(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
+pub async fn handle_incremental(
+    broker: &Rc<Broker>,
+    request: &Request,
+) -> Result<Reply, FrameError> {
     let body: IncrementalAlterConfigsRequest = decode_body(request)?;
     let mut response = IncrementalAlterConfigsResponse::default();
     for resource in &body.resources {
@@ -61,13 +91,25 @@ pub async fn handle_incremental(broker: &Rc<Broker>, request: &Request) -> Resul
             .map(|c| match (c.config_operation, &c.value) {
                 (OP_SET, Some(v)) => Ok(ConfigChange::Set(c.name.to_string(), v.to_string())),
                 (OP_DELETE, _) => Ok(ConfigChange::Delete(c.name.to_string())),
-                (op, _) => Err(AdminError { code: ResponseError::InvalidConfig.code(), message: format!("operation {op} is not supported for {}", c.name.as_str()) }),
+                (op, _) => Err(AdminError {
+                    code: ResponseError::InvalidConfig.code(),
+                    message: format!("operation {op} is not supported for {}", c.name.as_str()),
+                }),
             })
             .collect();
         let mut out = IncrementalResult::default();
         out.resource_type = resource.resource_type;
         out.resource_name = resource.resource_name.clone();
-        if let Err(e) = alter(broker, resource.resource_type, &resource.resource_name, changes, false, body.validate_only).await {
+        if let Err(e) = alter(
+            broker,
+            resource.resource_type,
+            &resource.resource_name,
+            changes,
+            false,
+            body.validate_only,
+        )
+        .await
+        {
             out.error_code = e.code;
             out.error_message = Some(str_bytes(&e.message));
         }

@@ -16,7 +16,11 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     for topic in &body.topics {
         let mut out = CreatePartitionsTopicResult::default();
         out.name = topic.name.clone();
-        let op = AdminOp::CreatePartitions { name: topic.name.0.to_string(), count: topic.count, validate_only: body.validate_only };
+        let op = AdminOp::CreatePartitions {
+            name: topic.name.0.to_string(),
+            count: topic.count,
+            validate_only: body.validate_only,
+        };
         if let Err(e) = broker.admin(op).await {
             out.error_code = e.code;
             out.error_message = Some(str_bytes(&e.message));

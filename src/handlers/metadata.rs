@@ -5,7 +5,9 @@
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
 use super::{decode_body, FrameError};
@@ -25,13 +27,23 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     let wanted: Option<Vec<String>> = match body.topics {
         None => None,
         Some(t) if t.is_empty() && version == 0 => None,
-        Some(t) => Some(t.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
+        Some(t) => Some(
+            t.into_iter()
+                .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                .collect(),
+        ),
     };
-    let auto_create = broker.config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
+    let auto_create =
+        broker.config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
     if let (Some(names), true) = (&wanted, auto_create) {
         for name in names {
             if broker.meta().topic(name).is_none() && valid_topic_name(name) {
-                let op = AdminOp::CreateTopic { name: name.clone(), partitions: broker.config.default_partitions, configs: Default::default(), validate_only: false };
+                let op = AdminOp::CreateTopic {
+                    name: name.clone(),
+                    partitions: broker.config.default_partitions,
+                    configs: Default::default(),
+                    validate_only: false,
+                };
                 if let Err(e) = broker.admin(op).await {
                     // Lost a race with another creator, or a real failure: the topic list below tells.
                     tracing::debug!(topic = %name, "auto-create: {}", e.message);
@@ -50,7 +62,11 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     response.controller_id = BrokerId(broker.config.node_id);
     response.cluster_authorized_operations = OPERATIONS_NOT_REQUESTED;
     response.topics = match wanted {
-        None => meta.topics.values().map(|t| describe_topic(broker, t)).collect(),
+        None => meta
+            .topics
+            .values()
+            .map(|t| describe_topic(broker, t))
+            .collect(),
         Some(names) => names
             .iter()
             .map(|name| match meta.topic(name) {
@@ -85,7 +101,11 @@ fn describe_topic(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
 fn missing_topic(name: &str) -> MetadataResponseTopic {
     let mut out = MetadataResponseTopic::default();
     out.name = Some(TopicName(str_bytes(name)));
-    out.error_code = if valid_topic_name(name) { ResponseError::UnknownTopicOrPartition.code() } else { ResponseError::InvalidTopicException.code() };
+    out.error_code = if valid_topic_name(name) {
+        ResponseError::UnknownTopicOrPartition.code()
+    } else {
+        ResponseError::InvalidTopicException.code()
+    };
     out.topic_authorized_operations = OPERATIONS_NOT_REQUESTED;
     out
 }

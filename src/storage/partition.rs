@@ -53,12 +53,25 @@ pub struct Partition {
 impl Partition {
     pub fn new(log: PartitionLog) -> Partition {
         let max_pending_bytes = log.config.write_buffer_bytes * 4;
-        Partition { log: RefCell::new(log), flush_lock: Semaphore::new(1), data_waiters: RefCell::new(Vec::new()), max_pending_bytes }
+        Partition {
+            log: RefCell::new(log),
+            flush_lock: Semaphore::new(1),
+            data_waiters: RefCell::new(Vec::new()),
+            max_pending_bytes,
+        }
     }
 
     /// Validates, stores, and waits for `durability`.
-    pub async fn produce(&self, records: Bytes, durability: Durability, now_ms: i64) -> Result<AppendInfo, StorageError> {
-        self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
+    pub async fn produce(
+        &self,
+        records: Bytes,
+        durability: Durability,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        self.log
+            .borrow()
+            .validate(&records)
+            .map_err(StorageError::Batch)?;
         if self.log.borrow().needs_roll(records.len(), now_ms) {
             self.roll(records.len(), now_ms).await?;
         }
@@ -84,7 +97,11 @@ impl Partition {
         loop {
             let done = {
                 let log = self.log.borrow();
-                if sync { log.synced_offset() > offset } else { log.flushed_offset() > offset }
+                if sync {
+                    log.synced_offset() > offset
+                } else {
+                    log.flushed_offset() > offset
+                }
             };
             if done {
                 return Ok(());
@@ -95,7 +112,11 @@ impl Partition {
 
     /// Writes the active segment's pending buffers, then fdatasyncs if `sync`.
     pub async fn flush(&self, sync: bool) -> std::io::Result<()> {
-        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let _permit = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.flush_locked(sync).await
     }
 
@@ -115,7 +136,11 @@ impl Partition {
 
     /// Seals the active segment and starts a new one, if still needed.
     async fn roll(&self, bytes: usize, now_ms: i64) -> std::io::Result<()> {
-        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let _permit = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         if !self.log.borrow().needs_roll(bytes, now_ms) {
             return Ok(());
         }
@@ -124,7 +149,11 @@ impl Partition {
         seal.run().await?;
         let (dir, base, buffer_bytes) = {
             let log = self.log.borrow();
-            (log.dir.clone(), log.end_offset(), log.config.write_buffer_bytes)
+            (
+                log.dir.clone(),
+                log.end_offset(),
+                log.config.write_buffer_bytes,
+            )
         };
         let segment = Segment::create(&dir, base, buffer_bytes).await?;
         self.log.borrow_mut().push_segment(segment);
@@ -138,9 +167,20 @@ impl Partition {
         match plan {
             ReadPlan::OutOfRange => Err(StorageError::OffsetOutOfRange),
             ReadPlan::Cached(parts) => Ok(parts),
-            ReadPlan::Disk { file, position, len, readable, offset, max_bytes } => {
+            ReadPlan::Disk {
+                file,
+                position,
+                len,
+                readable,
+                offset,
+                max_bytes,
+            } => {
                 let kept = read_disk(&file, position, len, readable, offset, max_bytes).await?;
-                Ok(if kept.is_empty() { Vec::new() } else { vec![kept] })
+                Ok(if kept.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![kept]
+                })
             }
         }
     }
@@ -165,7 +205,8 @@ impl Partition {
         let plan = self.log.borrow().plan_time_lookup(timestamp);
         if let Some((file, mut position, readable)) = plan {
             while position < readable {
-                let chunk = read_at(&file, position, (readable - position).min(1 << 20) as usize).await?;
+                let chunk =
+                    read_at(&file, position, (readable - position).min(1 << 20) as usize).await?;
                 let mut at = 0;
                 while let Ok(info) = super::batch::peek(&chunk[at..]) {
                     if info.max_timestamp >= timestamp {
@@ -191,7 +232,9 @@ impl Partition {
             }
             (log.advance_start(offset), log.dir.clone())
         };
-        glommio::executor().spawn_blocking(move || std::fs::write(dir.join(LOG_START_FILE), start.to_string())).await?;
+        glommio::executor()
+            .spawn_blocking(move || std::fs::write(dir.join(LOG_START_FILE), start.to_string()))
+            .await?;
         self.enforce_retention(now_ms()).await?;
         Ok(start)
     }
@@ -213,7 +256,11 @@ impl Partition {
     /// Clean shutdown: flush, sync, and cut the active segment's block
     /// padding so the file ends at its last batch.
     pub async fn close(&self) -> std::io::Result<()> {
-        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let _permit = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.flush_locked(true).await?;
         let (file, size) = self.log.borrow().active_file_and_size();
         file.truncate(size).await?;
@@ -226,7 +273,14 @@ impl Partition {
 /// (a batch boundary at or before `offset`) and never past `readable`.
 /// Steps forward over batches before `offset`, and widens the read when the
 /// wanted batch is larger than `len`.
-async fn read_disk(file: &glommio::io::DmaFile, mut position: u64, mut len: usize, readable: u64, offset: i64, max_bytes: usize) -> std::io::Result<Bytes> {
+async fn read_disk(
+    file: &glommio::io::DmaFile,
+    mut position: u64,
+    mut len: usize,
+    readable: u64,
+    offset: i64,
+    max_bytes: usize,
+) -> std::io::Result<Bytes> {
     while position < readable {
         len = len.min((readable - position) as usize);
         let data = read_at(file, position, len).await?;
@@ -259,5 +313,7 @@ fn skip_to(data: &[u8], offset: i64) -> usize {
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

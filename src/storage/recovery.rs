@@ -16,7 +16,11 @@ use super::segment::{index_path, read_at, time_index_path, Segment};
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
 /// Opens (or creates) the log in `dir`.
-pub async fn open_log(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::io::Result<PartitionLog> {
+pub async fn open_log(
+    dir: &Path,
+    config: LogConfig,
+    leader_epoch: i32,
+) -> std::io::Result<PartitionLog> {
     let dir_owned = dir.to_path_buf();
     let (bases, log_start) = glommio::executor()
         .spawn_blocking(move || -> std::io::Result<(Vec<i64>, i64)> {
@@ -24,12 +28,18 @@ pub async fn open_log(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::
             let mut bases = Vec::new();
             for entry in std::fs::read_dir(&dir_owned)? {
                 let name = entry?.file_name().to_string_lossy().into_owned();
-                if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<i64>().ok()) {
+                if let Some(base) = name
+                    .strip_suffix(".log")
+                    .and_then(|b| b.parse::<i64>().ok())
+                {
                     bases.push(base);
                 }
             }
             bases.sort_unstable();
-            let start = std::fs::read_to_string(dir_owned.join(LOG_START_FILE)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            let start = std::fs::read_to_string(dir_owned.join(LOG_START_FILE))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
             Ok((bases, start))
         })
         .await?;
@@ -48,15 +58,30 @@ pub async fn open_log(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::
     if segments.is_empty() {
         segments.push(Segment::create(dir, log_start, config.write_buffer_bytes).await?);
     }
-    Ok(PartitionLog::new(dir, config, leader_epoch, segments, log_start))
+    Ok(PartitionLog::new(
+        dir,
+        config,
+        leader_epoch,
+        segments,
+        log_start,
+    ))
 }
 
 async fn recover_sealed(segment: &mut Segment, config: &LogConfig) -> std::io::Result<()> {
-    let (index_file, time_file) = (index_path(&segment.dir, segment.base_offset), time_index_path(&segment.dir, segment.base_offset));
+    let (index_file, time_file) = (
+        index_path(&segment.dir, segment.base_offset),
+        time_index_path(&segment.dir, segment.base_offset),
+    );
     let files = glommio::executor()
-        .spawn_blocking(move || Some((std::fs::read(index_file).ok()?, std::fs::read(time_file).ok()?)))
+        .spawn_blocking(move || {
+            Some((
+                std::fs::read(index_file).ok()?,
+                std::fs::read(time_file).ok()?,
+            ))
+        })
         .await;
-    let loaded = files.and_then(|(offsets, times)| SegmentIndex::decode(&offsets, &times, segment.size_bytes));
+    let loaded = files
+        .and_then(|(offsets, times)| SegmentIndex::decode(&offsets, &times, segment.size_bytes));
     let from = match loaded {
         Some(index) if !index.is_empty() => {
             let from = index.last_position() as u64;
@@ -94,7 +119,12 @@ async fn recover_active(segment: &mut Segment, config: &LogConfig) -> std::io::R
 /// Walks batches from `from`, registering each with the segment; stops at the
 /// first incomplete or (with `check_crc`) corrupt batch. Returns the end of the
 /// last good batch, which is also the segment's new logical size.
-async fn scan(segment: &mut Segment, from: u64, check_crc: bool, config: &LogConfig) -> std::io::Result<u64> {
+async fn scan(
+    segment: &mut Segment,
+    from: u64,
+    check_crc: bool,
+    config: &LogConfig,
+) -> std::io::Result<u64> {
     let file = segment.file();
     let file_bytes = segment.size_bytes;
     let mut position = from;
@@ -105,7 +135,9 @@ async fn scan(segment: &mut Segment, from: u64, check_crc: bool, config: &LogCon
     while position < file_bytes {
         let want = SCAN_CHUNK_BYTES.min((file_bytes - position) as usize);
         let mut chunk = read_at(&file, position, want).await?;
-        let Some(first_len) = super::log::first_batch_bytes(&chunk) else { break };
+        let Some(first_len) = super::log::first_batch_bytes(&chunk) else {
+            break;
+        };
         if first_len > chunk.len() {
             if first_len > max_batch_bytes || position + first_len as u64 > file_bytes {
                 break;
@@ -114,10 +146,21 @@ async fn scan(segment: &mut Segment, from: u64, check_crc: bool, config: &LogCon
         }
         let mut at = 0;
         while at < chunk.len() {
-            let found = if check_crc { batch::validate(&chunk[at..], max_batch_bytes) } else { batch::peek(&chunk[at..]) };
+            let found = if check_crc {
+                batch::validate(&chunk[at..], max_batch_bytes)
+            } else {
+                batch::peek(&chunk[at..])
+            };
             let Ok(info) = found else { break };
             let next = info.base_offset + info.last_offset_delta as i64 + 1;
-            segment.track(position + at as u64, info.base_offset, next, info.max_timestamp, info.total_bytes as u64, config.index_interval_bytes);
+            segment.track(
+                position + at as u64,
+                info.base_offset,
+                next,
+                info.max_timestamp,
+                info.total_bytes as u64,
+                config.index_interval_bytes,
+            );
             at += info.total_bytes;
         }
         if at == 0 {

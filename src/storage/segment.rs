@@ -72,12 +72,21 @@ pub struct Segment {
 
 impl Segment {
     async fn open_file(path: &Path) -> std::io::Result<DmaFile> {
-        let file = OpenOptions::new().read(true).write(true).create(true).dma_open(path).await?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(path)
+            .await?;
         Ok(file)
     }
 
     /// Creates a new, empty, writable segment.
-    pub async fn create(dir: &Path, base_offset: i64, buffer_bytes: usize) -> std::io::Result<Segment> {
+    pub async fn create(
+        dir: &Path,
+        base_offset: i64,
+        buffer_bytes: usize,
+    ) -> std::io::Result<Segment> {
         let file = Self::open_file(&log_path(dir, base_offset)).await?;
         file.truncate(0).await?;
         let mut segment = Segment::with_file(dir, base_offset, file);
@@ -116,13 +125,20 @@ impl Segment {
         self.file.truncate(self.size_bytes).await?;
         let block_start = align_down(self.size_bytes);
         let partial = (self.size_bytes - block_start) as usize;
-        let head = if partial > 0 { read_at(&self.file, block_start, partial).await?.to_vec() } else { Vec::new() };
+        let head = if partial > 0 {
+            read_at(&self.file, block_start, partial).await?.to_vec()
+        } else {
+            Vec::new()
+        };
         self.start_appending(buffer_bytes, head);
         Ok(())
     }
 
     fn start_appending(&mut self, buffer_bytes: usize, head: Vec<u8>) {
-        assert!(buffer_bytes as u64 % BLOCK_BYTES == 0 && buffer_bytes > 0, "write buffer is whole blocks");
+        assert!(
+            (buffer_bytes as u64).is_multiple_of(BLOCK_BYTES) && buffer_bytes > 0,
+            "write buffer is whole blocks"
+        );
         let mut current = self.file.alloc_dma_buffer(buffer_bytes);
         current.as_bytes_mut()[..head.len()].copy_from_slice(&head);
         self.appender = Some(Appender {
@@ -144,7 +160,15 @@ impl Segment {
     }
 
     /// Copies one batch (given as parts) to the end of the segment and indexes it.
-    pub fn append(&mut self, parts: &[&[u8]], first_offset: i64, next_offset: i64, max_timestamp: i64, now_ms: i64, index_interval_bytes: u64) {
+    pub fn append(
+        &mut self,
+        parts: &[&[u8]],
+        first_offset: i64,
+        next_offset: i64,
+        max_timestamp: i64,
+        now_ms: i64,
+        index_interval_bytes: u64,
+    ) {
         let position = self.size_bytes;
         let batch_bytes: usize = parts.iter().map(|p| p.len()).sum();
         let file = self.file.clone();
@@ -154,30 +178,53 @@ impl Segment {
             while !rest.is_empty() {
                 let room = appender.buffer_bytes - appender.current_len;
                 let n = room.min(rest.len());
-                appender.current.as_bytes_mut()[appender.current_len..appender.current_len + n].copy_from_slice(&rest[..n]);
+                appender.current.as_bytes_mut()[appender.current_len..appender.current_len + n]
+                    .copy_from_slice(&rest[..n]);
                 appender.current_len += n;
                 rest = &rest[n..];
                 if appender.current_len == appender.buffer_bytes {
-                    let full = std::mem::replace(&mut appender.current, file.alloc_dma_buffer(appender.buffer_bytes));
+                    let full = std::mem::replace(
+                        &mut appender.current,
+                        file.alloc_dma_buffer(appender.buffer_bytes),
+                    );
                     appender.sealed.push((appender.current_pos, full));
                     appender.current_pos += appender.buffer_bytes as u64;
                     appender.current_len = 0;
                 }
             }
         }
-        self.track(position, first_offset, next_offset, max_timestamp, batch_bytes as u64, index_interval_bytes);
+        self.track(
+            position,
+            first_offset,
+            next_offset,
+            max_timestamp,
+            batch_bytes as u64,
+            index_interval_bytes,
+        );
         self.first_append_ms.get_or_insert(now_ms);
     }
 
     /// Accounts for a batch now at `position` (appended, or found by recovery):
     /// size, next offset, max timestamp, and a sparse index entry every
     /// `index_interval_bytes`.
-    pub fn track(&mut self, position: u64, first_offset: i64, next_offset: i64, max_timestamp: i64, batch_bytes: u64, index_interval_bytes: u64) {
+    pub fn track(
+        &mut self,
+        position: u64,
+        first_offset: i64,
+        next_offset: i64,
+        max_timestamp: i64,
+        batch_bytes: u64,
+        index_interval_bytes: u64,
+    ) {
         let relative = (first_offset - self.base_offset) as u32;
         self.max_timestamp = self.max_timestamp.max(max_timestamp);
-        let indexed = self.index.last_relative().is_some_and(|last| relative <= last);
+        let indexed = self
+            .index
+            .last_relative()
+            .is_some_and(|last| relative <= last);
         if !indexed && (self.index.is_empty() || self.bytes_since_index >= index_interval_bytes) {
-            self.index.add(relative, position as u32, self.max_timestamp);
+            self.index
+                .add(relative, position as u32, self.max_timestamp);
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += batch_bytes;
@@ -207,7 +254,8 @@ impl Segment {
             let len = appender.current_len;
             let keep_from = align_down(len as u64) as usize;
             let mut fresh = self.file.alloc_dma_buffer(appender.buffer_bytes);
-            fresh.as_bytes_mut()[..len - keep_from].copy_from_slice(&appender.current.as_bytes()[keep_from..len]);
+            fresh.as_bytes_mut()[..len - keep_from]
+                .copy_from_slice(&appender.current.as_bytes()[keep_from..len]);
             let mut out = std::mem::replace(&mut appender.current, fresh);
             let padded = align_up(len as u64) as usize;
             out.as_bytes_mut()[len..padded].fill(0);
@@ -216,7 +264,11 @@ impl Segment {
             appender.current_pos += keep_from as u64;
             appender.current_len = len - keep_from;
         }
-        Some(FlushJob { file: self.file.clone(), writes, flushed_to: self.size_bytes })
+        Some(FlushJob {
+            file: self.file.clone(),
+            writes,
+            flushed_to: self.size_bytes,
+        })
     }
 
     pub fn finish_flush(&mut self, flushed_to: u64) {
@@ -238,8 +290,14 @@ impl Segment {
         SealJob {
             file: self.file.clone(),
             size_bytes: self.size_bytes,
-            index: (index_path(&self.dir, self.base_offset), self.index.encode_offsets()),
-            time_index: (time_index_path(&self.dir, self.base_offset), self.index.encode_times()),
+            index: (
+                index_path(&self.dir, self.base_offset),
+                self.index.encode_offsets(),
+            ),
+            time_index: (
+                time_index_path(&self.dir, self.base_offset),
+                self.index.encode_times(),
+            ),
         }
     }
 
@@ -251,7 +309,11 @@ impl Segment {
         }
         glommio::executor()
             .spawn_blocking(move || {
-                for path in [log_path(&dir, base), index_path(&dir, base), time_index_path(&dir, base)] {
+                for path in [
+                    log_path(&dir, base),
+                    index_path(&dir, base),
+                    time_index_path(&dir, base),
+                ] {
                     let _ = std::fs::remove_file(path);
                 }
             })
@@ -272,7 +334,10 @@ impl FlushJob {
     /// Returns the logical size they make durable-on-sync.
     pub async fn run(self) -> std::io::Result<u64> {
         let file = &self.file;
-        let writes = self.writes.into_iter().map(|(pos, buf)| file.write_at(buf, pos));
+        let writes = self
+            .writes
+            .into_iter()
+            .map(|(pos, buf)| file.write_at(buf, pos));
         for result in futures::future::join_all(writes).await {
             result?;
         }
