@@ -30,6 +30,13 @@ pub async fn run_shard(mut shard: shards::Shard<ShardMsg>, config: Arc<Config>) 
         config.clone(),
         shard.mailbox.clone(),
     ));
+    if let Err(e) = crate::storage::segment::probe_device(&config.data_dir, shard.id).await {
+        error!(
+            "data directory {} is not usable: {e}",
+            config.data_dir.display()
+        );
+        std::process::exit(1);
+    }
     let inbox_broker = broker.clone();
     shard.serve_inbox(move |msg| inbox_broker.on_message(msg));
     if shard.id == crate::broker::admin::CONTROLLER_SHARD {

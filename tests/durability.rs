@@ -251,3 +251,48 @@ fn segments_roll_and_reads_cross_them() {
     );
     broker.stop();
 }
+
+#[test]
+fn reads_beyond_the_cache_come_from_disk() {
+    let dir = temp_dir("disk-read");
+    let settings = [
+        "write_buffer_bytes=65536",
+        "cache_bytes_per_shard=65536",
+        "index_interval_bytes=1024",
+    ];
+    let broker = TestBroker::start(&dir, &settings);
+    let mut client = broker.client();
+    client.create_topic("cold", 1, &[]).unwrap();
+    for i in 0..300 {
+        let batch: Vec<_> = (0..20)
+            .map(|j| (None, Bytes::from(format!("c{i}-{j}-{}", "p".repeat(200)))))
+            .collect();
+        client
+            .produce("cold", 0, &batch, 1, Compression::None)
+            .unwrap();
+    }
+    // 300 batches of ~4 KiB is far past the 64 KiB cache: the start is on disk only.
+    let stored = record_values(&client.fetch_all("cold", 0, 0).unwrap());
+    assert_eq!(stored.len(), 6000);
+    assert!(stored[4321]
+        .1
+        .starts_with(&format!("c{}-{}-", 4321 / 20, 4321 % 20)));
+    let mid = record_values(&client.fetch_all("cold", 0, 3333).unwrap());
+    assert_eq!(
+        mid.first().map(|r| r.0),
+        Some(3333),
+        "a read can start inside a batch on disk"
+    );
+    let first_ts = client.fetch("cold", 0, 0, 0).unwrap().0[0].timestamp;
+    assert_eq!(
+        client.list_offset("cold", 0, first_ts).unwrap(),
+        0,
+        "time lookup through the on-disk time index"
+    );
+    assert!(
+        !broker.log().contains("ERROR"),
+        "no storage errors:\n{}",
+        broker.log()
+    );
+    broker.stop();
+}

@@ -15,6 +15,10 @@ use super::{Broker, ShardMsg};
 /// The controller shard.
 pub const CONTROLLER_SHARD: usize = 0;
 const META_FILE: &str = "topics.json";
+/// Holds the first producer id not yet handed to any shard.
+const PRODUCER_ID_FILE: &str = "producer-id-block";
+/// Producer ids a shard takes from the controller at a time.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
 #[derive(Debug, Clone)]
 pub enum ConfigChange {
@@ -220,19 +224,10 @@ impl Broker {
     }
 
     async fn persist(&self, meta: &ClusterMeta) -> std::io::Result<()> {
-        let dir = self.config.data_dir.clone();
+        let path = self.config.data_dir.join(META_FILE);
         let json = meta.to_json();
         glommio::executor()
-            .spawn_blocking(move || -> std::io::Result<()> {
-                use std::io::Write;
-                std::fs::create_dir_all(&dir)?;
-                let tmp = dir.join(format!("{META_FILE}.tmp"));
-                let mut file = std::fs::File::create(&tmp)?;
-                file.write_all(&json)?;
-                file.sync_all()?;
-                std::fs::rename(&tmp, dir.join(META_FILE))?;
-                std::fs::File::open(&dir)?.sync_all()
-            })
+            .spawn_blocking(move || write_durably(&path, &json))
             .await
     }
 
@@ -254,6 +249,64 @@ impl Broker {
         futures::future::join_all(installs).await;
     }
 
+    /// A fresh producer id for an idempotent producer, from this shard's block,
+    /// taking a new block from the controller when it runs out.
+    pub async fn next_producer_id(&self) -> Result<i64, AdminError> {
+        let (next, end) = self.producer_ids.get();
+        if next < end {
+            self.producer_ids.set((next + 1, end));
+            return Ok(next);
+        }
+        let start = if self.shard_id == CONTROLLER_SHARD {
+            self.allocate_producer_id_block().await?
+        } else {
+            self.mailbox
+                .call(CONTROLLER_SHARD, |reply| ShardMsg::AllocateProducerIds {
+                    reply,
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(AdminError {
+                        code: ResponseError::UnknownServerError.code(),
+                        message: e.to_string(),
+                    })
+                })?
+        };
+        self.producer_ids
+            .set((start + 1, start + PRODUCER_ID_BLOCK));
+        Ok(start)
+    }
+
+    /// Controller: reserves the next block of producer ids, persisted before
+    /// it is handed out so that no id is ever given twice, across restarts too.
+    pub(super) async fn allocate_producer_id_block(&self) -> Result<i64, AdminError> {
+        assert_eq!(
+            self.shard_id, CONTROLLER_SHARD,
+            "producer ids come from the controller"
+        );
+        let storage_error = |e: std::io::Error| AdminError {
+            code: ResponseError::KafkaStorageError.code(),
+            message: e.to_string(),
+        };
+        let _permit = self
+            .admin_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| AdminError {
+                code: -1,
+                message: e.to_string(),
+            })?;
+        let start = self.next_producer_id_block.get();
+        let path = self.config.data_dir.join(PRODUCER_ID_FILE);
+        let next = start + PRODUCER_ID_BLOCK;
+        glommio::executor()
+            .spawn_blocking(move || write_durably(&path, next.to_string().as_bytes()))
+            .await
+            .map_err(storage_error)?;
+        self.next_producer_id_block.set(next);
+        Ok(start)
+    }
+
     /// Controller start-up: loads `topics.json` (if any) and installs it everywhere.
     pub async fn load_metadata(self: &Rc<Self>) -> anyhow::Result<()> {
         let path = self.config.data_dir.join(META_FILE);
@@ -267,6 +320,16 @@ impl Broker {
             }
             Err(e) => return Err(e.into()),
         };
+        let id_path = self.config.data_dir.join(PRODUCER_ID_FILE);
+        let next_block = glommio::executor()
+            .spawn_blocking(move || std::fs::read_to_string(id_path))
+            .await;
+        self.next_producer_id_block.set(
+            next_block
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0),
+        );
         info!(topics = meta.topics.len(), "loaded metadata");
         self.install_everywhere(Arc::new(meta)).await;
         // Only now may any shard serve: a request on one shard can route to
@@ -280,4 +343,17 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// Replaces `path` atomically and durably: temp file, fsync, rename, fsync dir.
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("a file inside the data directory");
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use shards::Reply;
 
-use super::admin::{AdminOp, AdminResult};
+use super::admin::{AdminError, AdminOp, AdminResult};
 use super::metadata::{ClusterMeta, TopicPartition};
 use crate::storage::Durability;
 
@@ -73,6 +73,8 @@ pub enum PartitionError {
     OffsetOutOfRange,
     StorageError,
     NotAvailable,
+    OutOfOrderSequence,
+    InvalidProducerEpoch,
 }
 
 pub type PartitionResult = Result<PartitionOk, PartitionError>;
@@ -100,4 +102,8 @@ pub enum ShardMsg {
     },
     /// From the controller at start: every shard has its partitions open.
     Start,
+    /// To the controller: reserve a block of producer ids; answers its first id.
+    AllocateProducerIds {
+        reply: Reply<Result<i64, AdminError>>,
+    },
 }

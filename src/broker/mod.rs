@@ -33,6 +33,10 @@ pub struct Broker {
     /// Set once every shard has installed the first metadata snapshot.
     ready: Cell<bool>,
     pub connections: Cell<usize>,
+    /// This shard's unused producer ids: [next, end).
+    producer_ids: Cell<(i64, i64)>,
+    /// Controller only: the first id of the next block to hand out.
+    next_producer_id_block: Cell<i64>,
 }
 
 impl Broker {
@@ -53,6 +57,8 @@ impl Broker {
             admin_lock: Semaphore::new(1),
             ready: Cell::new(false),
             connections: Cell::new(0),
+            producer_ids: Cell::new((0, 0)),
+            next_producer_id_block: Cell::new(0),
         }
     }
 
@@ -89,6 +95,9 @@ impl Broker {
                     let _ = reply.send(());
                 }
                 ShardMsg::Start => broker.ready.set(true),
+                ShardMsg::AllocateProducerIds { reply } => {
+                    let _ = reply.send(broker.allocate_producer_id_block().await);
+                }
             }
         })
         .detach();
@@ -342,11 +351,13 @@ impl From<StorageError> for PartitionError {
             StorageError::Batch(BatchError::Truncated | BatchError::BadCrc) => {
                 PartitionError::CorruptMessage
             }
-            StorageError::Batch(BatchError::OldMagic(_) | BatchError::BadCount) => {
-                PartitionError::InvalidRecord
-            }
+            StorageError::Batch(
+                BatchError::OldMagic(_) | BatchError::BadCount | BatchError::Unsupported,
+            ) => PartitionError::InvalidRecord,
             StorageError::Batch(BatchError::TooLarge { .. }) => PartitionError::MessageTooLarge,
             StorageError::OffsetOutOfRange => PartitionError::OffsetOutOfRange,
+            StorageError::OutOfOrderSequence => PartitionError::OutOfOrderSequence,
+            StorageError::InvalidProducerEpoch => PartitionError::InvalidProducerEpoch,
             StorageError::Io(e) => {
                 error!("storage error: {e}");
                 PartitionError::StorageError

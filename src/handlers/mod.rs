@@ -9,6 +9,7 @@ mod delete_records;
 mod delete_topics;
 mod describe_configs;
 mod fetch;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
@@ -39,6 +40,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -130,6 +132,7 @@ pub async fn handle(broker: &Rc<Broker>, request: Request) -> Result<Reply, Fram
         }
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
         ApiKey::DeleteRecords => delete_records::handle(broker, &request).await,
+        ApiKey::InitProducerId => init_producer_id::handle(broker, &request).await,
         other => Err(FrameError(format!("API {other:?} is not supported"))),
     }
 }
@@ -144,6 +147,8 @@ pub fn error_code(error: PartitionError) -> i16 {
         PartitionError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
         PartitionError::StorageError => ResponseError::KafkaStorageError,
         PartitionError::NotAvailable => ResponseError::NotLeaderOrFollower,
+        PartitionError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber,
+        PartitionError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
     };
     e.code()
 }

@@ -19,7 +19,12 @@ const CRC_AT: usize = 17;
 const ATTRIBUTES_AT: usize = 21;
 const LAST_DELTA_AT: usize = 23;
 const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
 const RECORD_COUNT_AT: usize = 57;
+const TRANSACTIONAL_BIT: i16 = 1 << 4;
+const CONTROL_BIT: i16 = 1 << 5;
 const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
 
 /// Why a batch was refused. Each maps to one Kafka error code.
@@ -35,6 +40,9 @@ pub enum BatchError {
     BadCount,
     /// Larger than max.message.bytes (MESSAGE_TOO_LARGE).
     TooLarge { batch_bytes: usize },
+    /// An idempotent payload of more than one batch, or a transactional batch
+    /// (spate has no transactions yet) (INVALID_RECORD).
+    Unsupported,
 }
 
 /// What the broker reads from a batch header.
@@ -47,11 +55,29 @@ pub struct BatchInfo {
     pub last_offset_delta: i32,
     pub max_timestamp: i64,
     pub record_count: i32,
+    /// -1 unless the producer is idempotent.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    /// Transactional or control batch: spate does not support transactions yet.
+    pub transactional: bool,
 }
 
 impl BatchInfo {
     pub fn last_offset(&self) -> i64 {
         self.base_offset + self.last_offset_delta as i64
+    }
+
+    /// The idempotence identity of the batch, if its producer has one.
+    pub fn producer_batch(&self) -> Option<super::producers::ProducerBatch> {
+        (self.producer_id >= 0).then(|| super::producers::ProducerBatch {
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            first_sequence: self.base_sequence,
+            // Sequences wrap from i32::MAX to 0.
+            last_sequence: ((self.base_sequence as i64 + self.last_offset_delta as i64)
+                % (i32::MAX as i64 + 1)) as i32,
+        })
     }
 }
 
@@ -90,6 +116,10 @@ pub fn peek(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
         last_offset_delta: be_i32(bytes, LAST_DELTA_AT),
         max_timestamp: be_i64(bytes, MAX_TIMESTAMP_AT),
         record_count: be_i32(bytes, RECORD_COUNT_AT),
+        producer_id: be_i64(bytes, PRODUCER_ID_AT),
+        producer_epoch: be_i16(bytes, PRODUCER_EPOCH_AT),
+        base_sequence: be_i32(bytes, BASE_SEQUENCE_AT),
+        transactional: be_i16(bytes, ATTRIBUTES_AT) & (TRANSACTIONAL_BIT | CONTROL_BIT) != 0,
     })
 }
 

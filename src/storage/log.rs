@@ -13,6 +13,8 @@ use bytes::{Bytes, BytesMut};
 use glommio::io::DmaFile;
 
 use super::batch::{self, BatchError, BatchInfo};
+use super::partition::StorageError;
+use super::producers::{ProducerStates, SequenceCheck};
 use super::segment::{FlushJob, Segment};
 
 /// Per-partition log settings (Kafka topic configs where one exists).
@@ -108,6 +110,7 @@ pub struct PartitionLog {
     synced_offset: i64,
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
+    producers: ProducerStates,
 }
 
 pub const LOG_START_FILE: &str = "log-start-offset";
@@ -120,6 +123,7 @@ impl PartitionLog {
         leader_epoch: i32,
         segments: Vec<Segment>,
         log_start_offset: i64,
+        producers: ProducerStates,
     ) -> Self {
         assert!(
             segments.last().is_some_and(Segment::is_writable),
@@ -137,6 +141,7 @@ impl PartitionLog {
             synced_offset: end,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            producers,
         }
     }
 
@@ -181,13 +186,21 @@ impl PartitionLog {
     pub fn validate(&self, records: &[u8]) -> Result<usize, BatchError> {
         let mut at = 0;
         let mut batches = 0;
+        let mut idempotent = false;
         while at < records.len() {
             let info = batch::validate(&records[at..], self.config.max_message_bytes)?;
+            if info.transactional {
+                return Err(BatchError::Unsupported);
+            }
+            idempotent |= info.producer_id >= 0;
             at += info.total_bytes;
             batches += 1;
         }
         if batches == 0 {
             return Err(BatchError::BadCount);
+        }
+        if idempotent && batches > 1 {
+            return Err(BatchError::Unsupported); // as Kafka: one batch per partition
         }
         Ok(batches)
     }
@@ -208,13 +221,35 @@ impl PartitionLog {
 
     /// Appends a validated produce payload: assigns offsets, copies it into the
     /// active segment's write buffer, and caches it. Never decompresses.
-    pub fn append(&mut self, records: &Bytes, now_ms: i64) -> AppendInfo {
+    /// An idempotent producer's retry of a stored batch is answered with the
+    /// original offsets and stores nothing.
+    pub fn append(&mut self, records: &Bytes, now_ms: i64) -> Result<AppendInfo, StorageError> {
+        let head = batch::peek(records).expect("payload was validated");
+        if let Some(producer) = head.producer_batch() {
+            match self.producers.check(&producer) {
+                SequenceCheck::Append => {}
+                SequenceCheck::Duplicate { base_offset } => {
+                    let last_offset = base_offset + head.last_offset_delta as i64;
+                    return Ok(AppendInfo {
+                        base_offset,
+                        last_offset,
+                        log_append_time_ms: -1,
+                    });
+                }
+                SequenceCheck::OutOfOrder => return Err(StorageError::OutOfOrderSequence),
+                SequenceCheck::Fenced => return Err(StorageError::InvalidProducerEpoch),
+            }
+        }
         let first = self.end_offset();
         let mut at = 0;
         while at < records.len() {
             let info = batch::peek(&records[at..]).expect("payload was validated");
             let whole = records.slice(at..at + info.total_bytes);
+            let base_offset = self.end_offset();
             self.append_batch(whole, &info, now_ms);
+            if let Some(producer) = info.producer_batch() {
+                self.producers.record(&producer, base_offset);
+            }
             at += info.total_bytes;
         }
         let log_append_time_ms = if self.config.log_append_time {
@@ -222,11 +257,11 @@ impl PartitionLog {
         } else {
             -1
         };
-        AppendInfo {
+        Ok(AppendInfo {
             base_offset: first,
             last_offset: self.end_offset() - 1,
             log_append_time_ms,
-        }
+        })
     }
 
     fn append_batch(&mut self, whole: Bytes, info: &BatchInfo, now_ms: i64) {

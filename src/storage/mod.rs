@@ -6,6 +6,7 @@ pub mod batch;
 pub mod index;
 pub mod log;
 pub mod partition;
+pub mod producers;
 pub mod recovery;
 pub mod segment;
 

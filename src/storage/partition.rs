@@ -20,6 +20,10 @@ use super::segment::{read_at, Segment};
 pub enum StorageError {
     Batch(BatchError),
     OffsetOutOfRange,
+    /// An idempotent producer skipped sequence numbers.
+    OutOfOrderSequence,
+    /// An idempotent producer's epoch is older than one already seen.
+    InvalidProducerEpoch,
     Io(std::io::Error),
 }
 
@@ -78,7 +82,7 @@ impl Partition {
         if self.log.borrow().pending_bytes() > self.max_pending_bytes {
             self.flush(false).await?;
         }
-        let info = self.log.borrow_mut().append(&records, now_ms);
+        let info = self.log.borrow_mut().append(&records, now_ms)?;
         for waiter in self.data_waiters.borrow_mut().drain(..) {
             let _ = waiter.send(());
         }

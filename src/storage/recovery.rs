@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use super::batch;
 use super::index::SegmentIndex;
 use super::log::{LogConfig, PartitionLog, LOG_START_FILE};
+use super::producers::ProducerStates;
 use super::segment::{index_path, read_at, time_index_path, Segment};
 
 /// Bytes read per step while scanning.
@@ -44,14 +45,15 @@ pub async fn open_log(
         })
         .await?;
     let mut segments = Vec::with_capacity(bases.len() + 1);
+    let mut producers = ProducerStates::default();
     let last = bases.len().saturating_sub(1);
     for (i, &base) in bases.iter().enumerate() {
         let mut segment = Segment::open(dir, base).await?;
         if i == last {
-            recover_active(&mut segment, &config).await?;
+            recover_active(&mut segment, &config, &mut producers).await?;
             segment.resume_appending(config.write_buffer_bytes).await?;
         } else {
-            recover_sealed(&mut segment, &config).await?;
+            recover_sealed(&mut segment, &config, &mut producers).await?;
         }
         segments.push(segment);
     }
@@ -64,10 +66,15 @@ pub async fn open_log(
         leader_epoch,
         segments,
         log_start,
+        producers,
     ))
 }
 
-async fn recover_sealed(segment: &mut Segment, config: &LogConfig) -> std::io::Result<()> {
+async fn recover_sealed(
+    segment: &mut Segment,
+    config: &LogConfig,
+    producers: &mut ProducerStates,
+) -> std::io::Result<()> {
     let (index_file, time_file) = (
         index_path(&segment.dir, segment.base_offset),
         time_index_path(&segment.dir, segment.base_offset),
@@ -93,7 +100,7 @@ async fn recover_sealed(segment: &mut Segment, config: &LogConfig) -> std::io::R
             0
         }
     };
-    let end = scan(segment, from, false, config).await?;
+    let end = scan(segment, from, false, config, producers).await?;
     if end < segment.size_bytes {
         warn!(dir = %segment.dir.display(), base = segment.base_offset, end, size = segment.size_bytes, "sealed segment has a bad tail; truncating");
         segment.file().truncate(end).await?;
@@ -105,9 +112,13 @@ async fn recover_sealed(segment: &mut Segment, config: &LogConfig) -> std::io::R
     Ok(())
 }
 
-async fn recover_active(segment: &mut Segment, config: &LogConfig) -> std::io::Result<()> {
+async fn recover_active(
+    segment: &mut Segment,
+    config: &LogConfig,
+    producers: &mut ProducerStates,
+) -> std::io::Result<()> {
     let file_bytes = segment.size_bytes;
-    let end = scan(segment, 0, true, config).await?;
+    let end = scan(segment, 0, true, config, producers).await?;
     if end < file_bytes {
         // After a crash this is often just the zero padding of the last block.
         warn!(dir = %segment.dir.display(), base = segment.base_offset, valid_bytes = end, file_bytes, "truncating torn or corrupt log tail");
@@ -124,6 +135,7 @@ async fn scan(
     from: u64,
     check_crc: bool,
     config: &LogConfig,
+    producers: &mut ProducerStates,
 ) -> std::io::Result<u64> {
     let file = segment.file();
     let file_bytes = segment.size_bytes;
@@ -161,6 +173,9 @@ async fn scan(
                 info.total_bytes as u64,
                 config.index_interval_bytes,
             );
+            if let Some(producer) = info.producer_batch() {
+                producers.record(&producer, info.base_offset);
+            }
             at += info.total_bytes;
         }
         if at == 0 {

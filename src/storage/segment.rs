@@ -322,6 +322,28 @@ impl Segment {
     }
 }
 
+/// Makes glommio learn, on this thread, whether the data directory's device
+/// supports io_uring IOPOLL, by opening a file that has data in it.
+///
+/// glommio probes IOPOLL with a read at offset 0 of the first file opened on
+/// a device and caches the answer per thread. On an empty file that read ends
+/// at EOF and "succeeds", so the device is wrongly taken as pollable and every
+/// later read fails with EOPNOTSUPP on devices without poll queues (virtio).
+pub async fn probe_device(dir: &Path, shard: usize) -> std::io::Result<()> {
+    let path = dir.join(format!(".iopoll-probe-{shard}"));
+    let probe_path = path.clone();
+    glommio::executor()
+        .spawn_blocking(move || std::fs::write(&probe_path, vec![0u8; BLOCK_BYTES as usize]))
+        .await?;
+    let file = DmaFile::open(&path).await?;
+    let read = file.read_at(0, BLOCK_BYTES as usize).await.map(|_| ());
+    let _ = file.close().await;
+    let _ = std::fs::remove_file(&path);
+    read.map_err(|e| {
+        std::io::Error::other(format!("cannot read {} with O_DIRECT: {e}", path.display()))
+    })
+}
+
 /// Pending aligned writes of one segment, run without holding the log.
 pub struct FlushJob {
     file: Rc<DmaFile>,
