@@ -30,7 +30,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
         return Ok(encode(request, &response));
     }
     let (id, epoch) = (body.producer_id.0, body.producer_epoch);
-    if id >= 0 && epoch >= 0 && epoch < i16::MAX - 1 {
+    if id >= 0 && (0..i16::MAX - 1).contains(&epoch) {
         response.producer_id = ProducerId(id);
         response.producer_epoch = epoch + 1;
         return Ok(encode(request, &response));
