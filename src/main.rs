@@ -14,6 +14,15 @@ use tracing::info;
 #[derive(Parser, Debug)]
 #[command(name = "spate", version, about = "A Kafka-compatible message broker")]
 struct Cli {
+    /// Broker address for the client commands.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "SPATE_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    brokers: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,22 +33,16 @@ enum Command {
     Serve(ServeArgs),
     /// Manage topics.
     Topic {
-        #[arg(short, long, env = "SPATE_BROKERS", default_value = "127.0.0.1:9092")]
-        brokers: String,
         #[command(subcommand)]
         command: TopicCommand,
     },
     /// Produce lines from stdin as records.
     Produce {
-        #[arg(short, long, env = "SPATE_BROKERS", default_value = "127.0.0.1:9092")]
-        brokers: String,
         #[command(flatten)]
         args: ProduceArgs,
     },
     /// Print records as OFFSET<TAB>KEY<TAB>VALUE lines.
     Consume {
-        #[arg(short, long, env = "SPATE_BROKERS", default_value = "127.0.0.1:9092")]
-        brokers: String,
         #[command(flatten)]
         args: ConsumeArgs,
     },
@@ -75,9 +78,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Topic { brokers, command } => cli::topic(&brokers, command),
-        Command::Produce { brokers, args } => cli::produce(&brokers, args),
-        Command::Consume { brokers, args } => cli::consume(&brokers, args),
+        Command::Topic { command } => cli::topic(&cli.brokers, command),
+        Command::Produce { args } => cli::produce(&cli.brokers, args),
+        Command::Consume { args } => cli::consume(&cli.brokers, args),
     }
 }
 

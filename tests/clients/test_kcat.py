@@ -42,3 +42,12 @@ def test_consume_from_offset_and_end(broker):
     assert tail == [f"{i}:m{i}" for i in range(90, 100)]
     last = kcat("-b", broker.addr, "-t", "kcat-offsets", "-C", "-o", "-3", "-e", "-q", "-f", "%s\n").decode().split()
     assert last == ["m97", "m98", "m99"]
+
+
+@pytest.mark.parametrize("acks", ["0", "1", "all"])
+def test_every_acks_setting_stores_everything(broker, acks):
+    topic = f"kcat-acks-{acks}"
+    kcat("-b", broker.addr, "-t", topic, "-P", "-X", f"acks={acks}", "-X", "linger.ms=2",
+         stdin=b"".join(b"a%d\n" % i for i in range(5000)))
+    out = kcat("-b", broker.addr, "-t", topic, "-C", "-o", "beginning", "-e", "-q", "-f", "%s\n").decode().split()
+    assert out == [f"a{i}" for i in range(5000)]
