@@ -223,3 +223,49 @@ fn log_append_time_topics_stamp_batches_without_decompressing() {
     }
     broker.stop();
 }
+
+#[test]
+fn offset_for_leader_epoch_and_epoch_fencing() {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+
+    let broker = TestBroker::start(&temp_dir("epochs"), &[]);
+    let mut client = broker.client();
+    client.create_topic("epochs", 1, &[]).unwrap();
+    client
+        .produce("epochs", 0, &values(7, 5), 1, Compression::None)
+        .unwrap();
+    let ask = |client: &mut Client, current: i32, epoch: i32| {
+        let mut p = OffsetForLeaderPartition::default();
+        p.current_leader_epoch = current;
+        p.leader_epoch = epoch;
+        let mut t = OffsetForLeaderTopic::default();
+        t.topic = TopicName(str_bytes("epochs"));
+        t.partitions = vec![p];
+        let mut req = OffsetForLeaderEpochRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.topics = vec![t];
+        let resp: OffsetForLeaderEpochResponse =
+            client.call(ApiKey::OffsetForLeaderEpoch, 4, &req).unwrap();
+        let p = &resp.topics[0].partitions[0];
+        (p.error_code, p.leader_epoch, p.end_offset)
+    };
+    assert_eq!(
+        ask(&mut client, 0, 0),
+        (0, 0, 7),
+        "epoch 0 ends at the log end"
+    );
+    assert_eq!(
+        ask(&mut client, -1, 5),
+        (0, -1, -1),
+        "an unknown later epoch is undefined"
+    );
+    assert_eq!(
+        ask(&mut client, 3, 0).0,
+        76,
+        "a client ahead of the leader epoch: UNKNOWN_LEADER_EPOCH"
+    );
+    broker.stop();
+}

@@ -59,6 +59,14 @@ pub struct AdminError {
 
 pub type AdminResult = Result<(), AdminError>;
 
+/// The topic named, or UNKNOWN_TOPIC_OR_PARTITION.
+fn existing_topic<'a>(meta: &'a ClusterMeta, name: &str) -> Result<&'a Arc<TopicMeta>, AdminError> {
+    meta.topic(name).ok_or_else(|| AdminError {
+        code: ResponseError::UnknownTopicOrPartition.code(),
+        message: format!("no topic {name:?}"),
+    })
+}
+
 fn fail(error: ResponseError, message: impl Into<String>) -> AdminResult {
     Err(AdminError {
         code: error.code(),
@@ -162,13 +170,7 @@ impl Broker {
                 count,
                 validate_only,
             } => {
-                let Some(topic) = meta.topic(&name) else {
-                    return fail(
-                        ResponseError::UnknownTopicOrPartition,
-                        format!("no topic {name:?}"),
-                    )
-                    .map(|_| false);
-                };
+                let topic = existing_topic(meta, &name)?;
                 if count <= topic.partitions {
                     fail(
                         ResponseError::InvalidPartitions,
@@ -195,13 +197,7 @@ impl Broker {
                 replace,
                 validate_only,
             } => {
-                let Some(topic) = meta.topic(&name) else {
-                    return fail(
-                        ResponseError::UnknownTopicOrPartition,
-                        format!("no topic {name:?}"),
-                    )
-                    .map(|_| false);
-                };
+                let topic = existing_topic(meta, &name)?;
                 let mut altered = (**topic).clone();
                 if replace {
                     altered.configs.clear();
