@@ -14,15 +14,10 @@ use tracing::info;
 #[derive(Parser, Debug)]
 #[command(name = "spate", version, about = "A Kafka-compatible message broker")]
 struct Cli {
-    /// Broker address for the client commands.
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "SPATE_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    brokers: String,
+    /// Broker address (host:port) for the client commands [default: 127.0.0.1:9092].
+    /// `bench` without it starts an embedded broker.
+    #[arg(short, long, global = true, env = "SPATE_BROKERS")]
+    brokers: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +41,8 @@ enum Command {
         #[command(flatten)]
         args: ConsumeArgs,
     },
+    /// Load generator: measure produce, consume and end-to-end throughput and latency.
+    Bench(spate_bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,19 +65,26 @@ struct ServeArgs {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The bench's embedded broker should not talk over the results.
+    let default_level = if matches!(cli.command, Command::Bench(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Topic { command } => cli::topic(&cli.brokers, command),
-        Command::Produce { args } => cli::produce(&cli.brokers, args),
-        Command::Consume { args } => cli::consume(&cli.brokers, args),
+        Command::Topic { command } => cli::topic(&brokers_or_default(&cli.brokers), command),
+        Command::Produce { args } => cli::produce(&brokers_or_default(&cli.brokers), args),
+        Command::Consume { args } => cli::consume(&brokers_or_default(&cli.brokers), args),
+        Command::Bench(args) => bench(args, cli.brokers),
     }
 }
 
@@ -96,6 +100,29 @@ fn serve(args: ServeArgs) -> Result<()> {
         sets.push(format!("shards={shards}"));
     }
     let config = Arc::new(Config::load(args.config.as_ref(), &sets)?);
+    let runtime = start_broker(config)?;
+    let stop = runtime.stop_flag();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            info!(signal, "shutting down");
+            stop.store(true, Ordering::Release);
+        }
+    });
+    runtime.join()?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+fn brokers_or_default(brokers: &Option<String>) -> String {
+    brokers.clone().unwrap_or_else(|| "127.0.0.1:9092".into())
+}
+
+/// Starts the shards of a broker for `config`; returns once they are launched.
+fn start_broker(config: Arc<Config>) -> Result<shards::ShardRuntime> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     info!(listen = %config.listen, data_dir = %config.data_dir.display(), node_id = config.node_id, "starting spate");
@@ -112,18 +139,39 @@ fn serve(args: ServeArgs) -> Result<()> {
     })
     .context("starting shards")?;
     info!(shards = runtime.shard_count(), "shards started");
-    let stop = runtime.stop_flag();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            info!(signal, "shutting down");
-            stop.store(true, Ordering::Release);
-        }
-    });
+    Ok(runtime)
+}
+
+/// `spate bench`: against `--brokers`, or an embedded broker on a temporary
+/// data directory that is removed afterwards.
+fn bench(args: spate_bench::BenchArgs, brokers: Option<String>) -> Result<()> {
+    if let Some(target) = brokers {
+        spate_bench::run(&args, &target)?;
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("spate-bench-{}", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let sets = [
+        format!("listen=127.0.0.1:{port}"),
+        format!("data_dir={}", dir.display()),
+    ];
+    let config = Arc::new(Config::load(None, &sets)?);
+    let runtime = start_broker(config)?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the embedded broker did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    eprintln!("embedded spate broker at {addr}, data in {}", dir.display());
+    let result = spate_bench::run(&args, &addr);
+    runtime.stop();
     runtime.join()?;
-    info!("stopped cleanly");
-    Ok(())
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map(|_| ())
 }

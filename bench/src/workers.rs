@@ -1,0 +1,433 @@
+//! The producer and consumer workers. Each runs on its own thread with its
+//! own glommio executor (pinned to a core) and its own connection.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    fetch_request, ApiKey, BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+
+use crate::batch::{for_each_batch, for_each_record, BatchBuilder, Codec};
+use crate::conn::{check, Conn};
+use crate::stats::WorkerStats;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keys {
+    None,
+    Random,
+    /// Keys drawn from this many distinct values.
+    Cardinality(u64),
+}
+
+/// Shared by all workers of a run.
+pub struct Shared {
+    pub started: Instant,
+    /// Completed messages, for the progress line.
+    pub done: AtomicU64,
+    /// Set when producers have finished (consumers of e2e runs then drain).
+    pub producers_finished: AtomicBool,
+    /// Messages the producers got acknowledged (or sent, with acks=0).
+    pub produced: AtomicU64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProducerPlan {
+    pub addr: String,
+    pub topic: String,
+    pub partitions: Vec<i32>,
+    pub message_bytes: usize,
+    /// This producer's share of the message count, if counted.
+    pub messages: Option<u64>,
+    pub deadline: Option<Instant>,
+    pub batch_bytes: usize,
+    pub linger: Duration,
+    pub codec: Codec,
+    pub acks: i16,
+    pub keys: Keys,
+    /// Open-loop rate for this producer (messages per second).
+    pub rate: Option<f64>,
+    pub max_inflight: usize,
+    pub seed: u64,
+}
+
+/// A batch being built for one partition, and when its messages were due.
+struct Pending {
+    builder: BatchBuilder,
+    first_due: Option<Instant>,
+    last_due: Instant,
+}
+
+/// A sent batch, for latency accounting.
+struct Sent {
+    first_due: Instant,
+    last_due: Instant,
+    messages: u64,
+    bytes: u64,
+}
+
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<WorkerStats> {
+    let conn = Rc::new(Conn::connect(&plan.addr).await?);
+    let stats = Rc::new(RefCell::new(WorkerStats::new()));
+    let inflight = Rc::new(Semaphore::new(plan.max_inflight as u64));
+    let mut pending: Vec<Pending> = plan
+        .partitions
+        .iter()
+        .map(|_| Pending {
+            builder: BatchBuilder::new(plan.batch_bytes + plan.message_bytes + 64),
+            first_due: None,
+            last_due: shared.started,
+        })
+        .collect();
+    let mut rng = plan.seed | 1;
+    let mut value = vec![0u8; plan.message_bytes];
+    for b in value.iter_mut() {
+        *b = xorshift(&mut rng) as u8;
+    }
+    let mut generated: u64 = 0;
+    let mut sticky = (plan.seed as usize) % pending.len();
+    let start = Instant::now();
+    loop {
+        let now = Instant::now();
+        let out_of_time = plan.deadline.is_some_and(|d| now >= d);
+        let out_of_messages = plan.messages.is_some_and(|n| generated >= n);
+        let finishing = out_of_time || out_of_messages;
+        // Open loop: the messages due by now; closed loop: as many as fit.
+        let due_total = match plan.rate {
+            Some(rate) => ((now - start).as_secs_f64() * rate) as u64,
+            None => u64::MAX,
+        };
+        let mut room = pending.iter().any(|p| p.builder.bytes() < plan.batch_bytes);
+        while !finishing
+            && generated < due_total
+            && room
+            && plan.messages.is_none_or(|n| generated < n)
+        {
+            let due = match plan.rate {
+                Some(rate) => start + Duration::from_secs_f64(generated as f64 / rate),
+                None => now,
+            };
+            let (slot, key) = choose_partition(&plan, &mut rng, &mut sticky, &pending);
+            let sent_at_us = now_us() - (now - due).as_micros() as i64;
+            if value.len() >= 8 {
+                value[..8].copy_from_slice(&sent_at_us.to_be_bytes());
+            }
+            let p = &mut pending[slot];
+            p.builder.push(sent_at_us / 1000, key.as_deref(), &value);
+            p.first_due.get_or_insert(due);
+            p.last_due = due;
+            generated += 1;
+            room = pending.iter().any(|p| p.builder.bytes() < plan.batch_bytes);
+        }
+        let ready: Vec<usize> = (0..pending.len())
+            .filter(|&i| {
+                let p = &pending[i];
+                !p.builder.is_empty()
+                    && (finishing
+                        || p.builder.bytes() >= plan.batch_bytes
+                        || p.first_due.is_some_and(|d| now - d >= plan.linger))
+            })
+            .collect();
+        if ready.is_empty() {
+            if finishing {
+                break;
+            }
+            glommio::timer::sleep(next_wake(&plan, start, generated, &pending)).await;
+            continue;
+        }
+        // Send when a slot is free; wait for one only when nothing more fits.
+        let permit = if room && !finishing {
+            match inflight.clone().try_acquire_static_permit(1) {
+                Ok(permit) => permit,
+                Err(_) => {
+                    glommio::timer::sleep(Duration::from_micros(50)).await;
+                    continue;
+                }
+            }
+        } else {
+            inflight
+                .clone()
+                .acquire_static_permit(1)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        };
+        let (request, sent) = build_request(&plan, &mut pending, &ready)?;
+        let (conn, stats, shared) = (conn.clone(), stats.clone(), shared.clone());
+        let acks = plan.acks;
+        glommio::spawn_local(async move {
+            let result = conn.send(ApiKey::Produce, 9, &request, acks != 0).await;
+            let done = Instant::now();
+            let mut stats = stats.borrow_mut();
+            let ok = match result {
+                Ok(Some(mut body)) => ProduceResponse::decode(&mut body, 9)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| {
+                        r.responses
+                            .iter()
+                            .flat_map(|t| &t.partition_responses)
+                            .try_for_each(|p| check(p.error_code, "produce"))
+                    }),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ok {
+                stats.errors += 1;
+                if stats.errors == 1 {
+                    eprintln!("\nproduce failed: {e:#}");
+                }
+                drop(permit);
+                return;
+            }
+            for batch in sent {
+                record_batch_latency(&mut stats, done, &batch);
+                stats.count(done - shared.started, batch.messages, batch.bytes);
+                shared.done.fetch_add(batch.messages, Ordering::Relaxed);
+                shared.produced.fetch_add(batch.messages, Ordering::Relaxed);
+            }
+            drop(permit);
+        })
+        .detach();
+    }
+    let _all = inflight.acquire_permit(plan.max_inflight as u64).await;
+    let stats = Rc::try_unwrap(stats)
+        .map_err(|_| anyhow::anyhow!("sends still running"))?
+        .into_inner();
+    Ok(stats)
+}
+
+fn choose_partition(
+    plan: &ProducerPlan,
+    rng: &mut u64,
+    sticky: &mut usize,
+    pending: &[Pending],
+) -> (usize, Option<Vec<u8>>) {
+    match plan.keys {
+        Keys::None => {
+            // Sticky partitioner: fill one batch, then move on.
+            if pending[*sticky].builder.bytes() >= plan.batch_bytes {
+                *sticky = (0..pending.len())
+                    .map(|i| (*sticky + 1 + i) % pending.len())
+                    .find(|&i| pending[i].builder.bytes() < plan.batch_bytes)
+                    .unwrap_or(*sticky);
+            }
+            (*sticky, None)
+        }
+        Keys::Random => {
+            let key = xorshift(rng);
+            (
+                (key % pending.len() as u64) as usize,
+                Some(key.to_be_bytes().to_vec()),
+            )
+        }
+        Keys::Cardinality(n) => {
+            let k = xorshift(rng) % n.max(1);
+            (
+                (k % pending.len() as u64) as usize,
+                Some(format!("key-{k}").into_bytes()),
+            )
+        }
+    }
+}
+
+/// How long to sleep when nothing is ready: until the next message is due or
+/// the oldest open batch reaches its linger, at most 1 ms.
+fn next_wake(plan: &ProducerPlan, start: Instant, generated: u64, pending: &[Pending]) -> Duration {
+    let now = Instant::now();
+    let mut wake = now + Duration::from_millis(1);
+    if let Some(rate) = plan.rate {
+        wake = wake.min(start + Duration::from_secs_f64(generated as f64 / rate));
+    }
+    for p in pending {
+        if let Some(first) = p.first_due {
+            wake = wake.min(first + plan.linger);
+        }
+    }
+    wake.saturating_duration_since(now)
+        .max(Duration::from_micros(20))
+}
+
+fn build_request(
+    plan: &ProducerPlan,
+    pending: &mut [Pending],
+    ready: &[usize],
+) -> Result<(ProduceRequest, Vec<Sent>)> {
+    let mut topic = TopicProduceData::default();
+    topic.name = TopicName(StrBytes::from_string(plan.topic.clone()));
+    let mut sent = Vec::with_capacity(ready.len());
+    for &i in ready {
+        let p = &mut pending[i];
+        let messages = p.builder.len() as u64;
+        let bytes = (messages as usize * plan.message_bytes) as u64;
+        let batch = p.builder.finish(plan.codec)?;
+        sent.push(Sent {
+            first_due: p.first_due.take().unwrap_or_else(Instant::now),
+            last_due: p.last_due,
+            messages,
+            bytes,
+        });
+        let mut data = PartitionProduceData::default();
+        data.index = plan.partitions[i];
+        data.records = Some(batch);
+        topic.partition_data.push(data);
+    }
+    let mut request = ProduceRequest::default();
+    request.acks = plan.acks;
+    request.timeout_ms = 30_000;
+    request.topic_data = vec![topic];
+    Ok((request, sent))
+}
+
+/// Latency from each message's due time (not its send time, so a stalled
+/// broker cannot hide behind a stalled generator), sampled at eight points
+/// across the batch.
+fn record_batch_latency(stats: &mut WorkerStats, done: Instant, batch: &Sent) {
+    const POINTS: u64 = 8;
+    let points = POINTS.min(batch.messages).max(1);
+    let span = batch.last_due.saturating_duration_since(batch.first_due);
+    for i in 0..points {
+        let due = batch.first_due + span.mul_f64((i as f64 + 0.5) / points as f64);
+        let n = batch.messages / points + u64::from(i < batch.messages % points);
+        stats.latency(done.saturating_duration_since(due).as_micros() as u64, n);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConsumerPlan {
+    pub addr: String,
+    pub topic: String,
+    /// (partition, first offset to read).
+    pub partitions: Vec<(i32, i64)>,
+    /// Stop once all consumers together received this many messages.
+    pub stop_at_total: Option<u64>,
+    /// e2e: measure latency from the send time stamped in each value.
+    pub measure_latency: bool,
+    pub fetch_max_bytes: i32,
+    pub partition_max_bytes: i32,
+    /// Payload size, for MB/s (the same workload produced the data).
+    pub message_bytes: usize,
+}
+
+pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>) -> Result<WorkerStats> {
+    let conn = Conn::connect(&plan.addr).await?;
+    let mut stats = WorkerStats::new();
+    let mut offsets = plan.partitions.clone();
+    let mut idle_after_producers = 0;
+    loop {
+        if plan
+            .stop_at_total
+            .is_some_and(|n| shared.done.load(Ordering::Relaxed) >= n)
+        {
+            break;
+        }
+        let response: FetchResponse = conn
+            .call(ApiKey::Fetch, 12, &fetch_request(&plan, &offsets))
+            .await?;
+        let received_us = now_us();
+        let mut got = 0u64;
+        for topic in &response.responses {
+            for part in &topic.partitions {
+                check(part.error_code, "fetch")?;
+                let Some(slot) = offsets.iter_mut().find(|(p, _)| *p == part.partition_index)
+                else {
+                    continue;
+                };
+                let data: Bytes = part.records.clone().unwrap_or_default();
+                for_each_batch(&data, |batch, records| {
+                    let next = batch.base_offset + batch.last_offset_delta as i64 + 1;
+                    if next <= slot.1 {
+                        return; // before the fetch offset
+                    }
+                    slot.1 = next;
+                    got += batch.records as u64;
+                    if plan.measure_latency {
+                        consume_latency(&mut stats, batch, records, received_us);
+                    }
+                });
+            }
+        }
+        if got > 0 {
+            stats.count(
+                shared.started.elapsed(),
+                got,
+                got * plan.message_bytes as u64,
+            );
+            shared.done.fetch_add(got, Ordering::Relaxed);
+            idle_after_producers = 0;
+        } else if shared.producers_finished.load(Ordering::Acquire) {
+            idle_after_producers += 1;
+            if idle_after_producers >= 5 {
+                break; // drained
+            }
+        }
+    }
+    Ok(stats)
+}
+
+fn consume_latency(
+    stats: &mut WorkerStats,
+    batch: &crate::batch::BatchSummary,
+    records: &[u8],
+    received_us: i64,
+) {
+    if batch.compressed {
+        let latency_us = (received_us - batch.max_timestamp * 1000).max(0) as u64;
+        stats.latency(latency_us, batch.records as u64);
+        return;
+    }
+    for_each_record(records, |ts_delta, value| {
+        let sent_us = if value.len() >= 8 {
+            i64::from_be_bytes(value[..8].try_into().unwrap())
+        } else {
+            (batch.first_timestamp + ts_delta) * 1000
+        };
+        stats.latency((received_us - sent_us).max(0) as u64, 1);
+    });
+}
+
+fn fetch_request(plan: &ConsumerPlan, offsets: &[(i32, i64)]) -> FetchRequest {
+    let mut topic = fetch_request::FetchTopic::default();
+    topic.topic = TopicName(StrBytes::from_string(plan.topic.clone()));
+    topic.partitions = offsets
+        .iter()
+        .map(|&(partition, offset)| {
+            let mut p = fetch_request::FetchPartition::default();
+            p.partition = partition;
+            p.fetch_offset = offset;
+            p.partition_max_bytes = plan.partition_max_bytes;
+            p.current_leader_epoch = -1;
+            p.log_start_offset = -1;
+            p
+        })
+        .collect();
+    let mut request = FetchRequest::default();
+    request.replica_id = BrokerId(-1);
+    request.max_wait_ms = 100;
+    request.min_bytes = 1;
+    request.max_bytes = plan.fetch_max_bytes;
+    request.session_epoch = -1;
+    request.topics = vec![topic];
+    request
+}
