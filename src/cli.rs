@@ -91,11 +91,7 @@ fn metadata(client: &mut Client, topics: Option<Vec<&str>>) -> Result<MetadataRe
 pub fn topic(brokers: &str, command: TopicCommand) -> Result<()> {
     let mut client = Client::connect(brokers)?;
     match command {
-        TopicCommand::Create {
-            name,
-            partitions,
-            configs,
-        } => {
+        TopicCommand::Create { name, partitions, configs } => {
             let configs: Vec<(String, String)> = pairs(&configs)?.into_iter().collect();
             let created = client.create_topic(&name, partitions, &configs)?;
             println!("created topic {name} with {created} partitions");
@@ -104,11 +100,7 @@ pub fn topic(brokers: &str, command: TopicCommand) -> Result<()> {
             let resp = metadata(&mut client, None)?;
             println!("{:<40} {:>10}", "NAME", "PARTITIONS");
             for t in resp.topics {
-                println!(
-                    "{:<40} {:>10}",
-                    t.name.map(|n| n.0.to_string()).unwrap_or_default(),
-                    t.partitions.len()
-                );
+                println!("{:<40} {:>10}", t.name.map(|n| n.0.to_string()).unwrap_or_default(), t.partitions.len());
             }
         }
         TopicCommand::Describe { name } => describe(&mut client, &name)?,
@@ -127,9 +119,7 @@ pub fn topic(brokers: &str, command: TopicCommand) -> Result<()> {
             resource.resource_type = 2;
             resource.resource_name = str_bytes(&name);
             for pair in &set {
-                let Some((k, v)) = pair.split_once('=') else {
-                    bail!("--set wants key=value, got {pair:?}")
-                };
+                let Some((k, v)) = pair.split_once('=') else { bail!("--set wants key=value, got {pair:?}") };
                 let mut c = incremental_alter_configs_request::AlterableConfig::default();
                 c.name = str_bytes(k);
                 c.value = Some(str_bytes(v));
@@ -144,13 +134,9 @@ pub fn topic(brokers: &str, command: TopicCommand) -> Result<()> {
             }
             let mut req = IncrementalAlterConfigsRequest::default();
             req.resources = vec![resource];
-            let resp: IncrementalAlterConfigsResponse =
-                client.call(ApiKey::IncrementalAlterConfigs, 1, &req)?;
+            let resp: IncrementalAlterConfigsResponse = client.call(ApiKey::IncrementalAlterConfigs, 1, &req)?;
             for r in resp.responses {
-                check(
-                    r.error_code,
-                    &format!("alter {name}: {}", r.error_message.as_deref().unwrap_or("")),
-                )?;
+                check(r.error_code, &format!("alter {name}: {}", r.error_message.as_deref().unwrap_or("")))?;
             }
             println!("altered configs of {name}");
         }
@@ -160,22 +146,14 @@ pub fn topic(brokers: &str, command: TopicCommand) -> Result<()> {
 
 fn describe(client: &mut Client, name: &str) -> Result<()> {
     let resp = metadata(client, Some(vec![name]))?;
-    let Some(topic) = resp.topics.into_iter().next() else {
-        bail!("no metadata for {name}")
-    };
+    let Some(topic) = resp.topics.into_iter().next() else { bail!("no metadata for {name}") };
     check(topic.error_code, &format!("describe {name}"))?;
     println!("topic {name}: {} partitions", topic.partitions.len());
-    println!(
-        "{:>9} {:>7} {:>7} {:>14} {:>14}",
-        "PARTITION", "LEADER", "EPOCH", "LOG-START", "HIGH-WATERMARK"
-    );
+    println!("{:>9} {:>7} {:>7} {:>14} {:>14}", "PARTITION", "LEADER", "EPOCH", "LOG-START", "HIGH-WATERMARK");
     for p in &topic.partitions {
         let start = client.list_offset(name, p.partition_index, -2)?;
         let end = client.list_offset(name, p.partition_index, -1)?;
-        println!(
-            "{:>9} {:>7} {:>7} {:>14} {:>14}",
-            p.partition_index, p.leader_id.0, p.leader_epoch, start, end
-        );
+        println!("{:>9} {:>7} {:>7} {:>14} {:>14}", p.partition_index, p.leader_id.0, p.leader_epoch, start, end);
     }
     let mut resource = describe_configs_request::DescribeConfigsResource::default();
     resource.resource_type = 2;
@@ -188,16 +166,8 @@ fn describe(client: &mut Client, name: &str) -> Result<()> {
     for result in resp.results {
         check(result.error_code, "describe configs")?;
         for c in result.configs {
-            let source = if c.config_source == 1 {
-                "topic"
-            } else {
-                "default"
-            };
-            println!(
-                "  {:<24} {:<20} ({source})",
-                c.name.as_str(),
-                c.value.as_deref().unwrap_or("")
-            );
+            let source = if c.config_source == 1 { "topic" } else { "default" };
+            println!("  {:<24} {:<20} ({source})", c.name.as_str(), c.value.as_deref().unwrap_or(""));
         }
     }
     Ok(())
@@ -213,36 +183,18 @@ pub fn produce(brokers: &str, args: ProduceArgs) -> Result<()> {
         let mut records = Vec::with_capacity(args.batch);
         for line in lines.by_ref().take(args.batch.max(1)) {
             let line = line?;
-            records.push(
-                match args
-                    .key_separator
-                    .as_deref()
-                    .and_then(|sep| line.split_once(sep))
-                {
-                    Some((k, v)) => (
-                        Some(Bytes::copy_from_slice(k.as_bytes())),
-                        Bytes::copy_from_slice(v.as_bytes()),
-                    ),
-                    None => (None, Bytes::copy_from_slice(line.as_bytes())),
-                },
-            );
+            records.push(match args.key_separator.as_deref().and_then(|sep| line.split_once(sep)) {
+                Some((k, v)) => (Some(Bytes::copy_from_slice(k.as_bytes())), Bytes::copy_from_slice(v.as_bytes())),
+                None => (None, Bytes::copy_from_slice(line.as_bytes())),
+            });
         }
         if records.is_empty() {
             break;
         }
-        client.produce(
-            &args.topic,
-            args.partition,
-            &records,
-            args.acks,
-            compression,
-        )?;
+        client.produce(&args.topic, args.partition, &records, args.acks, compression)?;
         sent += records.len();
     }
-    eprintln!(
-        "produced {sent} records to {}/{}",
-        args.topic, args.partition
-    );
+    eprintln!("produced {sent} records to {}/{}", args.topic, args.partition);
     Ok(())
 }
 
@@ -262,19 +214,10 @@ pub fn consume(brokers: &str, args: ConsumeArgs) -> Result<()> {
     let mut out = out.lock();
     loop {
         let max_wait_ms = if args.follow { 1000 } else { 100 };
-        let (records, high_watermark) =
-            client.fetch(&args.topic, args.partition, offset, max_wait_ms)?;
+        let (records, high_watermark) = client.fetch(&args.topic, args.partition, offset, max_wait_ms)?;
         for record in records {
-            let key = record
-                .key
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            let value = record
-                .value
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
+            let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let value = record.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
             writeln!(out, "{}\t{}\t{}", record.offset, key, value)?;
             offset = record.offset + 1;
             printed += 1;

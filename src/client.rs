@@ -22,14 +22,10 @@ pub struct Client {
 
 impl Client {
     pub fn connect(address: &str) -> Result<Client> {
-        let stream =
-            TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
+        let stream = TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         stream.set_nodelay(true)?;
-        Ok(Client {
-            stream,
-            correlation_id: 0,
-        })
+        Ok(Client { stream, correlation_id: 0 })
     }
 
     /// Sends one request at `version` and decodes its response.
@@ -54,26 +50,17 @@ impl Client {
         self.stream.write_all(&buf)?;
 
         let mut len = [0u8; 4];
-        self.stream
-            .read_exact(&mut len)
-            .context("reading response (did the broker close the connection?)")?;
+        self.stream.read_exact(&mut len).context("reading response (did the broker close the connection?)")?;
         let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
         self.stream.read_exact(&mut body)?;
         let mut body = Bytes::from(body);
         let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))?;
         if header.correlation_id != self.correlation_id {
-            bail!(
-                "response correlation id {} does not match request {}",
-                header.correlation_id,
-                self.correlation_id
-            );
+            bail!("response correlation id {} does not match request {}", header.correlation_id, self.correlation_id);
         }
         let response = Resp::decode(&mut body, version)?;
         if body.has_remaining() {
-            bail!(
-                "{} unread bytes after {api_key:?} response",
-                body.remaining()
-            );
+            bail!("{} unread bytes after {api_key:?} response", body.remaining());
         }
         Ok(response)
     }
@@ -81,12 +68,7 @@ impl Client {
 
 impl Client {
     /// Creates a topic; `partitions` -1 takes the broker default.
-    pub fn create_topic(
-        &mut self,
-        name: &str,
-        partitions: i32,
-        configs: &[(String, String)],
-    ) -> Result<i32> {
+    pub fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(String, String)]) -> Result<i32> {
         let mut topic = create_topics_request::CreatableTopic::default();
         topic.name = TopicName(str_bytes(name));
         topic.num_partitions = partitions;
@@ -101,16 +83,8 @@ impl Client {
         req.topics = vec![topic];
         req.timeout_ms = 30_000;
         let resp: CreateTopicsResponse = self.call(ApiKey::CreateTopics, 5, &req)?;
-        let Some(t) = resp.topics.into_iter().next() else {
-            bail!("empty CreateTopics response")
-        };
-        check(
-            t.error_code,
-            &format!(
-                "create {name}: {}",
-                t.error_message.as_deref().unwrap_or("")
-            ),
-        )?;
+        let Some(t) = resp.topics.into_iter().next() else { bail!("empty CreateTopics response") };
+        check(t.error_code, &format!("create {name}: {}", t.error_message.as_deref().unwrap_or("")))?;
         Ok(t.num_partitions)
     }
 
@@ -124,31 +98,15 @@ impl Client {
         compression: Compression,
     ) -> Result<i64> {
         let now = crate::storage::now_ms();
-        let records: Vec<Record> = records
-            .iter()
-            .enumerate()
-            .map(|(i, (k, v))| new_record(i as i64, now, k.clone(), v.clone()))
-            .collect();
+        let records: Vec<Record> =
+            records.iter().enumerate().map(|(i, (k, v))| new_record(i as i64, now, k.clone(), v.clone())).collect();
         let mut batch = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut batch,
-            records.iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )?;
+        RecordBatchEncoder::encode(&mut batch, records.iter(), &RecordEncodeOptions { version: 2, compression })?;
         self.produce_raw(topic, partition, batch.freeze(), acks)
     }
 
     /// Produces already-encoded batches as they are; returns the base offset.
-    pub fn produce_raw(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        records: Bytes,
-        acks: i16,
-    ) -> Result<i64> {
+    pub fn produce_raw(&mut self, topic: &str, partition: i32, records: Bytes, acks: i16) -> Result<i64> {
         let mut pd = produce_request::PartitionProduceData::default();
         pd.index = partition;
         pd.records = Some(records);
@@ -160,14 +118,8 @@ impl Client {
         req.timeout_ms = 30_000;
         req.topic_data = vec![td];
         let resp: ProduceResponse = self.call(ApiKey::Produce, 9, &req)?;
-        let part = resp
-            .responses
-            .into_iter()
-            .next()
-            .and_then(|t| t.partition_responses.into_iter().next());
-        let Some(part) = part else {
-            bail!("empty Produce response")
-        };
+        let part = resp.responses.into_iter().next().and_then(|t| t.partition_responses.into_iter().next());
+        let Some(part) = part else { bail!("empty Produce response") };
         check(part.error_code, &format!("produce to {topic}/{partition}"))?;
         Ok(part.base_offset)
     }
@@ -185,29 +137,14 @@ impl Client {
         req.replica_id = BrokerId(-1);
         req.topics = vec![t];
         let resp: ListOffsetsResponse = self.call(ApiKey::ListOffsets, 7, &req)?;
-        let part = resp
-            .topics
-            .into_iter()
-            .next()
-            .and_then(|t| t.partitions.into_iter().next());
-        let Some(part) = part else {
-            bail!("empty ListOffsets response")
-        };
-        check(
-            part.error_code,
-            &format!("list offsets {topic}/{partition}"),
-        )?;
+        let part = resp.topics.into_iter().next().and_then(|t| t.partitions.into_iter().next());
+        let Some(part) = part else { bail!("empty ListOffsets response") };
+        check(part.error_code, &format!("list offsets {topic}/{partition}"))?;
         Ok(part.offset)
     }
 
     /// One Fetch from `offset`: the decoded records and the high watermark.
-    pub fn fetch(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        max_wait_ms: i32,
-    ) -> Result<(Vec<Record>, i64)> {
+    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> Result<(Vec<Record>, i64)> {
         let mut p = fetch_request::FetchPartition::default();
         p.partition = partition;
         p.fetch_offset = offset;
@@ -225,12 +162,7 @@ impl Client {
         req.session_epoch = -1;
         req.topics = vec![t];
         let resp: FetchResponse = self.call(ApiKey::Fetch, 12, &req)?;
-        let Some(part) = resp
-            .responses
-            .into_iter()
-            .next()
-            .and_then(|t| t.partitions.into_iter().next())
-        else {
+        let Some(part) = resp.responses.into_iter().next().and_then(|t| t.partitions.into_iter().next()) else {
             bail!("empty Fetch response")
         };
         check(part.error_code, &format!("fetch {topic}/{partition}"))?;
@@ -240,19 +172,11 @@ impl Client {
                 records.extend(RecordBatchDecoder::decode(&mut bytes)?.records);
             }
         }
-        Ok((
-            records.into_iter().filter(|r| r.offset >= offset).collect(),
-            part.high_watermark,
-        ))
+        Ok((records.into_iter().filter(|r| r.offset >= offset).collect(), part.high_watermark))
     }
 
     /// Every record from `offset` to the high watermark.
-    pub fn fetch_all(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        mut offset: i64,
-    ) -> Result<Vec<Record>> {
+    pub fn fetch_all(&mut self, topic: &str, partition: i32, mut offset: i64) -> Result<Vec<Record>> {
         let mut all = Vec::new();
         loop {
             let (records, high_watermark) = self.fetch(topic, partition, offset, 100)?;

@@ -93,11 +93,8 @@ impl Config {
     pub fn load(file: Option<&PathBuf>, sets: &[String]) -> Result<Config> {
         let mut table = toml::Table::try_from(Config::default())?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let from_file: toml::Table = text
-                .parse()
-                .with_context(|| format!("parsing {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let from_file: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
             table.extend(from_file);
         }
         for (key, value) in std::env::vars() {
@@ -109,9 +106,7 @@ impl Config {
             }
         }
         for pair in sets {
-            let Some((key, value)) = pair.split_once('=') else {
-                bail!("--set wants key=value, got {pair:?}")
-            };
+            let Some((key, value)) = pair.split_once('=') else { bail!("--set wants key=value, got {pair:?}") };
             table.insert(key.trim().replace('-', "_"), parse_value(value.trim()));
         }
         let config: Config = table.try_into().context("invalid configuration")?;
@@ -136,10 +131,7 @@ impl Config {
         if let Some(host) = &self.advertised_host {
             return host.clone();
         }
-        let host = self
-            .listen
-            .rsplit_once(':')
-            .map_or(self.listen.as_str(), |(h, _)| h);
+        let host = self.listen.rsplit_once(':').map_or(self.listen.as_str(), |(h, _)| h);
         match host {
             "" | "0.0.0.0" | "[::]" | "::" => "localhost".into(),
             h => h.trim_start_matches('[').trim_end_matches(']').into(),
@@ -147,10 +139,7 @@ impl Config {
     }
 
     pub fn advertised_port(&self) -> i32 {
-        self.listen
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(9092)
+        self.listen.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(9092)
     }
 
     /// The broker-wide log defaults, before per-topic overrides.
@@ -191,19 +180,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("spate-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("spate.toml");
-        std::fs::write(
-            &file,
-            "listen = \"127.0.0.1:19092\"\ndefault_partitions = 3\n",
-        )
-        .unwrap();
-        let config = Config::load(
-            Some(&file),
-            &[
-                "default_partitions=5".into(),
-                "auto-create-topics=false".into(),
-            ],
-        )
-        .unwrap();
+        std::fs::write(&file, "listen = \"127.0.0.1:19092\"\ndefault_partitions = 3\n").unwrap();
+        let config =
+            Config::load(Some(&file), &["default_partitions=5".into(), "auto-create-topics=false".into()]).unwrap();
         assert_eq!(config.listen, "127.0.0.1:19092");
         assert_eq!(config.default_partitions, 5);
         assert!(!config.auto_create_topics);

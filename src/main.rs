@@ -42,7 +42,7 @@ enum Command {
         args: ConsumeArgs,
     },
     /// Load generator: measure produce, consume and end-to-end throughput and latency.
-    Bench(spate_bench::BenchArgs),
+    Bench(Box<spate_bench::BenchArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,15 +67,10 @@ struct ServeArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // The bench's embedded broker should not talk over the results.
-    let default_level = if matches!(cli.command, Command::Bench(_)) {
-        "warn"
-    } else {
-        "info"
-    };
+    let default_level = if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG")
-                .unwrap_or_else(|_| default_level.into()),
+            tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG").unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -84,7 +79,7 @@ fn main() -> Result<()> {
         Command::Topic { command } => cli::topic(&brokers_or_default(&cli.brokers), command),
         Command::Produce { args } => cli::produce(&brokers_or_default(&cli.brokers), args),
         Command::Consume { args } => cli::consume(&brokers_or_default(&cli.brokers), args),
-        Command::Bench(args) => bench(args, cli.brokers),
+        Command::Bench(args) => bench(*args, cli.brokers),
     }
 }
 
@@ -102,10 +97,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let config = Arc::new(Config::load(args.config.as_ref(), &sets)?);
     let runtime = start_broker(config)?;
     let stop = runtime.stop_flag();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             info!(signal, "shutting down");
@@ -123,8 +115,7 @@ fn brokers_or_default(brokers: &Option<String>) -> String {
 
 /// Starts the shards of a broker for `config`; returns once they are launched.
 fn start_broker(config: Arc<Config>) -> Result<shards::ShardRuntime> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     info!(listen = %config.listen, data_dir = %config.data_dir.display(), node_id = config.node_id, "starting spate");
     let runtime_config = shards::RuntimeConfig {
         shard_count: config.shards,
@@ -150,22 +141,14 @@ fn bench(args: spate_bench::BenchArgs, brokers: Option<String>) -> Result<()> {
         return Ok(());
     }
     let dir = std::env::temp_dir().join(format!("spate-bench-{}", std::process::id()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let sets = [
-        format!("listen=127.0.0.1:{port}"),
-        format!("data_dir={}", dir.display()),
-    ];
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let sets = [format!("listen=127.0.0.1:{port}"), format!("data_dir={}", dir.display())];
     let config = Arc::new(Config::load(None, &sets)?);
     let runtime = start_broker(config)?;
     let addr = format!("127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(&addr).is_err() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the embedded broker did not start"
-        );
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the embedded broker did not start");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     eprintln!("embedded spate broker at {addr}, data in {}", dir.display());

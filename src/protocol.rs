@@ -41,14 +41,9 @@ pub fn encode_version<R: Encodable>(request: &Request, version: i16, body: &R) -
     buf.put_i32(0);
     let mut header = ResponseHeader::default();
     header.correlation_id = request.header.correlation_id;
-    let encoded = header
-        .encode(&mut buf, header_version)
-        .and_then(|_| body.encode(&mut buf, version));
+    let encoded = header.encode(&mut buf, header_version).and_then(|_| body.encode(&mut buf, version));
     if let Err(e) = encoded {
-        return Reply::Close(format!(
-            "cannot encode {:?} v{version} response: {e}",
-            request.api_key
-        ));
+        return Reply::Close(format!("cannot encode {:?} v{version} response: {e}", request.api_key));
     }
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -73,11 +68,7 @@ impl PartsWriter {
     pub fn new() -> PartsWriter {
         let mut scratch = BytesMut::with_capacity(1024);
         scratch.put_i32(0); // frame length, patched by finish
-        PartsWriter {
-            parts: Vec::new(),
-            scratch,
-            total: 0,
-        }
+        PartsWriter { parts: Vec::new(), scratch, total: 0 }
     }
 
     pub fn buf(&mut self) -> &mut BytesMut {
@@ -161,11 +152,7 @@ mod tests {
         w.put_string("ab", true);
         let parts = w.finish();
         assert_eq!(parts.len(), 3);
-        assert_eq!(
-            parts[1].as_ptr(),
-            shared.as_ptr(),
-            "shared part is not copied"
-        );
+        assert_eq!(parts[1].as_ptr(), shared.as_ptr(), "shared part is not copied");
         let all: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
         assert_eq!(&all[..4], &((all.len() - 4) as i32).to_be_bytes());
         assert_eq!(&all[8..16], b"records!");

@@ -24,27 +24,16 @@ const SOCKET_BUFFER_BYTES: usize = 256 << 10;
 /// The body every shard runs: join the broker, bind, serve until stopped,
 /// then flush and sync every partition it owns.
 pub async fn run_shard(mut shard: shards::Shard<ShardMsg>, config: Arc<Config>) {
-    let broker = Rc::new(Broker::new(
-        shard.id,
-        shard.count,
-        config.clone(),
-        shard.mailbox.clone(),
-    ));
+    let broker = Rc::new(Broker::new(shard.id, shard.count, config.clone(), shard.mailbox.clone()));
     if let Err(e) = crate::storage::segment::probe_device(&config.data_dir, shard.id).await {
-        error!(
-            "data directory {} is not usable: {e}",
-            config.data_dir.display()
-        );
+        error!("data directory {} is not usable: {e}", config.data_dir.display());
         std::process::exit(1);
     }
     let inbox_broker = broker.clone();
     shard.serve_inbox(move |msg| inbox_broker.on_message(msg));
     if shard.id == crate::broker::admin::CONTROLLER_SHARD {
         if let Err(e) = broker.load_metadata().await {
-            error!(
-                "cannot load metadata from {}: {e:#}",
-                config.data_dir.display()
-            );
+            error!("cannot load metadata from {}: {e:#}", config.data_dir.display());
             std::process::exit(1);
         }
     }
@@ -120,14 +109,10 @@ async fn accept_loop(broker: Rc<Broker>, listener: TcpListener) {
 type Pending = glommio::Task<Result<Reply, FrameError>>;
 
 async fn serve_connection(broker: &Rc<Broker>, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
-    let (pending_tx, pending_rx) =
-        local_channel::new_bounded::<Pending>(broker.config.max_inflight_requests);
+    let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(broker.config.max_inflight_requests);
     let writer_task = glommio::spawn_local(write_responses(pending_rx, writer, peer.clone()));
     let mut reader = BufReader::with_capacity(SOCKET_BUFFER_BYTES, reader);
     let max_bytes = broker.config.socket_request_max_bytes;
@@ -154,8 +139,7 @@ async fn serve_connection(broker: &Rc<Broker>, stream: TcpStream) {
             }
         };
         let handler_broker = broker.clone();
-        let task =
-            glommio::spawn_local(async move { handlers::handle(&handler_broker, request).await });
+        let task = glommio::spawn_local(async move { handlers::handle(&handler_broker, request).await });
         if pending_tx.send(task).await.is_err() {
             break; // the writer gave up on this connection
         }

@@ -16,9 +16,7 @@ use spate::client::{new_record, Client};
 
 fn raw(addr: &str) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream
 }
 
@@ -43,17 +41,12 @@ fn frame(api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
 }
 
 fn batch(n: usize, value_bytes: usize) -> BytesMut {
-    let records: Vec<_> = (0..n)
-        .map(|i| new_record(i as i64, 1, None, Bytes::from(vec![b'x'; value_bytes])))
-        .collect();
+    let records: Vec<_> = (0..n).map(|i| new_record(i as i64, 1, None, Bytes::from(vec![b'x'; value_bytes]))).collect();
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
         records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
+        &RecordEncodeOptions { version: 2, compression: Compression::None },
     )
     .unwrap();
     buf
@@ -61,15 +54,9 @@ fn batch(n: usize, value_bytes: usize) -> BytesMut {
 
 /// A healthy client's view: produce one batch and read everything back.
 fn healthy_round_trip(client: &mut Client, expected_before: usize) -> usize {
-    client
-        .produce_raw("good", 0, batch(5, 10).freeze(), 1)
-        .unwrap();
+    client.produce_raw("good", 0, batch(5, 10).freeze(), 1).unwrap();
     let all = client.fetch_all("good", 0, 0).unwrap();
-    assert_eq!(
-        all.len(),
-        expected_before + 5,
-        "stored data is intact and complete"
-    );
+    assert_eq!(all.len(), expected_before + 5, "stored data is intact and complete");
     all.len()
 }
 
@@ -77,9 +64,7 @@ fn setup(name: &str) -> (TestBroker, Client) {
     let broker = TestBroker::start(&temp_dir(name), &[]);
     let mut client = broker.client();
     client.create_topic("good", 1, &[]).unwrap();
-    client
-        .create_topic("small", 1, &[("max.message.bytes".into(), "1024".into())])
-        .unwrap();
+    client.create_topic("small", 1, &[("max.message.bytes".into(), "1024".into())]).unwrap();
     (broker, client)
 }
 
@@ -89,30 +74,20 @@ fn garbage_and_oversize_frames_close_only_their_connection() {
     let mut stored = healthy_round_trip(&mut client, 0);
 
     let mut http = raw(&broker.addr);
-    http.write_all(b"GET / HTTP/1.1\r\nHost: spate\r\n\r\n")
-        .unwrap();
-    assert!(
-        closed_without_answer(&mut http),
-        "an HTTP request is not a Kafka frame"
-    );
+    http.write_all(b"GET / HTTP/1.1\r\nHost: spate\r\n\r\n").unwrap();
+    assert!(closed_without_answer(&mut http), "an HTTP request is not a Kafka frame");
     stored = healthy_round_trip(&mut client, stored);
 
     let mut oversize = raw(&broker.addr);
     oversize.write_all(&(200i32 << 20).to_be_bytes()).unwrap();
-    assert!(
-        closed_without_answer(&mut oversize),
-        "a frame over socket_request_max_bytes closes the connection"
-    );
+    assert!(closed_without_answer(&mut oversize), "a frame over socket_request_max_bytes closes the connection");
     let mut negative = raw(&broker.addr);
     negative.write_all(&(-5i32).to_be_bytes()).unwrap();
     assert!(closed_without_answer(&mut negative));
 
     let mut unknown_key = raw(&broker.addr);
     unknown_key.write_all(&frame(9999, 0, b"")).unwrap();
-    assert!(
-        closed_without_answer(&mut unknown_key),
-        "an unknown API key closes the connection"
-    );
+    assert!(closed_without_answer(&mut unknown_key), "an unknown API key closes the connection");
 
     let mut cut = raw(&broker.addr);
     cut.write_all(&1000i32.to_be_bytes()).unwrap();
@@ -121,17 +96,11 @@ fn garbage_and_oversize_frames_close_only_their_connection() {
 
     let mut garbage_body = raw(&broker.addr);
     garbage_body.write_all(&frame(0, 9, &[0xff; 40])).unwrap();
-    assert!(
-        closed_without_answer(&mut garbage_body),
-        "an undecodable Produce body closes the connection"
-    );
+    assert!(closed_without_answer(&mut garbage_body), "an undecodable Produce body closes the connection");
 
     healthy_round_trip(&mut client, stored);
     assert!(broker.is_running());
-    assert!(
-        broker.log().contains("closing connection"),
-        "each close leaves a log line"
-    );
+    assert!(broker.log().contains("closing connection"), "each close leaves a log line");
     broker.stop();
 }
 
@@ -143,64 +112,29 @@ fn bad_batches_get_kafka_error_codes() {
     let mut bad_crc = batch(3, 20);
     let last = bad_crc.len() - 1;
     bad_crc[last] ^= 0x55;
-    let err = client
-        .produce_raw("good", 0, bad_crc.freeze(), 1)
-        .unwrap_err()
-        .to_string();
+    let err = client.produce_raw("good", 0, bad_crc.freeze(), 1).unwrap_err().to_string();
     assert!(err.contains("CorruptMessage"), "bad CRC: {err}");
 
     let mut truncated = batch(3, 20);
     truncated.truncate(truncated.len() - 4);
-    let err = client
-        .produce_raw("good", 0, truncated.freeze(), 1)
-        .unwrap_err()
-        .to_string();
+    let err = client.produce_raw("good", 0, truncated.freeze(), 1).unwrap_err().to_string();
     assert!(err.contains("CorruptMessage"), "truncated batch: {err}");
 
     let mut old_magic = batch(3, 20);
     old_magic[16] = 1;
-    let err = client
-        .produce_raw("good", 0, old_magic.freeze(), 1)
-        .unwrap_err()
-        .to_string();
+    let err = client.produce_raw("good", 0, old_magic.freeze(), 1).unwrap_err().to_string();
     assert!(err.contains("InvalidRecord"), "magic 1: {err}");
 
-    let err = client
-        .produce_raw("small", 0, batch(4, 1000).freeze(), 1)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("MessageTooLarge"),
-        "over max.message.bytes: {err}"
-    );
-    client
-        .produce_raw("small", 0, batch(1, 100).freeze(), 1)
-        .expect("a batch within max.message.bytes is accepted");
+    let err = client.produce_raw("small", 0, batch(4, 1000).freeze(), 1).unwrap_err().to_string();
+    assert!(err.contains("MessageTooLarge"), "over max.message.bytes: {err}");
+    client.produce_raw("small", 0, batch(1, 100).freeze(), 1).expect("a batch within max.message.bytes is accepted");
 
-    let err = client
-        .produce_raw("no-such-topic", 0, batch(1, 1).freeze(), 1)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("UnknownTopicOrPartition"),
-        "unknown topic: {err}"
-    );
-    let err = client
-        .produce_raw("good", 7, batch(1, 1).freeze(), 1)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("UnknownTopicOrPartition"),
-        "unknown partition: {err}"
-    );
-    let err = client
-        .create_topic("bad name!", 1, &[])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("InvalidTopicException"),
-        "invalid topic name: {err}"
-    );
+    let err = client.produce_raw("no-such-topic", 0, batch(1, 1).freeze(), 1).unwrap_err().to_string();
+    assert!(err.contains("UnknownTopicOrPartition"), "unknown topic: {err}");
+    let err = client.produce_raw("good", 7, batch(1, 1).freeze(), 1).unwrap_err().to_string();
+    assert!(err.contains("UnknownTopicOrPartition"), "unknown partition: {err}");
+    let err = client.create_topic("bad name!", 1, &[]).unwrap_err().to_string();
+    assert!(err.contains("InvalidTopicException"), "invalid topic name: {err}");
     let err = client.create_topic("good", 1, &[]).unwrap_err().to_string();
     assert!(err.contains("TopicAlreadyExists"), "duplicate topic: {err}");
 
@@ -218,34 +152,17 @@ fn unsupported_versions() {
     let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
     stream.read_exact(&mut body).unwrap();
     let mut body = Bytes::from(body);
-    assert_eq!(
-        &body[..4],
-        &7i32.to_be_bytes(),
-        "v0 response header: the correlation id alone"
-    );
+    assert_eq!(&body[..4], &7i32.to_be_bytes(), "v0 response header: the correlation id alone");
     let _ = body.split_to(4);
     let response = ApiVersionsResponse::decode(&mut body, 0).unwrap();
     assert_eq!(response.error_code, 35, "UNSUPPORTED_VERSION");
-    let produce = response
-        .api_keys
-        .iter()
-        .find(|k| k.api_key == 0)
-        .expect("Produce advertised");
+    let produce = response.api_keys.iter().find(|k| k.api_key == 0).expect("Produce advertised");
     assert_eq!((produce.min_version, produce.max_version), (3, 9));
-    assert!(
-        response
-            .api_keys
-            .iter()
-            .all(|k| k.api_key != 71 && k.api_key != 72),
-        "telemetry is not advertised"
-    );
+    assert!(response.api_keys.iter().all(|k| k.api_key != 71 && k.api_key != 72), "telemetry is not advertised");
 
     let mut produce_v99 = raw(&broker.addr);
     produce_v99.write_all(&frame(0, 99, b"")).unwrap();
-    assert!(
-        closed_without_answer(&mut produce_v99),
-        "an unsupported Produce version closes the connection"
-    );
+    assert!(closed_without_answer(&mut produce_v99), "an unsupported Produce version closes the connection");
     let mut fetch_v3 = raw(&broker.addr);
     fetch_v3.write_all(&frame(1, 3, b"")).unwrap();
     assert!(closed_without_answer(&mut fetch_v3));
@@ -273,11 +190,7 @@ fn random_frames_never_take_the_broker_down() {
         let mut sink = [0u8; 4096];
         let _ = stream.read(&mut sink); // an answer or a close; either is fine
     }
-    assert!(
-        broker.is_running(),
-        "broker survived; log:\n{}",
-        broker.log()
-    );
+    assert!(broker.is_running(), "broker survived; log:\n{}", broker.log());
     healthy_round_trip(&mut client, stored);
     broker.stop();
 }

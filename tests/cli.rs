@@ -17,79 +17,29 @@ fn spate(broker: &TestBroker, args: &[&str], stdin: Option<&str>) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "spate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "spate {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
 fn topic_produce_consume_commands() {
     let broker = TestBroker::start(&temp_dir("cli"), &[]);
-    assert!(spate(
-        &broker,
-        &[
-            "topic",
-            "create",
-            "events",
-            "-p",
-            "3",
-            "-c",
-            "retention.ms=60000"
-        ],
-        None
-    )
-    .contains("3 partitions"));
+    assert!(spate(&broker, &["topic", "create", "events", "-p", "3", "-c", "retention.ms=60000"], None)
+        .contains("3 partitions"));
     assert!(spate(&broker, &["topic", "list"], None).contains("events"));
 
-    spate(
-        &broker,
-        &["produce", "events", "-p", "2", "-k", ":"],
-        Some("a:one\nb:two\nc:three\n"),
-    );
+    spate(&broker, &["produce", "events", "-p", "2", "-k", ":"], Some("a:one\nb:two\nc:three\n"));
     let out = spate(&broker, &["consume", "events", "-p", "2"], None);
     assert_eq!(out, "0\ta\tone\n1\tb\ttwo\n2\tc\tthree\n");
-    assert_eq!(
-        spate(
-            &broker,
-            &["consume", "events", "-p", "2", "-o", "1", "-n", "1"],
-            None
-        ),
-        "1\tb\ttwo\n"
-    );
-    assert_eq!(
-        spate(
-            &broker,
-            &[
-                "consume",
-                "events",
-                "-p",
-                "2",
-                "--timestamp",
-                "0",
-                "-n",
-                "1"
-            ],
-            None
-        ),
-        "0\ta\tone\n"
-    );
+    assert_eq!(spate(&broker, &["consume", "events", "-p", "2", "-o", "1", "-n", "1"], None), "1\tb\ttwo\n");
+    assert_eq!(spate(&broker, &["consume", "events", "-p", "2", "--timestamp", "0", "-n", "1"], None), "0\ta\tone\n");
 
     let described = spate(&broker, &["topic", "describe", "events"], None);
     assert!(described.contains("3 partitions"), "{described}");
     assert!(
-        described.contains("retention.ms")
-            && described.contains("60000")
-            && described.contains("(topic)"),
+        described.contains("retention.ms") && described.contains("60000") && described.contains("(topic)"),
         "{described}"
     );
     spate(
@@ -106,21 +56,8 @@ fn topic_produce_consume_commands() {
         None,
     );
     let described = spate(&broker, &["topic", "describe", "events"], None);
-    assert!(
-        described.contains("120000") && described.contains("LogAppendTime"),
-        "{described}"
-    );
-    spate(
-        &broker,
-        &[
-            "topic",
-            "alter-config",
-            "events",
-            "--delete",
-            "retention.ms",
-        ],
-        None,
-    );
+    assert!(described.contains("120000") && described.contains("LogAppendTime"), "{described}");
+    spate(&broker, &["topic", "alter-config", "events", "--delete", "retention.ms"], None);
     assert!(
         spate(&broker, &["topic", "describe", "events"], None).contains("604800000"),
         "deleted override reverts to the default"
@@ -128,21 +65,14 @@ fn topic_produce_consume_commands() {
 
     spate(&broker, &["topic", "delete", "events"], None);
     assert!(!spate(&broker, &["topic", "list"], None).contains("events"));
-    assert!(
-        !broker.dir.join("data/events-2").exists(),
-        "a deleted topic's files are removed"
-    );
+    assert!(!broker.dir.join("data/events-2").exists(), "a deleted topic's files are removed");
     broker.stop();
 }
 
 #[test]
 fn serve_reads_config_file_and_environment() {
     let dir = temp_dir("config");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let file = dir.join("spate.toml");
     std::fs::write(
         &file,
@@ -171,19 +101,12 @@ fn serve_reads_config_file_and_environment() {
     // A produce to an auto-created topic (created by Metadata) lands in the data_dir of the file.
     let mut req = kafka_protocol::messages::MetadataRequest::default();
     let mut topic = kafka_protocol::messages::metadata_request::MetadataRequestTopic::default();
-    topic.name = Some(kafka_protocol::messages::TopicName(
-        spate::client::str_bytes("auto"),
-    ));
+    topic.name = Some(kafka_protocol::messages::TopicName(spate::client::str_bytes("auto")));
     req.topics = Some(vec![topic]);
     req.allow_auto_topic_creation = true;
-    let resp: kafka_protocol::messages::MetadataResponse = client
-        .call(kafka_protocol::messages::ApiKey::Metadata, 12, &req)
-        .unwrap();
-    assert_eq!(
-        resp.topics[0].partitions.len(),
-        5,
-        "the environment overrides the file"
-    );
+    let resp: kafka_protocol::messages::MetadataResponse =
+        client.call(kafka_protocol::messages::ApiKey::Metadata, 12, &req).unwrap();
+    assert_eq!(resp.topics[0].partitions.len(), 5, "the environment overrides the file");
     assert!(dir.join("data/auto-4").exists());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

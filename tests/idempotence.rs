@@ -24,12 +24,7 @@ fn init_producer_id(client: &mut Client) -> (i64, i16) {
 fn idempotent_batch(pid: i64, epoch: i16, first_sequence: i32, n: usize) -> Bytes {
     let records: Vec<_> = (0..n)
         .map(|i| {
-            let mut r = new_record(
-                i as i64,
-                1,
-                None,
-                Bytes::from(format!("s{}", first_sequence + i as i32)),
-            );
+            let mut r = new_record(i as i64, 1, None, Bytes::from(format!("s{}", first_sequence + i as i32)));
             r.producer_id = pid;
             r.producer_epoch = epoch;
             r.sequence = first_sequence + i as i32;
@@ -37,10 +32,7 @@ fn idempotent_batch(pid: i64, epoch: i16, first_sequence: i32, n: usize) -> Byte
         })
         .collect();
     let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::Zstd,
-    };
+    let options = RecordEncodeOptions { version: 2, compression: Compression::Zstd };
     RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
     buf.freeze()
 }
@@ -55,62 +47,33 @@ fn retried_batches_are_stored_once() {
     let (other, _) = init_producer_id(&mut client);
     assert_ne!(pid, other, "every producer gets its own id");
 
+    assert_eq!(client.produce_raw("idem", 0, idempotent_batch(pid, epoch, 0, 5), -1).unwrap(), 0);
+    assert_eq!(client.produce_raw("idem", 0, idempotent_batch(pid, epoch, 5, 5), -1).unwrap(), 5);
     assert_eq!(
-        client
-            .produce_raw("idem", 0, idempotent_batch(pid, epoch, 0, 5), -1)
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        client
-            .produce_raw("idem", 0, idempotent_batch(pid, epoch, 5, 5), -1)
-            .unwrap(),
-        5
-    );
-    assert_eq!(
-        client
-            .produce_raw("idem", 0, idempotent_batch(pid, epoch, 0, 5), -1)
-            .unwrap(),
+        client.produce_raw("idem", 0, idempotent_batch(pid, epoch, 0, 5), -1).unwrap(),
         0,
         "a retry gets the original offset"
     );
-    let err = client
-        .produce_raw("idem", 0, idempotent_batch(pid, epoch, 20, 5), -1)
-        .unwrap_err()
-        .to_string();
+    let err = client.produce_raw("idem", 0, idempotent_batch(pid, epoch, 20, 5), -1).unwrap_err().to_string();
     assert!(err.contains("OutOfOrderSequenceNumber"), "{err}");
     assert_eq!(
-        client
-            .produce_raw("idem", 0, idempotent_batch(pid, epoch + 1, 0, 2), -1)
-            .unwrap(),
+        client.produce_raw("idem", 0, idempotent_batch(pid, epoch + 1, 0, 2), -1).unwrap(),
         10,
         "a new epoch restarts sequences"
     );
-    let err = client
-        .produce_raw("idem", 0, idempotent_batch(pid, epoch, 10, 1), -1)
-        .unwrap_err()
-        .to_string();
+    let err = client.produce_raw("idem", 0, idempotent_batch(pid, epoch, 10, 1), -1).unwrap_err().to_string();
     assert!(err.contains("InvalidProducerEpoch"), "{err}");
-    assert_eq!(
-        client.fetch_all("idem", 0, 0).unwrap().len(),
-        12,
-        "duplicates and refused batches stored nothing"
-    );
+    assert_eq!(client.fetch_all("idem", 0, 0).unwrap().len(), 12, "duplicates and refused batches stored nothing");
     broker.stop();
 
     let broker = TestBroker::start(&dir, &[]);
     let mut client = broker.client();
     assert_eq!(
-        client
-            .produce_raw("idem", 0, idempotent_batch(pid, epoch + 1, 0, 2), -1)
-            .unwrap(),
+        client.produce_raw("idem", 0, idempotent_batch(pid, epoch + 1, 0, 2), -1).unwrap(),
         10,
         "producer state is rebuilt from the log at start"
     );
     let (after_restart, _) = init_producer_id(&mut client);
-    assert!(
-        after_restart != pid && after_restart != other,
-        "ids are not reused after a restart"
-    );
+    assert!(after_restart != pid && after_restart != other, "ids are not reused after a restart");
     broker.stop();
 }

@@ -214,8 +214,7 @@ pub fn for_each_record(records: &[u8], mut visit: impl FnMut(i64, &[u8])) {
             p += used;
             Some(v)
         };
-        let (Some(ts_delta), Some(_offset_delta), Some(key_len)) = (field(), field(), field())
-        else {
+        let (Some(ts_delta), Some(_offset_delta), Some(key_len)) = (field(), field(), field()) else {
             return;
         };
         p += key_len.max(0) as usize;
@@ -247,30 +246,20 @@ mod tests {
 
     #[test]
     fn every_codec_decodes_with_kafka_protocol() {
-        for codec in [
-            Codec::None,
-            Codec::Gzip,
-            Codec::Snappy,
-            Codec::Lz4,
-            Codec::Zstd,
-        ] {
+        for codec in [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
             let mut builder = BatchBuilder::new(4096);
             builder.push(1000, Some(b"k1"), b"hello");
             builder.push(1003, None, &[7u8; 300]);
             let batch = builder.finish(codec).unwrap();
             let mut buf = batch.clone();
-            let decoded =
-                RecordBatchDecoder::decode(&mut buf).unwrap_or_else(|e| panic!("{codec:?}: {e}"));
+            let decoded = RecordBatchDecoder::decode(&mut buf).unwrap_or_else(|e| panic!("{codec:?}: {e}"));
             assert_eq!(decoded.records.len(), 2);
             assert_eq!(decoded.records[0].key.as_deref(), Some(&b"k1"[..]));
             assert_eq!(decoded.records[1].timestamp, 1003);
             assert_eq!(decoded.records[1].value.as_deref().unwrap().len(), 300);
             let mut seen = 0;
             for_each_batch(&batch, |s, records| {
-                assert_eq!(
-                    (s.records, s.compressed, s.first_timestamp),
-                    (2, codec != Codec::None, 1000)
-                );
+                assert_eq!((s.records, s.compressed, s.first_timestamp), (2, codec != Codec::None, 1000));
                 if !s.compressed {
                     let mut seen_records = Vec::new();
                     for_each_record(records, |d, v| seen_records.push((d, v.len())));

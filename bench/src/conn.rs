@@ -27,12 +27,8 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(addr: &str) -> Result<Conn> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| anyhow!("connecting to {addr}: {e}"))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| anyhow!("set_nodelay: {e}"))?;
+        let stream = TcpStream::connect(addr).await.map_err(|e| anyhow!("connecting to {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| anyhow!("set_nodelay: {e}"))?;
         let (reader, writer) = stream.split();
         let pending: Rc<RefCell<VecDeque<Waiter>>> = Rc::default();
         let reader = glommio::spawn_local(read_responses(reader, pending.clone()));
@@ -57,22 +53,14 @@ impl Conn {
         let frame = encode_request(api_key, version, self.next_correlation_id(), body)?;
         let answer;
         {
-            let _permit = self
-                .write_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
+            let _permit = self.write_lock.acquire_permit(1).await.map_err(|e| anyhow!("{e}"))?;
             // Registered under the write lock, so waiters queue in write order.
             answer = expect_response.then(|| {
                 let (tx, rx) = oneshot::channel();
                 self.pending.borrow_mut().push_back(tx);
                 rx
             });
-            let mut writer = self
-                .writer
-                .borrow_mut()
-                .take()
-                .context("connection closed")?;
+            let mut writer = self.writer.borrow_mut().take().context("connection closed")?;
             let written = writer.write_all(&frame).await;
             *self.writer.borrow_mut() = Some(writer);
             written.context("writing request")?;
@@ -80,9 +68,7 @@ impl Conn {
         let Some(answer) = answer else {
             return Ok(None);
         };
-        let mut body = answer
-            .await
-            .map_err(|_| anyhow!("connection closed before the response"))??;
+        let mut body = answer.await.map_err(|_| anyhow!("connection closed before the response"))??;
         ResponseHeader::decode(&mut body, api_key.response_header_version(version))?;
         Ok(Some(body))
     }
@@ -94,11 +80,8 @@ impl Conn {
         version: i16,
         body: &Req,
     ) -> Result<Resp> {
-        let mut bytes = self
-            .send(api_key, version, body, true)
-            .await?
-            .expect("a response was expected");
-        Ok(Resp::decode(&mut bytes, version)?)
+        let mut bytes = self.send(api_key, version, body, true).await?.expect("a response was expected");
+        Resp::decode(&mut bytes, version)
     }
 
     fn next_correlation_id(&self) -> i32 {
@@ -108,12 +91,7 @@ impl Conn {
     }
 }
 
-fn encode_request<R: Encodable>(
-    api_key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &R,
-) -> Result<Bytes> {
+fn encode_request<R: Encodable>(api_key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Result<Bytes> {
     let mut header = RequestHeader::default();
     header.request_api_key = api_key as i16;
     header.request_api_version = version;

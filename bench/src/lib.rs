@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use kafka_protocol::messages::{
-    create_topics_request, list_offsets_request, ApiKey, BrokerId, CreateTopicsRequest,
-    CreateTopicsResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+    create_topics_request, list_offsets_request, ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
@@ -129,33 +129,19 @@ impl BenchArgs {
             }
         }
         let cores = worker_cores();
-        let acks = match self
-            .acks
-            .as_deref()
-            .or(preset.acks.as_deref())
-            .unwrap_or("1")
-        {
+        let acks = match self.acks.as_deref().or(preset.acks.as_deref()).unwrap_or("1") {
             "all" | "-1" => -1,
             "1" => 1,
             "0" => 0,
             other => bail!("acks must be 0, 1 or all, not {other:?}"),
         };
-        let keys = match self
-            .keys
-            .as_deref()
-            .or(preset.keys.as_deref())
-            .unwrap_or("none")
-        {
+        let keys = match self.keys.as_deref().or(preset.keys.as_deref()).unwrap_or("none") {
             "none" => Keys::None,
             "random" => Keys::Random,
             n => Keys::Cardinality(n.parse().context("--keys takes none, random or a number")?),
         };
         let duration_secs = self.duration_secs;
-        let messages = self.messages.or(if duration_secs.is_none() {
-            Some(5_000_000)
-        } else {
-            None
-        });
+        let messages = self.messages.or(if duration_secs.is_none() { Some(5_000_000) } else { None });
         let workload = Workload {
             mode: self.mode.clone(),
             broker: broker.to_string(),
@@ -175,11 +161,7 @@ impl BenchArgs {
             max_inflight: self.max_inflight.unwrap_or(8),
             worker_cores: cores,
         };
-        if workload.partitions < 1
-            || workload.producers < 1
-            || workload.consumers < 1
-            || workload.message_bytes < 1
-        {
+        if workload.partitions < 1 || workload.producers < 1 || workload.consumers < 1 || workload.message_bytes < 1 {
             bail!("partitions, producers, consumers and message bytes must be at least 1");
         }
         if !["produce", "consume", "e2e", "all"].contains(&workload.mode.as_str()) {
@@ -214,19 +196,11 @@ pub fn run(args: &BenchArgs, broker: &str) -> Result<Report> {
             let consumed = consume_phase(&w, produced.messages, !args.quiet)?;
             phases.push(produced);
             phases.push(consumed);
-            let e2e = Workload {
-                messages: None,
-                duration_secs: Some(w.duration_secs.unwrap_or(5.0)),
-                ..w.clone()
-            };
+            let e2e = Workload { messages: None, duration_secs: Some(w.duration_secs.unwrap_or(5.0)), ..w.clone() };
             phases.push(e2e_phase(&e2e, Some(half_rate), !args.quiet)?);
         }
     }
-    let report = Report {
-        workload: w,
-        machine: machine(),
-        phases,
-    };
+    let report = Report { workload: w, machine: machine(), phases };
     print_report(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -235,10 +209,7 @@ pub fn run(args: &BenchArgs, broker: &str) -> Result<Report> {
     if let Some(path) = &args.plot {
         let title = format!(
             "spate bench: {} x {} B, {} partitions, acks {}",
-            report.workload.mode,
-            report.workload.message_bytes,
-            report.workload.partitions,
-            report.workload.acks
+            report.workload.mode, report.workload.message_bytes, report.workload.partitions, report.workload.acks
         );
         std::fs::write(path, plot::svg(&title, &report.phases))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -247,14 +218,8 @@ pub fn run(args: &BenchArgs, broker: &str) -> Result<Report> {
 }
 
 fn machine() -> Machine {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    Machine {
-        cores: worker_cores().len(),
-        kernel,
-    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    Machine { cores: worker_cores().len(), kernel }
 }
 
 fn print_report(report: &Report) {
@@ -289,9 +254,7 @@ where
         .io_memory(64 << 10)
         .spawn(make)
         .map_err(|e| anyhow::anyhow!("starting executor: {e}"))?;
-    handle
-        .join()
-        .map_err(|e| anyhow::anyhow!("executor failed: {e:?}"))?
+    handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e:?}"))?
 }
 
 async fn ensure_topic(w: Workload) -> Result<()> {
@@ -354,9 +317,9 @@ impl Group {
         let threads = tasks.min(cores.len()).max(1);
         let running = Arc::new(AtomicUsize::new(threads));
         let mut handles = Vec::with_capacity(threads);
-        for t in 0..threads {
+        for (t, &core) in cores.iter().enumerate().take(threads) {
             let (make, running) = (make.clone(), running.clone());
-            let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cores[t]))
+            let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(core))
                 .name(&format!("bench-{t}"))
                 .io_memory(256 << 10)
                 .spawn(move || async move {
@@ -382,10 +345,7 @@ impl Group {
     fn join(self) -> Result<WorkerStats> {
         let mut total = WorkerStats::new();
         for h in self.handles {
-            total.merge(
-                &h.join()
-                    .map_err(|e| anyhow::anyhow!("bench thread failed: {e:?}"))??,
-            );
+            total.merge(&h.join().map_err(|e| anyhow::anyhow!("bench thread failed: {e:?}"))??);
         }
         Ok(total)
     }
@@ -401,9 +361,8 @@ fn new_shared() -> Arc<Shared> {
 }
 
 fn producer_plans(w: &Workload, rate: Option<f64>, started: Instant) -> Vec<ProducerPlan> {
-    let per_producer = |total: u64, i: usize| {
-        total / w.producers as u64 + u64::from((i as u64) < total % w.producers as u64)
-    };
+    let per_producer =
+        |total: u64, i: usize| total / w.producers as u64 + u64::from((i as u64) < total % w.producers as u64);
     (0..w.producers)
         .map(|i| ProducerPlan {
             addr: w.broker.clone(),
@@ -411,9 +370,7 @@ fn producer_plans(w: &Workload, rate: Option<f64>, started: Instant) -> Vec<Prod
             partitions: (0..w.partitions).collect(),
             message_bytes: w.message_bytes,
             messages: w.messages.map(|n| per_producer(n, i)),
-            deadline: w
-                .duration_secs
-                .map(|s| started + Duration::from_secs_f64(s)),
+            deadline: w.duration_secs.map(|s| started + Duration::from_secs_f64(s)),
             batch_bytes: w.batch_bytes,
             linger: Duration::from_millis(w.linger_ms),
             codec: w.compression,
@@ -430,27 +387,17 @@ fn watch(group: &Group, shared: &Shared, phase: &str, message_bytes: usize, prog
     let mut line = Progress::new(progress);
     while group.running() {
         std::thread::sleep(Duration::from_millis(100));
-        line.tick(
-            phase,
-            shared.done.load(Ordering::Relaxed),
-            message_bytes as f64,
-        );
+        line.tick(phase, shared.done.load(Ordering::Relaxed), message_bytes as f64);
     }
     line.done();
 }
 
-fn produce_phase(
-    name: &str,
-    w: &Workload,
-    rate: Option<f64>,
-    progress: bool,
-) -> Result<PhaseReport> {
+fn produce_phase(name: &str, w: &Workload, rate: Option<f64>, progress: bool) -> Result<PhaseReport> {
     let shared = new_shared();
     let plans = producer_plans(w, rate, shared.started);
     let s = shared.clone();
-    let group = Group::start(plans.len(), &w.worker_cores, move |i| {
-        workers::run_producer(plans[i].clone(), s.clone())
-    })?;
+    let group =
+        Group::start(plans.len(), &w.worker_cores, move |i| workers::run_producer(plans[i].clone(), s.clone()))?;
     watch(&group, &shared, name, w.message_bytes, progress);
     let stats = group.join()?;
     Ok(PhaseReport::new(name, &stats, shared.started.elapsed()))
@@ -467,12 +414,7 @@ fn consumer_plans(
         .map(|c| ConsumerPlan {
             addr: w.broker.clone(),
             topic: w.topic.clone(),
-            partitions: starts
-                .iter()
-                .skip(c)
-                .step_by(w.consumers)
-                .copied()
-                .collect(),
+            partitions: starts.iter().skip(c).step_by(w.consumers).copied().collect(),
             stop_at_total: target,
             measure_latency,
             fetch_max_bytes: 64 << 20,
@@ -489,16 +431,11 @@ fn consume_phase(w: &Workload, target: u64, progress: bool) -> Result<PhaseRepor
     shared.producers_finished.store(true, Ordering::Release);
     let plans = consumer_plans(w, &starts, Some(target), false);
     let s = shared.clone();
-    let group = Group::start(plans.len(), &w.worker_cores, move |i| {
-        workers::run_consumer(plans[i].clone(), s.clone())
-    })?;
+    let group =
+        Group::start(plans.len(), &w.worker_cores, move |i| workers::run_consumer(plans[i].clone(), s.clone()))?;
     watch(&group, &shared, "consume", w.message_bytes, progress);
     let stats = group.join()?;
-    Ok(PhaseReport::new(
-        "consume",
-        &stats,
-        shared.started.elapsed(),
-    ))
+    Ok(PhaseReport::new("consume", &stats, shared.started.elapsed()))
 }
 
 fn e2e_phase(w: &Workload, rate: Option<f64>, progress: bool) -> Result<PhaseReport> {
@@ -528,10 +465,7 @@ fn e2e_phase(w: &Workload, rate: Option<f64>, progress: bool) -> Result<PhaseRep
     }
     let consumed = consumer_group.join()?;
     if consumed.messages < produced.messages {
-        eprintln!(
-            "e2e: consumers received {} of {} messages",
-            consumed.messages, produced.messages
-        );
+        eprintln!("e2e: consumers received {} of {} messages", consumed.messages, produced.messages);
     }
     Ok(PhaseReport::new("e2e", &consumed, shared.started.elapsed()))
 }

@@ -62,106 +62,65 @@ fn axes(out: &mut String, top: f64, x_label: &str, y_label: &str, y_max: f64) {
 }
 
 fn throughput_panel(out: &mut String, phases: &[PhaseReport], top: f64) {
-    let seconds = phases
-        .iter()
-        .map(|p| p.per_second.len())
-        .max()
-        .unwrap_or(1)
-        .max(2);
-    let y_max = phases
-        .iter()
-        .flat_map(|p| p.per_second.iter())
-        .copied()
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64
-        * 1.1;
-    axes(out, top, "seconds since start", "messages / s", y_max);
+    let buckets = phases.iter().map(|p| p.rate_per_100ms.len()).max().unwrap_or(1).max(2);
+    let y_max = phases.iter().flat_map(|p| p.rate_per_100ms.iter()).copied().fold(1.0, f64::max) * 1.1;
+    let x_label = format!("time since the phase started (0 .. {:.1} s)", buckets as f64 / 10.0);
+    axes(out, top, &x_label, "messages / s", y_max);
     let (x0, y0, x1, y1) = (PAD, top + H - 40.0, W - 20.0, top + 10.0);
     for (i, phase) in phases.iter().enumerate() {
         let points: Vec<String> = phase
-            .per_second
+            .rate_per_100ms
             .iter()
             .enumerate()
-            .map(|(s, &n)| {
-                format!(
-                    "{:.1},{:.1}",
-                    x0 + (x1 - x0) * (s as f64 + 0.5) / seconds as f64,
-                    y0 - (y0 - y1) * n as f64 / y_max
-                )
+            .map(|(b, &rate)| {
+                let x = x0 + (x1 - x0) * (b as f64 + 0.5) / buckets as f64;
+                format!("{x:.1},{:.1}", y0 - (y0 - y1) * rate / y_max)
             })
             .collect();
         let color = COLORS[i % COLORS.len()];
+        polyline(out, color, &points);
+        let label = format!("{} ({:.0} msgs/s)", phase.phase, phase.msgs_per_sec);
         let _ = write!(
             out,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            points.join(" ")
-        );
-        let _ = write!(
-            out,
-            r#"<text x="{}" y="{}" fill="{color}">{} ({:.0} msgs/s)</text>"#,
+            r#"<text x="{}" y="{}" fill="{color}">{}</text>"#,
             x1 - 260.0,
             y1 + 14.0 * (i as f64 + 1.0),
-            escape(&phase.phase),
-            phase.msgs_per_sec
+            escape(&label)
         );
     }
 }
 
 fn latency_panel(out: &mut String, phases: &[PhaseReport], top: f64) {
-    let curves: Vec<(&PhaseReport, &Vec<(f64, u64)>)> = phases
-        .iter()
-        .filter_map(|p| Some((p, &p.latency.as_ref()?.curve)))
-        .collect();
-    let y_max = curves
-        .iter()
-        .flat_map(|(_, c)| c.iter().map(|&(_, v)| v))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64
-        * 1.1;
-    axes(
-        out,
-        top,
-        "percentile (log of 1/(1-p): 90, 99, 99.9, ...)",
-        "latency (us)",
-        y_max,
-    );
+    type Curve<'a> = (usize, &'a PhaseReport, &'a Vec<(f64, u64)>);
+    let curves: Vec<Curve> =
+        phases.iter().enumerate().filter_map(|(i, p)| Some((i, p, &p.latency.as_ref()?.curve))).collect();
+    let y_max = curves.iter().flat_map(|(_, _, c)| c.iter().map(|&(_, v)| v)).max().unwrap_or(1).max(1) as f64 * 1.1;
+    axes(out, top, "percentile (log of 1/(1-p): 90, 99, 99.9, ...)", "latency (us)", y_max);
     let (x0, y0, x1, y1) = (PAD, top + H - 40.0, W - 20.0, top + 10.0);
     let nines = |p: f64| (1.0 / (1.0 - (p / 100.0).min(0.99999))).log10(); // 0..5
     for label in [50.0, 90.0, 99.0, 99.9, 99.99, 99.999] {
         let x = x0 + (x1 - x0) * nines(label) / 5.0;
-        let _ = write!(
-            out,
-            r#"<text x="{x}" y="{}" text-anchor="middle">{label}</text>"#,
-            y0 + 14.0
-        );
+        let _ = write!(out, r#"<text x="{x}" y="{}" text-anchor="middle">{label}</text>"#, y0 + 14.0);
     }
-    for (i, (phase, curve)) in curves.iter().enumerate() {
+    for (n, &(i, phase, curve)) in curves.iter().enumerate() {
         let points: Vec<String> = curve
             .iter()
-            .map(|&(p, v)| {
-                format!(
-                    "{:.1},{:.1}",
-                    x0 + (x1 - x0) * nines(p) / 5.0,
-                    y0 - (y0 - y1) * v as f64 / y_max
-                )
-            })
+            .map(|&(p, v)| format!("{:.1},{:.1}", x0 + (x1 - x0) * nines(p) / 5.0, y0 - (y0 - y1) * v as f64 / y_max))
             .collect();
         let color = COLORS[i % COLORS.len()];
-        let _ = write!(
-            out,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            points.join(" ")
-        );
+        polyline(out, color, &points);
         let _ = write!(
             out,
             r#"<text x="{}" y="{}" fill="{color}">{}</text>"#,
             x0 + 10.0,
-            y1 + 14.0 * (i as f64 + 1.0),
+            y1 + 14.0 * (n as f64 + 1.0),
             escape(&phase.phase)
         );
     }
+}
+
+fn polyline(out: &mut String, color: &str, points: &[String]) {
+    let _ = write!(out, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, points.join(" "));
 }
 
 fn human(v: f64) -> String {
@@ -173,7 +132,5 @@ fn human(v: f64) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }

@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Resolution of the throughput series.
+pub const BUCKET: Duration = Duration::from_millis(100);
+
 /// Latencies up to one hour, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
@@ -16,37 +19,29 @@ pub struct WorkerStats {
     pub messages: u64,
     pub bytes: u64,
     pub latency_us: Histogram<u64>,
-    /// Messages completed in each whole second since the run started.
-    pub per_second: Vec<u64>,
+    /// Messages completed in each `BUCKET` since the run started.
+    pub per_bucket: Vec<u64>,
     pub errors: u64,
 }
 
 impl WorkerStats {
     pub fn new() -> WorkerStats {
-        WorkerStats {
-            messages: 0,
-            bytes: 0,
-            latency_us: new_histogram(),
-            per_second: Vec::new(),
-            errors: 0,
-        }
+        WorkerStats { messages: 0, bytes: 0, latency_us: new_histogram(), per_bucket: Vec::new(), errors: 0 }
     }
 
     pub fn count(&mut self, since_start: Duration, messages: u64, bytes: u64) {
         self.messages += messages;
         self.bytes += bytes;
-        let second = since_start.as_secs() as usize;
-        if self.per_second.len() <= second {
-            self.per_second.resize(second + 1, 0);
+        let bucket = (since_start.as_millis() / BUCKET.as_millis()) as usize;
+        if self.per_bucket.len() <= bucket {
+            self.per_bucket.resize(bucket + 1, 0);
         }
-        self.per_second[second] += messages;
+        self.per_bucket[bucket] += messages;
     }
 
     /// Records `n` messages that waited `latency_us` (saturating into range).
     pub fn latency(&mut self, latency_us: u64, n: u64) {
-        let _ = self
-            .latency_us
-            .record_n(latency_us.clamp(1, 3_600_000_000), n);
+        let _ = self.latency_us.record_n(latency_us.clamp(1, 3_600_000_000), n);
     }
 
     pub fn merge(&mut self, other: &WorkerStats) {
@@ -54,10 +49,10 @@ impl WorkerStats {
         self.bytes += other.bytes;
         self.errors += other.errors;
         let _ = self.latency_us.add(&other.latency_us);
-        if self.per_second.len() < other.per_second.len() {
-            self.per_second.resize(other.per_second.len(), 0);
+        if self.per_bucket.len() < other.per_bucket.len() {
+            self.per_bucket.resize(other.per_bucket.len(), 0);
         }
-        for (a, b) in self.per_second.iter_mut().zip(&other.per_second) {
+        for (a, b) in self.per_bucket.iter_mut().zip(&other.per_bucket) {
             *a += b;
         }
     }
@@ -87,12 +82,10 @@ impl Latency {
         if h.is_empty() {
             return None;
         }
-        let curve = [
-            0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
-        ]
-        .iter()
-        .map(|&p| (p, h.value_at_percentile(p)))
-        .collect();
+        let curve = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0]
+            .iter()
+            .map(|&p| (p, h.value_at_percentile(p)))
+            .collect();
         Some(Latency {
             p50_us: h.value_at_quantile(0.5),
             p90_us: h.value_at_quantile(0.9),
@@ -116,7 +109,8 @@ pub struct PhaseReport {
     pub mb_per_sec: f64,
     pub errors: u64,
     pub latency: Option<Latency>,
-    pub per_second: Vec<u64>,
+    /// Messages per second in each 100 ms interval of the phase.
+    pub rate_per_100ms: Vec<f64>,
 }
 
 impl PhaseReport {
@@ -131,19 +125,14 @@ impl PhaseReport {
             mb_per_sec: stats.bytes as f64 / seconds / 1e6,
             errors: stats.errors,
             latency: Latency::from(&stats.latency_us),
-            per_second: stats.per_second.clone(),
+            rate_per_100ms: stats.per_bucket.iter().map(|&n| n as f64 / BUCKET.as_secs_f64()).collect(),
         }
     }
 
     pub fn print(&self) {
         println!(
             "{:<9} {:>12} msgs {:>8.2} s {:>12.0} msgs/s {:>9.1} MB/s  errors {}",
-            self.phase,
-            self.messages,
-            self.seconds,
-            self.msgs_per_sec,
-            self.mb_per_sec,
-            self.errors
+            self.phase, self.messages, self.seconds, self.msgs_per_sec, self.mb_per_sec, self.errors
         );
         if let Some(l) = &self.latency {
             println!(
@@ -165,12 +154,7 @@ pub struct Progress {
 impl Progress {
     pub fn new(enabled: bool) -> Progress {
         let now = Instant::now();
-        Progress {
-            started: now,
-            last: now,
-            last_messages: 0,
-            enabled,
-        }
+        Progress { started: now, last: now, last_messages: 0, enabled }
     }
 
     pub fn tick(&mut self, phase: &str, messages: u64, bytes_per_message: f64) {

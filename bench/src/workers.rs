@@ -12,8 +12,7 @@ use bytes::Bytes;
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    fetch_request, ApiKey, BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    fetch_request, ApiKey, BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
@@ -77,9 +76,7 @@ struct Sent {
 }
 
 pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 fn xorshift(state: &mut u64) -> u64 {
@@ -121,11 +118,7 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
             None => u64::MAX,
         };
         let mut room = pending.iter().any(|p| p.builder.bytes() < plan.batch_bytes);
-        while !finishing
-            && generated < due_total
-            && room
-            && plan.messages.is_none_or(|n| generated < n)
-        {
+        while !finishing && generated < due_total && room && plan.messages.is_none_or(|n| generated < n) {
             let due = match plan.rate {
                 Some(rate) => start + Duration::from_secs_f64(generated as f64 / rate),
                 None => now,
@@ -168,11 +161,7 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
                 }
             }
         } else {
-            inflight
-                .clone()
-                .acquire_static_permit(1)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+            inflight.clone().acquire_static_permit(1).await.map_err(|e| anyhow::anyhow!("{e}"))?
         };
         let (request, sent) = build_request(&plan, &mut pending, &ready)?;
         let (conn, stats, shared) = (conn.clone(), stats.clone(), shared.clone());
@@ -182,14 +171,14 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
             let done = Instant::now();
             let mut stats = stats.borrow_mut();
             let ok = match result {
-                Ok(Some(mut body)) => ProduceResponse::decode(&mut body, 9)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| {
+                Ok(Some(mut body)) => {
+                    ProduceResponse::decode(&mut body, 9).and_then(|r| {
                         r.responses
                             .iter()
                             .flat_map(|t| &t.partition_responses)
                             .try_for_each(|p| check(p.error_code, "produce"))
-                    }),
+                    })
+                }
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };
@@ -212,9 +201,7 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
         .detach();
     }
     let _all = inflight.acquire_permit(plan.max_inflight as u64).await;
-    let stats = Rc::try_unwrap(stats)
-        .map_err(|_| anyhow::anyhow!("sends still running"))?
-        .into_inner();
+    let stats = Rc::try_unwrap(stats).map_err(|_| anyhow::anyhow!("sends still running"))?.into_inner();
     Ok(stats)
 }
 
@@ -237,17 +224,11 @@ fn choose_partition(
         }
         Keys::Random => {
             let key = xorshift(rng);
-            (
-                (key % pending.len() as u64) as usize,
-                Some(key.to_be_bytes().to_vec()),
-            )
+            ((key % pending.len() as u64) as usize, Some(key.to_be_bytes().to_vec()))
         }
         Keys::Cardinality(n) => {
             let k = xorshift(rng) % n.max(1);
-            (
-                (k % pending.len() as u64) as usize,
-                Some(format!("key-{k}").into_bytes()),
-            )
+            ((k % pending.len() as u64) as usize, Some(format!("key-{k}").into_bytes()))
         }
     }
 }
@@ -265,15 +246,10 @@ fn next_wake(plan: &ProducerPlan, start: Instant, generated: u64, pending: &[Pen
             wake = wake.min(first + plan.linger);
         }
     }
-    wake.saturating_duration_since(now)
-        .max(Duration::from_micros(20))
+    wake.saturating_duration_since(now).max(Duration::from_micros(20))
 }
 
-fn build_request(
-    plan: &ProducerPlan,
-    pending: &mut [Pending],
-    ready: &[usize],
-) -> Result<(ProduceRequest, Vec<Sent>)> {
+fn build_request(plan: &ProducerPlan, pending: &mut [Pending], ready: &[usize]) -> Result<(ProduceRequest, Vec<Sent>)> {
     let mut topic = TopicProduceData::default();
     topic.name = TopicName(StrBytes::from_string(plan.topic.clone()));
     let mut sent = Vec::with_capacity(ready.len());
@@ -336,22 +312,16 @@ pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>) -> Result<Wor
     let mut offsets = plan.partitions.clone();
     let mut idle_after_producers = 0;
     loop {
-        if plan
-            .stop_at_total
-            .is_some_and(|n| shared.done.load(Ordering::Relaxed) >= n)
-        {
+        if plan.stop_at_total.is_some_and(|n| shared.done.load(Ordering::Relaxed) >= n) {
             break;
         }
-        let response: FetchResponse = conn
-            .call(ApiKey::Fetch, 12, &fetch_request(&plan, &offsets))
-            .await?;
+        let response: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(&plan, &offsets)).await?;
         let received_us = now_us();
         let mut got = 0u64;
         for topic in &response.responses {
             for part in &topic.partitions {
                 check(part.error_code, "fetch")?;
-                let Some(slot) = offsets.iter_mut().find(|(p, _)| *p == part.partition_index)
-                else {
+                let Some(slot) = offsets.iter_mut().find(|(p, _)| *p == part.partition_index) else {
                     continue;
                 };
                 let data: Bytes = part.records.clone().unwrap_or_default();
@@ -369,11 +339,7 @@ pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>) -> Result<Wor
             }
         }
         if got > 0 {
-            stats.count(
-                shared.started.elapsed(),
-                got,
-                got * plan.message_bytes as u64,
-            );
+            stats.count(shared.started.elapsed(), got, got * plan.message_bytes as u64);
             shared.done.fetch_add(got, Ordering::Relaxed);
             idle_after_producers = 0;
         } else if shared.producers_finished.load(Ordering::Acquire) {
@@ -386,12 +352,7 @@ pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>) -> Result<Wor
     Ok(stats)
 }
 
-fn consume_latency(
-    stats: &mut WorkerStats,
-    batch: &crate::batch::BatchSummary,
-    records: &[u8],
-    received_us: i64,
-) {
+fn consume_latency(stats: &mut WorkerStats, batch: &crate::batch::BatchSummary, records: &[u8], received_us: i64) {
     if batch.compressed {
         let latency_us = (received_us - batch.max_timestamp * 1000).max(0) as u64;
         stats.latency(latency_us, batch.records as u64);

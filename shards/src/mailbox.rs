@@ -62,18 +62,11 @@ impl<M: Send + 'static> Mailbox<M> {
         if to == self.me {
             return Err(SendError::ToSelf);
         }
-        self.senders
-            .send_to(to, msg)
-            .await
-            .map_err(|_| SendError::Closed)
+        self.senders.send_to(to, msg).await.map_err(|_| SendError::Closed)
     }
 
     /// Sends the message `make` builds around a reply slot, and awaits the reply.
-    pub async fn call<R>(
-        &self,
-        to: ShardId,
-        make: impl FnOnce(Reply<R>) -> M,
-    ) -> Result<R, SendError> {
+    pub async fn call<R>(&self, to: ShardId, make: impl FnOnce(Reply<R>) -> M) -> Result<R, SendError> {
         let (reply, answer) = oneshot::channel();
         self.send(to, make(reply)).await?;
         answer.await.map_err(|_| SendError::NoReply)

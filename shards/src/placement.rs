@@ -35,10 +35,7 @@ pub struct PlacementTable<K: Eq + Hash> {
 impl<K: Eq + Hash + Clone> PlacementTable<K> {
     pub fn new(shard_count: usize) -> Self {
         assert!(shard_count > 0, "a node has at least one shard");
-        PlacementTable {
-            shard_count,
-            entries: HashMap::new(),
-        }
+        PlacementTable { shard_count, entries: HashMap::new() }
     }
 
     pub fn shard_count(&self) -> usize {
@@ -50,12 +47,7 @@ impl<K: Eq + Hash + Clone> PlacementTable<K> {
     /// of one topic land on different shards.
     pub fn place(&mut self, key: K, node: NodeId, leader_epoch: i32, spread: u64) -> &Placement {
         let shard = (spread % self.shard_count as u64) as ShardId;
-        let placement = Placement {
-            leader: node,
-            leader_epoch,
-            replicas: vec![node],
-            shard,
-        };
+        let placement = Placement { leader: node, leader_epoch, replicas: vec![node], shard };
         self.entries.insert(key.clone(), placement);
         &self.entries[&key]
     }
@@ -88,9 +80,7 @@ mod tests {
     #[test]
     fn spreads_consecutive_keys_over_shards() {
         let mut table = PlacementTable::new(4);
-        let shards: Vec<ShardId> = (0..8u64)
-            .map(|p| table.place(p, 0, 0, 10 + p).shard)
-            .collect();
+        let shards: Vec<ShardId> = (0..8u64).map(|p| table.place(p, 0, 0, 10 + p).shard).collect();
         assert_eq!(shards, vec![2, 3, 0, 1, 2, 3, 0, 1]);
         assert_eq!(table.len(), 8);
         assert_eq!(table.get(&3).unwrap().replicas, vec![0]);

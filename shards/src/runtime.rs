@@ -93,11 +93,7 @@ impl ShardRuntime {
     {
         probe_io_uring()?;
         let cores = allowed_cores();
-        let count = if config.shard_count == 0 {
-            cores.len().max(1)
-        } else {
-            config.shard_count
-        };
+        let count = if config.shard_count == 0 { cores.len().max(1) } else { config.shard_count };
         let mesh = MeshBuilder::full(count, config.mailbox_capacity);
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(count);
@@ -113,14 +109,7 @@ impl ShardRuntime {
                 .spawn(move || async move {
                     let (senders, receivers) = mesh.join().await.expect("shard mesh join");
                     let mailbox = Rc::new(Mailbox::new(id, senders));
-                    body(Shard {
-                        id,
-                        count,
-                        mailbox,
-                        inbox: Some(receivers),
-                        stop,
-                    })
-                    .await;
+                    body(Shard { id, count, mailbox, inbox: Some(receivers), stop }).await;
                 })
                 .map_err(|e| io::Error::other(format!("cannot start shard {id}: {e}")))?;
             handles.push(handle);
@@ -145,9 +134,7 @@ impl ShardRuntime {
     /// Waits for every shard body to return.
     pub fn join(self) -> io::Result<()> {
         for handle in self.handles {
-            handle
-                .join()
-                .map_err(|e| io::Error::other(format!("shard failed: {e}")))?;
+            handle.join().map_err(|e| io::Error::other(format!("shard failed: {e}")))?;
         }
         Ok(())
     }
@@ -177,9 +164,7 @@ fn allowed_cores() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
         }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
     }
 }
 
@@ -195,8 +180,7 @@ pub fn probe_io_uring() -> io::Result<()> {
         return Ok(());
     }
     let err = io::Error::last_os_error();
-    let disabled =
-        std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
     Err(io::Error::other(format!(
         "io_uring is not available to this process ({err}); spate needs it for storage and network. \
          Check kernel.io_uring_disabled (now {:?}), seccomp profiles (containers often block io_uring), \

@@ -68,10 +68,7 @@ fn existing_topic<'a>(meta: &'a ClusterMeta, name: &str) -> Result<&'a Arc<Topic
 }
 
 fn fail(error: ResponseError, message: impl Into<String>) -> AdminResult {
-    Err(AdminError {
-        code: error.code(),
-        message: message.into(),
-    })
+    Err(AdminError { code: error.code(), message: message.into() })
 }
 
 impl Broker {
@@ -87,27 +84,17 @@ impl Broker {
     }
 
     pub(super) async fn run_admin(&self, op: AdminOp) -> AdminResult {
-        assert_eq!(
-            self.shard_id, CONTROLLER_SHARD,
-            "metadata changes run on the controller"
-        );
-        let _permit = self
-            .admin_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|e| AdminError {
-                code: -1,
-                message: e.to_string(),
-            })?;
+        assert_eq!(self.shard_id, CONTROLLER_SHARD, "metadata changes run on the controller");
+        let _permit =
+            self.admin_lock.acquire_permit(1).await.map_err(|e| AdminError { code: -1, message: e.to_string() })?;
         let mut meta = (*self.meta()).clone();
         let validate_only = self.apply(&mut meta, op)?;
         if validate_only {
             return Ok(());
         }
-        self.persist(&meta).await.map_err(|e| AdminError {
-            code: ResponseError::KafkaStorageError.code(),
-            message: e.to_string(),
-        })?;
+        self.persist(&meta)
+            .await
+            .map_err(|e| AdminError { code: ResponseError::KafkaStorageError.code(), message: e.to_string() })?;
         self.install_everywhere(Arc::new(meta)).await;
         Ok(())
     }
@@ -116,29 +103,15 @@ impl Broker {
     fn apply(&self, meta: &mut ClusterMeta, op: AdminOp) -> Result<bool, AdminError> {
         let limit = self.config.max_partitions_per_topic;
         match op {
-            AdminOp::CreateTopic {
-                name,
-                partitions,
-                configs,
-                validate_only,
-            } => {
+            AdminOp::CreateTopic { name, partitions, configs, validate_only } => {
                 if !valid_topic_name(&name) {
-                    fail(
-                        ResponseError::InvalidTopicException,
-                        format!("invalid topic name {name:?}"),
-                    )?;
+                    fail(ResponseError::InvalidTopicException, format!("invalid topic name {name:?}"))?;
                 }
                 if meta.topic(&name).is_some() {
-                    fail(
-                        ResponseError::TopicAlreadyExists,
-                        format!("topic {name:?} already exists"),
-                    )?;
+                    fail(ResponseError::TopicAlreadyExists, format!("topic {name:?} already exists"))?;
                 }
                 if partitions < 1 || partitions > limit {
-                    fail(
-                        ResponseError::InvalidPartitions,
-                        format!("partitions must be 1..={limit}"),
-                    )?;
+                    fail(ResponseError::InvalidPartitions, format!("partitions must be 1..={limit}"))?;
                 }
                 if let Err(message) = metadata::log_config(&self.config.log_defaults(), &configs) {
                     fail(ResponseError::InvalidConfig, message)?;
@@ -146,57 +119,33 @@ impl Broker {
                 if !validate_only {
                     info!(topic = %name, partitions, "creating topic");
                 }
-                meta.put_topic(TopicMeta {
-                    name,
-                    id: random_topic_id(),
-                    partitions,
-                    configs,
-                    leader_epoch: 0,
-                });
+                meta.put_topic(TopicMeta { name, id: random_topic_id(), partitions, configs, leader_epoch: 0 });
                 Ok(validate_only)
             }
             AdminOp::DeleteTopic { name } => {
                 if meta.remove_topic(&name).is_none() {
-                    fail(
-                        ResponseError::UnknownTopicOrPartition,
-                        format!("no topic {name:?}"),
-                    )?;
+                    fail(ResponseError::UnknownTopicOrPartition, format!("no topic {name:?}"))?;
                 }
                 info!(topic = %name, "deleting topic");
                 Ok(false)
             }
-            AdminOp::CreatePartitions {
-                name,
-                count,
-                validate_only,
-            } => {
+            AdminOp::CreatePartitions { name, count, validate_only } => {
                 let topic = existing_topic(meta, &name)?;
                 if count <= topic.partitions {
                     fail(
                         ResponseError::InvalidPartitions,
-                        format!(
-                            "topic has {} partitions; the count can only grow",
-                            topic.partitions
-                        ),
+                        format!("topic has {} partitions; the count can only grow", topic.partitions),
                     )?;
                 }
                 if count > limit {
-                    fail(
-                        ResponseError::InvalidPartitions,
-                        format!("partitions must be at most {limit}"),
-                    )?;
+                    fail(ResponseError::InvalidPartitions, format!("partitions must be at most {limit}"))?;
                 }
                 let mut grown = (**topic).clone();
                 grown.partitions = count;
                 meta.put_topic(grown);
                 Ok(validate_only)
             }
-            AdminOp::AlterConfigs {
-                name,
-                changes,
-                replace,
-                validate_only,
-            } => {
+            AdminOp::AlterConfigs { name, changes, replace, validate_only } => {
                 let topic = existing_topic(meta, &name)?;
                 let mut altered = (**topic).clone();
                 if replace {
@@ -208,9 +157,7 @@ impl Broker {
                         ConfigChange::Delete(key) => altered.configs.remove(&key),
                     };
                 }
-                if let Err(message) =
-                    metadata::log_config(&self.config.log_defaults(), &altered.configs)
-                {
+                if let Err(message) = metadata::log_config(&self.config.log_defaults(), &altered.configs) {
                     fail(ResponseError::InvalidConfig, message)?;
                 }
                 meta.put_topic(altered);
@@ -222,9 +169,7 @@ impl Broker {
     async fn persist(&self, meta: &ClusterMeta) -> std::io::Result<()> {
         let path = self.config.data_dir.join(META_FILE);
         let json = meta.to_json();
-        glommio::executor()
-            .spawn_blocking(move || write_durably(&path, &json))
-            .await
+        glommio::executor().spawn_blocking(move || write_durably(&path, &json)).await
     }
 
     /// Sends the snapshot to every shard (this one included) and waits for all.
@@ -235,10 +180,7 @@ impl Broker {
                 if shard == self.shard_id {
                     self.install(meta).await;
                 } else {
-                    let _ = self
-                        .mailbox
-                        .call(shard, |reply| ShardMsg::Install { meta, reply })
-                        .await;
+                    let _ = self.mailbox.call(shard, |reply| ShardMsg::Install { meta, reply }).await;
                 }
             })
         });
@@ -256,42 +198,22 @@ impl Broker {
         let start = if self.shard_id == CONTROLLER_SHARD {
             self.allocate_producer_id_block().await?
         } else {
-            self.mailbox
-                .call(CONTROLLER_SHARD, |reply| ShardMsg::AllocateProducerIds {
-                    reply,
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    Err(AdminError {
-                        code: ResponseError::UnknownServerError.code(),
-                        message: e.to_string(),
-                    })
-                })?
+            self.mailbox.call(CONTROLLER_SHARD, |reply| ShardMsg::AllocateProducerIds { reply }).await.unwrap_or_else(
+                |e| Err(AdminError { code: ResponseError::UnknownServerError.code(), message: e.to_string() }),
+            )?
         };
-        self.producer_ids
-            .set((start + 1, start + PRODUCER_ID_BLOCK));
+        self.producer_ids.set((start + 1, start + PRODUCER_ID_BLOCK));
         Ok(start)
     }
 
     /// Controller: reserves the next block of producer ids, persisted before
     /// it is handed out so that no id is ever given twice, across restarts too.
     pub(super) async fn allocate_producer_id_block(&self) -> Result<i64, AdminError> {
-        assert_eq!(
-            self.shard_id, CONTROLLER_SHARD,
-            "producer ids come from the controller"
-        );
-        let storage_error = |e: std::io::Error| AdminError {
-            code: ResponseError::KafkaStorageError.code(),
-            message: e.to_string(),
-        };
-        let _permit = self
-            .admin_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|e| AdminError {
-                code: -1,
-                message: e.to_string(),
-            })?;
+        assert_eq!(self.shard_id, CONTROLLER_SHARD, "producer ids come from the controller");
+        let storage_error =
+            |e: std::io::Error| AdminError { code: ResponseError::KafkaStorageError.code(), message: e.to_string() };
+        let _permit =
+            self.admin_lock.acquire_permit(1).await.map_err(|e| AdminError { code: -1, message: e.to_string() })?;
         let start = self.next_producer_id_block.get();
         let path = self.config.data_dir.join(PRODUCER_ID_FILE);
         let next = start + PRODUCER_ID_BLOCK;
@@ -306,9 +228,7 @@ impl Broker {
     /// Controller start-up: loads `topics.json` (if any) and installs it everywhere.
     pub async fn load_metadata(self: &Rc<Self>) -> anyhow::Result<()> {
         let path = self.config.data_dir.join(META_FILE);
-        let bytes = glommio::executor()
-            .spawn_blocking(move || std::fs::read(path))
-            .await;
+        let bytes = glommio::executor().spawn_blocking(move || std::fs::read(path)).await;
         let meta = match bytes {
             Ok(bytes) => ClusterMeta::from_json(self.config.node_id, self.shard_count, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -317,15 +237,8 @@ impl Broker {
             Err(e) => return Err(e.into()),
         };
         let id_path = self.config.data_dir.join(PRODUCER_ID_FILE);
-        let next_block = glommio::executor()
-            .spawn_blocking(move || std::fs::read_to_string(id_path))
-            .await;
-        self.next_producer_id_block.set(
-            next_block
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0),
-        );
+        let next_block = glommio::executor().spawn_blocking(move || std::fs::read_to_string(id_path)).await;
+        self.next_producer_id_block.set(next_block.ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0));
         info!(topics = meta.topics.len(), "loaded metadata");
         self.install_everywhere(Arc::new(meta)).await;
         // Only now may any shard serve: a request on one shard can route to

@@ -34,10 +34,7 @@ pub struct TopicMeta {
 
 impl TopicMeta {
     pub fn tp(&self, partition: i32) -> TopicPartition {
-        TopicPartition {
-            topic_id: self.id,
-            partition,
-        }
+        TopicPartition { topic_id: self.id, partition }
     }
 
     /// Partition directory name: `<topic>-<partition>`, as Kafka lays it out.
@@ -61,11 +58,7 @@ struct MetaFile {
 
 impl ClusterMeta {
     pub fn new(node_id: NodeId, shard_count: usize, topics: Vec<TopicMeta>) -> ClusterMeta {
-        let mut meta = ClusterMeta {
-            node_id,
-            topics: BTreeMap::new(),
-            placement: PlacementTable::new(shard_count),
-        };
+        let mut meta = ClusterMeta { node_id, topics: BTreeMap::new(), placement: PlacementTable::new(shard_count) };
         for topic in topics {
             meta.put_topic(topic);
         }
@@ -76,12 +69,7 @@ impl ClusterMeta {
     pub fn put_topic(&mut self, topic: TopicMeta) {
         let spread = topic_hash(&topic.name);
         for p in 0..topic.partitions {
-            self.placement.place(
-                topic.tp(p),
-                self.node_id,
-                topic.leader_epoch,
-                spread.wrapping_add(p as u64),
-            );
+            self.placement.place(topic.tp(p), self.node_id, topic.leader_epoch, spread.wrapping_add(p as u64));
         }
         self.topics.insert(topic.name.clone(), Arc::new(topic));
     }
@@ -103,17 +91,11 @@ impl ClusterMeta {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        let file = MetaFile {
-            topics: self.topics.values().map(|t| (**t).clone()).collect(),
-        };
+        let file = MetaFile { topics: self.topics.values().map(|t| (**t).clone()).collect() };
         serde_json::to_vec_pretty(&file).expect("metadata serialises")
     }
 
-    pub fn from_json(
-        node_id: NodeId,
-        shard_count: usize,
-        bytes: &[u8],
-    ) -> anyhow::Result<ClusterMeta> {
+    pub fn from_json(node_id: NodeId, shard_count: usize, bytes: &[u8]) -> anyhow::Result<ClusterMeta> {
         let file: MetaFile = serde_json::from_slice(bytes)?;
         Ok(ClusterMeta::new(node_id, shard_count, file.topics))
     }
@@ -121,9 +103,7 @@ impl ClusterMeta {
 
 /// FNV-1a: a stable spread of topics over shards across restarts.
 fn topic_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not "." or "..".
@@ -132,9 +112,7 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.len() <= 249
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 pub fn random_topic_id() -> [u8; 16] {
@@ -173,21 +151,14 @@ pub fn default_config_value(key: &str, defaults: &LogConfig) -> Option<String> {
 }
 
 /// Applies topic configs over the broker defaults; the error names the bad key.
-pub fn log_config(
-    defaults: &LogConfig,
-    configs: &BTreeMap<String, String>,
-) -> Result<LogConfig, String> {
+pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
     let mut log = defaults.clone();
     for (key, value) in configs {
         let bad = || format!("invalid value {value:?} for {key}");
         let int = || value.parse::<i64>().map_err(|_| bad());
         match key.as_str() {
             "cleanup.policy" if value == "delete" => {}
-            "cleanup.policy" => {
-                return Err(format!(
-                    "cleanup.policy {value:?} is not supported (only \"delete\")"
-                ))
-            }
+            "cleanup.policy" => return Err(format!("cleanup.policy {value:?} is not supported (only \"delete\")")),
             "retention.ms" => log.retention_ms = int()?,
             "retention.bytes" => log.retention_bytes = int()?,
             "segment.bytes" if int()? >= 1 << 14 => log.segment_bytes = int()? as u64,
@@ -218,8 +189,7 @@ mod hex_id {
             return Err(serde::de::Error::custom("topic id is 32 hex digits"));
         }
         for (i, byte) in id.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-                .map_err(serde::de::Error::custom)?;
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(serde::de::Error::custom)?;
         }
         Ok(id)
     }
@@ -232,18 +202,11 @@ mod tests {
     #[test]
     fn names_configs_and_round_trip() {
         assert!(valid_topic_name("orders.v1_x-2"));
-        assert!(
-            !valid_topic_name("bad name")
-                && !valid_topic_name("..")
-                && !valid_topic_name(&"a".repeat(250))
-        );
+        assert!(!valid_topic_name("bad name") && !valid_topic_name("..") && !valid_topic_name(&"a".repeat(250)));
         let defaults = LogConfig::default();
         let mut configs = BTreeMap::new();
         configs.insert("retention.ms".to_string(), "1000".to_string());
-        configs.insert(
-            "message.timestamp.type".to_string(),
-            "LogAppendTime".to_string(),
-        );
+        configs.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
         let log = log_config(&defaults, &configs).unwrap();
         assert_eq!((log.retention_ms, log.log_append_time), (1000, true));
         configs.insert("retention.ms".to_string(), "soon".to_string());
@@ -259,13 +222,7 @@ mod tests {
         let meta = ClusterMeta::new(0, 2, vec![topic.clone()]);
         let back = ClusterMeta::from_json(0, 2, &meta.to_json()).unwrap();
         assert_eq!(**back.topic("t").unwrap(), topic);
-        let shards: Vec<usize> = (0..4)
-            .map(|p| back.placement(&topic.tp(p)).unwrap().shard)
-            .collect();
-        assert_eq!(
-            shards.iter().filter(|&&s| s == 0).count(),
-            2,
-            "partitions spread over both shards"
-        );
+        let shards: Vec<usize> = (0..4).map(|p| back.placement(&topic.tp(p)).unwrap().shard).collect();
+        assert_eq!(shards.iter().filter(|&&s| s == 0).count(), 2, "partitions spread over both shards");
     }
 }

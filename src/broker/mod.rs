@@ -40,12 +40,7 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(
-        shard_id: ShardId,
-        shard_count: usize,
-        config: Arc<Config>,
-        mailbox: Rc<Mailbox<ShardMsg>>,
-    ) -> Broker {
+    pub fn new(shard_id: ShardId, shard_count: usize, config: Arc<Config>, mailbox: Rc<Mailbox<ShardMsg>>) -> Broker {
         let meta = Arc::new(ClusterMeta::new(config.node_id, shard_count, Vec::new()));
         Broker {
             shard_id,
@@ -79,11 +74,7 @@ impl Broker {
                 ShardMsg::Partition { tp, op, reply } => {
                     let _ = reply.send(broker.run_local(tp, op).await);
                 }
-                ShardMsg::WaitForData {
-                    waits,
-                    timeout,
-                    reply,
-                } => {
+                ShardMsg::WaitForData { waits, timeout, reply } => {
                     broker.wait_local(&waits, timeout).await;
                     let _ = reply.send(());
                 }
@@ -129,14 +120,9 @@ impl Broker {
         };
         let log_start = || partition.log.borrow().log_start_offset();
         match op {
-            PartitionOp::Produce {
-                records,
-                durability,
-            } => {
-                let info = partition
-                    .produce(records, durability, storage::now_ms())
-                    .await
-                    .map_err(PartitionError::from)?;
+            PartitionOp::Produce { records, durability } => {
+                let info =
+                    partition.produce(records, durability, storage::now_ms()).await.map_err(PartitionError::from)?;
                 Ok(PartitionOk::Produced {
                     base_offset: info.base_offset,
                     log_append_time_ms: info.log_append_time_ms,
@@ -144,10 +130,7 @@ impl Broker {
                 })
             }
             PartitionOp::Read { offset, max_bytes } => {
-                let parts = partition
-                    .read(offset, max_bytes)
-                    .await
-                    .map_err(PartitionError::from)?;
+                let parts = partition.read(offset, max_bytes).await.map_err(PartitionError::from)?;
                 let log = partition.log.borrow();
                 Ok(PartitionOk::Read {
                     parts,
@@ -157,10 +140,7 @@ impl Broker {
             }
             PartitionOp::Offsets => {
                 let log = partition.log.borrow();
-                Ok(PartitionOk::Offsets {
-                    log_start_offset: log.log_start_offset(),
-                    high_watermark: log.end_offset(),
-                })
+                Ok(PartitionOk::Offsets { log_start_offset: log.log_start_offset(), high_watermark: log.end_offset() })
             }
             PartitionOp::OffsetForTime { timestamp } => {
                 let found = partition
@@ -169,21 +149,16 @@ impl Broker {
                     .map_err(|e| PartitionError::from(StorageError::Io(e)))?;
                 Ok(PartitionOk::Timestamped { found })
             }
-            PartitionOp::MaxTimestamp => Ok(PartitionOk::Timestamped {
-                found: partition.log.borrow().max_timestamp_offset(),
-            }),
+            PartitionOp::MaxTimestamp => {
+                Ok(PartitionOk::Timestamped { found: partition.log.borrow().max_timestamp_offset() })
+            }
             PartitionOp::DeleteRecords { offset } => {
-                let low_watermark = partition
-                    .delete_records(offset)
-                    .await
-                    .map_err(PartitionError::from)?;
+                let low_watermark = partition.delete_records(offset).await.map_err(PartitionError::from)?;
                 Ok(PartitionOk::Deleted { low_watermark })
             }
             PartitionOp::EndOffsetForEpoch { epoch } => {
                 let log = partition.log.borrow();
-                Ok(PartitionOk::EpochEnd {
-                    found: log.end_offset_for_epoch(epoch),
-                })
+                Ok(PartitionOk::EpochEnd { found: log.end_offset_for_epoch(epoch) })
             }
         }
     }
@@ -205,14 +180,7 @@ impl Broker {
                 if shard == self.shard_id {
                     self.wait_local(&waits, timeout).await;
                 } else {
-                    let _ = self
-                        .mailbox
-                        .call(shard, |reply| ShardMsg::WaitForData {
-                            waits,
-                            timeout,
-                            reply,
-                        })
-                        .await;
+                    let _ = self.mailbox.call(shard, |reply| ShardMsg::WaitForData { waits, timeout, reply }).await;
                 }
             })
         });
@@ -225,14 +193,8 @@ impl Broker {
     }
 
     async fn wait_local(&self, waits: &[(TopicPartition, i64)], timeout: Duration) {
-        let parts: Vec<_> = waits
-            .iter()
-            .filter_map(|(tp, end)| Some((self.local_partition(tp)?, *end)))
-            .collect();
-        let futures: Vec<_> = parts
-            .iter()
-            .map(|(p, end)| Box::pin(p.wait_for_data(*end, timeout)))
-            .collect();
+        let parts: Vec<_> = waits.iter().filter_map(|(tp, end)| Some((self.local_partition(tp)?, *end))).collect();
+        let futures: Vec<_> = parts.iter().map(|(p, end)| Box::pin(p.wait_for_data(*end, timeout))).collect();
         if futures.is_empty() {
             glommio::timer::sleep(timeout).await;
         } else {
@@ -248,16 +210,12 @@ impl Broker {
         for topic in meta.topics.values() {
             for p in 0..topic.partitions {
                 let tp = topic.tp(p);
-                if meta
-                    .placement(&tp)
-                    .is_some_and(|pl| pl.shard == self.shard_id)
-                {
+                if meta.placement(&tp).is_some_and(|pl| pl.shard == self.shard_id) {
                     mine.push((topic.clone(), p));
                 }
             }
         }
-        let cache_bytes = (self.config.cache_bytes_per_shard / mine.len().max(1))
-            .max(self.config.write_buffer_bytes);
+        let cache_bytes = (self.config.cache_bytes_per_shard / mine.len().max(1)).max(self.config.write_buffer_bytes);
         for (topic, p) in &mine {
             let tp = topic.tp(*p);
             let mut log_config = metadata::log_config(&self.config.log_defaults(), &topic.configs)
@@ -270,9 +228,7 @@ impl Broker {
             let dir = self.config.data_dir.join(topic.dir_name(*p));
             match storage::open_log(&dir, log_config, topic.leader_epoch).await {
                 Ok(log) => {
-                    self.partitions
-                        .borrow_mut()
-                        .insert(tp, Rc::new(Partition::new(log)));
+                    self.partitions.borrow_mut().insert(tp, Rc::new(Partition::new(log)));
                 }
                 Err(e) => error!(dir = %dir.display(), "cannot open partition: {e}"),
             }
@@ -281,10 +237,7 @@ impl Broker {
             .partitions
             .borrow()
             .iter()
-            .filter(|(tp, _)| {
-                meta.placement(tp)
-                    .is_none_or(|pl| pl.shard != self.shard_id)
-            })
+            .filter(|(tp, _)| meta.placement(tp).is_none_or(|pl| pl.shard != self.shard_id))
             .map(|(tp, p)| (*tp, p.clone()))
             .collect();
         for (tp, partition) in gone {
@@ -298,9 +251,7 @@ impl Broker {
                 let dir = partition.log.borrow().dir.clone();
                 drop(partition);
                 info!(topic = %topic.name, partition = tp.partition, "deleting partition data");
-                let _ = glommio::executor()
-                    .spawn_blocking(move || std::fs::remove_dir_all(dir))
-                    .await;
+                let _ = glommio::executor().spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
             }
         }
     }
@@ -348,12 +299,10 @@ impl From<StorageError> for PartitionError {
     fn from(e: StorageError) -> Self {
         use crate::storage::batch::BatchError;
         match e {
-            StorageError::Batch(BatchError::Truncated | BatchError::BadCrc) => {
-                PartitionError::CorruptMessage
+            StorageError::Batch(BatchError::Truncated | BatchError::BadCrc) => PartitionError::CorruptMessage,
+            StorageError::Batch(BatchError::OldMagic(_) | BatchError::BadCount | BatchError::Unsupported) => {
+                PartitionError::InvalidRecord
             }
-            StorageError::Batch(
-                BatchError::OldMagic(_) | BatchError::BadCount | BatchError::Unsupported,
-            ) => PartitionError::InvalidRecord,
             StorageError::Batch(BatchError::TooLarge { .. }) => PartitionError::MessageTooLarge,
             StorageError::OffsetOutOfRange => PartitionError::OffsetOutOfRange,
             StorageError::OutOfOrderSequence => PartitionError::OutOfOrderSequence,

@@ -8,8 +8,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse,
+    AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -36,12 +35,7 @@ async fn alter(
             message: "only topic configs can be altered".into(),
         });
     }
-    let op = AdminOp::AlterConfigs {
-        name: name.to_string(),
-        changes: changes?,
-        replace,
-        validate_only,
-    };
+    let op = AdminOp::AlterConfigs { name: name.to_string(), changes: changes?, replace, validate_only };
     broker.admin(op).await
 }
 
@@ -60,15 +54,8 @@ pub async fn handle_alter(broker: &Rc<Broker>, request: &Request) -> Result<Repl
         let mut out = AlterConfigsResourceResponse::default();
         out.resource_type = resource.resource_type;
         out.resource_name = resource.resource_name.clone();
-        if let Err(e) = alter(
-            broker,
-            resource.resource_type,
-            &resource.resource_name,
-            Ok(changes),
-            true,
-            body.validate_only,
-        )
-        .await
+        if let Err(e) =
+            alter(broker, resource.resource_type, &resource.resource_name, Ok(changes), true, body.validate_only).await
         {
             out.error_code = e.code;
             out.error_message = Some(str_bytes(&e.message));
@@ -78,10 +65,7 @@ pub async fn handle_alter(broker: &Rc<Broker>, request: &Request) -> Result<Repl
     Ok(encode(request, &response))
 }
 
-pub async fn handle_incremental(
-    broker: &Rc<Broker>,
-    request: &Request,
-) -> Result<Reply, FrameError> {
+pub async fn handle_incremental(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
     let body: IncrementalAlterConfigsRequest = decode_body(request)?;
     let mut response = IncrementalAlterConfigsResponse::default();
     for resource in &body.resources {
@@ -100,15 +84,8 @@ pub async fn handle_incremental(
         let mut out = IncrementalResult::default();
         out.resource_type = resource.resource_type;
         out.resource_name = resource.resource_name.clone();
-        if let Err(e) = alter(
-            broker,
-            resource.resource_type,
-            &resource.resource_name,
-            changes,
-            false,
-            body.validate_only,
-        )
-        .await
+        if let Err(e) =
+            alter(broker, resource.resource_type, &resource.resource_name, changes, false, body.validate_only).await
         {
             out.error_code = e.code;
             out.error_message = Some(str_bytes(&e.message));

@@ -16,54 +16,33 @@ use crate::protocol::{encode, str_bytes, Reply, Request};
 pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
     let body: CreateTopicsRequest = decode_body(request)?;
     let mut seen = HashSet::new();
-    let duplicated: HashSet<String> = body
-        .topics
-        .iter()
-        .filter(|t| !seen.insert(t.name.0.to_string()))
-        .map(|t| t.name.0.to_string())
-        .collect();
+    let duplicated: HashSet<String> =
+        body.topics.iter().filter(|t| !seen.insert(t.name.0.to_string())).map(|t| t.name.0.to_string()).collect();
     let mut response = CreateTopicsResponse::default();
     for topic in &body.topics {
         let name = topic.name.0.to_string();
         let mut out = CreatableTopicResult::default();
         out.name = topic.name.clone();
-        let partitions = if topic.num_partitions == -1 {
-            broker.config.default_partitions
-        } else {
-            topic.num_partitions
-        };
+        let partitions =
+            if topic.num_partitions == -1 { broker.config.default_partitions } else { topic.num_partitions };
         let result = if duplicated.contains(&name) {
-            Err((
-                ResponseError::InvalidRequest.code(),
-                format!("topic {name:?} appears more than once"),
-            ))
+            Err((ResponseError::InvalidRequest.code(), format!("topic {name:?} appears more than once")))
         } else if topic.replication_factor > 1
-            || topic
-                .assignments
-                .iter()
-                .any(|a| a.broker_ids.iter().any(|b| b.0 != broker.config.node_id))
+            || topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != broker.config.node_id))
         {
             Err((
                 ResponseError::InvalidReplicationFactor.code(),
                 "replication factor is larger than the 1 available broker".to_string(),
             ))
         } else {
-            let partitions = if topic.assignments.is_empty() {
-                partitions
-            } else {
-                topic.assignments.len() as i32
-            };
+            let partitions = if topic.assignments.is_empty() { partitions } else { topic.assignments.len() as i32 };
             let configs: BTreeMap<String, String> = topic
                 .configs
                 .iter()
                 .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
                 .collect();
-            let op = AdminOp::CreateTopic {
-                name: name.clone(),
-                partitions,
-                configs,
-                validate_only: body.validate_only,
-            };
+            let op =
+                AdminOp::CreateTopic { name: name.clone(), partitions, configs, validate_only: body.validate_only };
             broker.admin(op).await.map_err(|e| (e.code, e.message))
         };
         match result {

@@ -4,9 +4,7 @@
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::delete_records_response::{
-    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
-};
+use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use super::{decode_body, error_code, FrameError};
@@ -29,23 +27,13 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
                 None => result.error_code = ResponseError::UnknownTopicOrPartition.code(),
                 Some(t) => {
                     let tp = t.tp(p.partition_index);
-                    let offset = if p.offset == -1 {
-                        high_watermark(broker, tp).await
-                    } else {
-                        Ok(p.offset)
-                    };
+                    let offset = if p.offset == -1 { high_watermark(broker, tp).await } else { Ok(p.offset) };
                     let deleted = match offset {
-                        Ok(offset) => {
-                            broker
-                                .on_partition(tp, PartitionOp::DeleteRecords { offset })
-                                .await
-                        }
+                        Ok(offset) => broker.on_partition(tp, PartitionOp::DeleteRecords { offset }).await,
                         Err(e) => Err(e),
                     };
                     match deleted {
-                        Ok(PartitionOk::Deleted { low_watermark }) => {
-                            result.low_watermark = low_watermark
-                        }
+                        Ok(PartitionOk::Deleted { low_watermark }) => result.low_watermark = low_watermark,
                         Ok(other) => unreachable!("delete records answered with {other:?}"),
                         Err(e) => result.error_code = error_code(e),
                     }

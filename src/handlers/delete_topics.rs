@@ -17,12 +17,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     for name in &body.topic_names {
         let mut out = DeletableTopicResult::default();
         out.name = Some(name.clone());
-        if let Err(e) = broker
-            .admin(AdminOp::DeleteTopic {
-                name: name.0.to_string(),
-            })
-            .await
-        {
+        if let Err(e) = broker.admin(AdminOp::DeleteTopic { name: name.0.to_string() }).await {
             out.error_code = e.code;
             out.error_message = Some(str_bytes(&e.message));
         }

@@ -4,9 +4,7 @@
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
-};
+use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::{decode_body, FrameError};
@@ -48,10 +46,7 @@ pub fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameErro
                     for key in TOPIC_CONFIG_KEYS.iter().filter(|k| wanted(k)) {
                         let (value, source) = match topic.configs.get(*key) {
                             Some(v) => (v.clone(), SOURCE_TOPIC),
-                            None => (
-                                default_config_value(key, &defaults).expect("known key"),
-                                SOURCE_DEFAULT,
-                            ),
+                            None => (default_config_value(key, &defaults).expect("known key"), SOURCE_DEFAULT),
                         };
                         out.configs.push(entry(key, &value, source, false));
                     }
@@ -61,30 +56,21 @@ pub fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameErro
                 let c = &broker.config;
                 let settings = [
                     ("num.partitions", c.default_partitions.to_string()),
-                    (
-                        "auto.create.topics.enable",
-                        c.auto_create_topics.to_string(),
-                    ),
+                    ("auto.create.topics.enable", c.auto_create_topics.to_string()),
                     ("log.segment.bytes", c.segment_bytes.to_string()),
                     ("log.retention.ms", c.retention_ms.to_string()),
                     ("log.retention.bytes", c.retention_bytes.to_string()),
                     ("message.max.bytes", c.max_message_bytes.to_string()),
-                    (
-                        "socket.request.max.bytes",
-                        c.socket_request_max_bytes.to_string(),
-                    ),
+                    ("socket.request.max.bytes", c.socket_request_max_bytes.to_string()),
                     ("log.flush.interval.ms", c.flush_interval_ms.to_string()),
                 ];
                 for (key, value) in settings.iter().filter(|(k, _)| wanted(k)) {
-                    out.configs
-                        .push(entry(key, value, SOURCE_STATIC_BROKER, true));
+                    out.configs.push(entry(key, value, SOURCE_STATIC_BROKER, true));
                 }
             }
             other => {
                 out.error_code = ResponseError::InvalidRequest.code();
-                out.error_message = Some(str_bytes(&format!(
-                    "resource type {other} is not supported"
-                )));
+                out.error_message = Some(str_bytes(&format!("resource type {other} is not supported")));
             }
         }
         response.results.push(out);
@@ -98,10 +84,6 @@ fn entry(key: &str, value: &str, source: i8, read_only: bool) -> DescribeConfigs
     e.value = Some(str_bytes(value));
     e.read_only = read_only;
     e.config_source = source;
-    e.config_type = if value.parse::<i64>().is_ok() {
-        TYPE_LONG
-    } else {
-        TYPE_STRING
-    };
+    e.config_type = if value.parse::<i64>().is_ok() { TYPE_LONG } else { TYPE_STRING };
     e
 }

@@ -39,21 +39,12 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     let body: FetchRequest = decode_body(request)?;
     if body.session_id != 0 {
         // spate never hands out fetch sessions, so a client cannot hold one.
-        return Ok(encode(
-            request,
-            ResponseError::FetchSessionIdNotFound.code(),
-            &[],
-            &[],
-        ));
+        return Ok(encode(request, ResponseError::FetchSessionIdNotFound.code(), &[], &[]));
     }
     let wait_ms = (body.max_wait_ms.max(0) as u64).min(broker.config.fetch_max_wait_cap_ms);
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     let min_bytes = body.min_bytes.max(0) as usize;
-    let response_max_bytes = if body.max_bytes <= 0 {
-        usize::MAX
-    } else {
-        body.max_bytes as usize
-    };
+    let response_max_bytes = if body.max_bytes <= 0 { usize::MAX } else { body.max_bytes as usize };
 
     let meta = broker.meta();
     let mut topics = Vec::with_capacity(body.topics.len());
@@ -91,10 +82,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
         if total >= min_bytes || now >= deadline || any_error || slots.is_empty() {
             break;
         }
-        let waits = slots
-            .iter()
-            .filter_map(|s| Some((s.tp?, s.high_watermark)))
-            .collect();
+        let waits = slots.iter().filter_map(|s| Some((s.tp?, s.high_watermark))).collect();
         broker.wait_for_data(waits, deadline - now).await;
     }
     apply_response_limit(&mut slots, response_max_bytes);
@@ -105,27 +93,13 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
 async fn read_all(broker: &Broker, slots: &mut [Slot]) {
     let reads = slots.iter().map(|slot| async move {
         let tp = slot.tp.filter(|_| slot.error == 0)?;
-        Some(
-            broker
-                .on_partition(
-                    tp,
-                    PartitionOp::Read {
-                        offset: slot.fetch_offset,
-                        max_bytes: slot.max_bytes,
-                    },
-                )
-                .await,
-        )
+        Some(broker.on_partition(tp, PartitionOp::Read { offset: slot.fetch_offset, max_bytes: slot.max_bytes }).await)
     });
     let results = futures::future::join_all(reads).await;
     for (slot, result) in slots.iter_mut().zip(results) {
         match result {
             None => {}
-            Some(Ok(PartitionOk::Read {
-                parts,
-                high_watermark,
-                log_start_offset,
-            })) => {
+            Some(Ok(PartitionOk::Read { parts, high_watermark, log_start_offset })) => {
                 slot.parts = parts;
                 slot.high_watermark = high_watermark;
                 slot.log_start_offset = log_start_offset;

@@ -18,14 +18,8 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
     // An empty id is what some clients send for "none".
-    if body
-        .transactional_id
-        .as_ref()
-        .is_some_and(|id| !id.0.is_empty())
-    {
-        tracing::warn!(
-            "refusing InitProducerId with a transactional id: transactions are not supported yet"
-        );
+    if body.transactional_id.as_ref().is_some_and(|id| !id.0.is_empty()) {
+        tracing::warn!("refusing InitProducerId with a transactional id: transactions are not supported yet");
         response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
         return Ok(encode(request, &response));
     }

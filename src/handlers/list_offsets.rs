@@ -4,9 +4,7 @@
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::list_offsets_response::{
-    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
-};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::{check_leader_epoch, decode_body, error_code, FrameError};
@@ -23,16 +21,10 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     let mut response = ListOffsetsResponse::default();
     for topic in &body.topics {
         let known = meta.topic(topic.name.0.as_str());
-        let lookups = topic.partitions.iter().map(|p| {
-            lookup(
-                broker,
-                known,
-                p.partition_index,
-                p.current_leader_epoch,
-                p.timestamp,
-                request.version(),
-            )
-        });
+        let lookups = topic
+            .partitions
+            .iter()
+            .map(|p| lookup(broker, known, p.partition_index, p.current_leader_epoch, p.timestamp, request.version()));
         let mut out = ListOffsetsTopicResponse::default();
         out.name = topic.name.clone();
         out.partitions = futures::future::join_all(lookups).await;
@@ -75,15 +67,8 @@ async fn lookup(
         }
     };
     match broker.on_partition(tp, op).await {
-        Ok(PartitionOk::Offsets {
-            log_start_offset,
-            high_watermark,
-        }) => {
-            out.offset = if timestamp == EARLIEST {
-                log_start_offset
-            } else {
-                high_watermark
-            };
+        Ok(PartitionOk::Offsets { log_start_offset, high_watermark }) => {
+            out.offset = if timestamp == EARLIEST { log_start_offset } else { high_watermark };
             out.leader_epoch = leader_epoch(topic.leader_epoch);
         }
         Ok(PartitionOk::Timestamped { found }) => {

@@ -27,14 +27,9 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     let wanted: Option<Vec<String>> = match body.topics {
         None => None,
         Some(t) if t.is_empty() && version == 0 => None,
-        Some(t) => Some(
-            t.into_iter()
-                .filter_map(|t| t.name.map(|n| n.0.to_string()))
-                .collect(),
-        ),
+        Some(t) => Some(t.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
     };
-    let auto_create =
-        broker.config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
+    let auto_create = broker.config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
     if let (Some(names), true) = (&wanted, auto_create) {
         for name in names {
             if broker.meta().topic(name).is_none() && valid_topic_name(name) {
@@ -62,11 +57,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     response.controller_id = BrokerId(broker.config.node_id);
     response.cluster_authorized_operations = OPERATIONS_NOT_REQUESTED;
     response.topics = match wanted {
-        None => meta
-            .topics
-            .values()
-            .map(|t| describe_topic(broker, t))
-            .collect(),
+        None => meta.topics.values().map(|t| describe_topic(broker, t)).collect(),
         Some(names) => names
             .iter()
             .map(|name| match meta.topic(name) {

@@ -44,10 +44,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED_APIS
-        .iter()
-        .find(|(k, _, _)| *k == api_key)
-        .map(|&(_, min, max)| (min, max))
+    SUPPORTED_APIS.iter().find(|(k, _, _)| *k == api_key).map(|&(_, min, max)| (min, max))
 }
 
 /// Why a frame could not be served; the connection is closed.
@@ -58,17 +55,12 @@ pub struct FrameError(pub String);
 /// be answered even when unsupported); other unsupported versions do not.
 pub fn parse_request(mut frame: Bytes) -> Result<Request, FrameError> {
     if frame.len() < 8 {
-        return Err(FrameError(format!(
-            "frame of {} bytes is too short for a request header",
-            frame.len()
-        )));
+        return Err(FrameError(format!("frame of {} bytes is too short for a request header", frame.len())));
     }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let api_key =
-        ApiKey::try_from(key).map_err(|_| FrameError(format!("unknown API key {key}")))?;
-    let supported = supported_range(api_key)
-        .ok_or_else(|| FrameError(format!("API {api_key:?} is not supported")))?;
+    let api_key = ApiKey::try_from(key).map_err(|_| FrameError(format!("unknown API key {key}")))?;
+    let supported = supported_range(api_key).ok_or_else(|| FrameError(format!("API {api_key:?} is not supported")))?;
     if api_key == ApiKey::ApiVersions && !(supported.0..=supported.1).contains(&version) {
         // Answered in the v0 format whatever its header looks like: only the
         // correlation id (always at bytes 4..8) is needed.
@@ -76,11 +68,7 @@ pub fn parse_request(mut frame: Bytes) -> Result<Request, FrameError> {
         header.request_api_key = key;
         header.request_api_version = version;
         header.correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        return Ok(Request {
-            api_key,
-            header,
-            body: Bytes::new(),
-        });
+        return Ok(Request { api_key, header, body: Bytes::new() });
     }
     if !(supported.0..=supported.1).contains(&version) {
         return Err(FrameError(format!(
@@ -91,23 +79,14 @@ pub fn parse_request(mut frame: Bytes) -> Result<Request, FrameError> {
     let header_version = api_key.request_header_version(version);
     let header = RequestHeader::decode(&mut frame, header_version)
         .map_err(|e| FrameError(format!("bad {api_key:?} header: {e}")))?;
-    Ok(Request {
-        api_key,
-        header,
-        body: frame,
-    })
+    Ok(Request { api_key, header, body: frame })
 }
 
 /// Decodes the body of `request` as `T`.
 pub fn decode_body<T: Decodable>(request: &Request) -> Result<T, FrameError> {
     let mut body = request.body.clone();
-    let decoded = T::decode(&mut body, request.version()).map_err(|e| {
-        FrameError(format!(
-            "bad {:?} v{} body: {e}",
-            request.api_key,
-            request.version()
-        ))
-    })?;
+    let decoded = T::decode(&mut body, request.version())
+        .map_err(|e| FrameError(format!("bad {:?} v{} body: {e}", request.api_key, request.version())))?;
     if body.has_remaining() {
         tracing::debug!(api = ?request.api_key, extra = body.remaining(), "request body has trailing bytes");
     }
@@ -127,9 +106,7 @@ pub async fn handle(broker: &Rc<Broker>, request: Request) -> Result<Reply, Fram
         ApiKey::CreatePartitions => create_partitions::handle(broker, &request).await,
         ApiKey::DescribeConfigs => describe_configs::handle(broker, &request),
         ApiKey::AlterConfigs => alter_configs::handle_alter(broker, &request).await,
-        ApiKey::IncrementalAlterConfigs => {
-            alter_configs::handle_incremental(broker, &request).await
-        }
+        ApiKey::IncrementalAlterConfigs => alter_configs::handle_incremental(broker, &request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
         ApiKey::DeleteRecords => delete_records::handle(broker, &request).await,
         ApiKey::InitProducerId => init_producer_id::handle(broker, &request).await,

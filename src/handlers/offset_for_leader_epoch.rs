@@ -4,9 +4,7 @@
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::offset_for_leader_epoch_response::{
-    EpochEndOffset, OffsetForLeaderTopicResult,
-};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
 use super::{check_leader_epoch, decode_body, error_code, FrameError};
@@ -31,17 +29,10 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
                 Some(t) => match check_leader_epoch(p.current_leader_epoch, t.leader_epoch) {
                     Err(code) => result.error_code = code,
                     Ok(()) => match broker
-                        .on_partition(
-                            t.tp(p.partition),
-                            PartitionOp::EndOffsetForEpoch {
-                                epoch: p.leader_epoch,
-                            },
-                        )
+                        .on_partition(t.tp(p.partition), PartitionOp::EndOffsetForEpoch { epoch: p.leader_epoch })
                         .await
                     {
-                        Ok(PartitionOk::EpochEnd {
-                            found: Some((epoch, end)),
-                        }) => {
+                        Ok(PartitionOk::EpochEnd { found: Some((epoch, end)) }) => {
                             result.leader_epoch = epoch;
                             result.end_offset = end;
                         }

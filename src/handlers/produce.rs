@@ -21,9 +21,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
         let known = meta.topic(topic.name.0.as_str());
         for partition in &topic.partition_data {
             let outcome = async move {
-                let Some(topic) =
-                    known.filter(|t| partition.index >= 0 && partition.index < t.partitions)
-                else {
+                let Some(topic) = known.filter(|t| partition.index >= 0 && partition.index < t.partitions) else {
                     return Err(PartitionError::UnknownTopicOrPartition);
                 };
                 let Some(records) = partition.records.clone() else {
@@ -32,14 +30,8 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
                 if !matches!(acks, -1..=1) {
                     return Ok(None);
                 }
-                let op = PartitionOp::Produce {
-                    records,
-                    durability: durability_for_acks(acks),
-                };
-                broker
-                    .on_partition(topic.tp(partition.index), op)
-                    .await
-                    .map(Some)
+                let op = PartitionOp::Produce { records, durability: durability_for_acks(acks) };
+                broker.on_partition(topic.tp(partition.index), op).await.map(Some)
             };
             pending.push(outcome);
         }
@@ -58,11 +50,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
             out.log_append_time_ms = -1;
             out.log_start_offset = -1;
             match results.next().expect("one result per partition") {
-                Ok(Some(PartitionOk::Produced {
-                    base_offset,
-                    log_append_time_ms,
-                    log_start_offset,
-                })) => {
+                Ok(Some(PartitionOk::Produced { base_offset, log_append_time_ms, log_start_offset })) => {
                     out.base_offset = base_offset;
                     out.log_append_time_ms = log_append_time_ms;
                     out.log_start_offset = log_start_offset;

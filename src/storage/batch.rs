@@ -75,8 +75,7 @@ impl BatchInfo {
             producer_epoch: self.producer_epoch,
             first_sequence: self.base_sequence,
             // Sequences wrap from i32::MAX to 0.
-            last_sequence: ((self.base_sequence as i64 + self.last_offset_delta as i64)
-                % (i32::MAX as i64 + 1)) as i32,
+            last_sequence: ((self.base_sequence as i64 + self.last_offset_delta as i64) % (i32::MAX as i64 + 1)) as i32,
         })
     }
 }
@@ -128,9 +127,7 @@ pub fn peek(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
 pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
     let info = peek(bytes)?;
     if info.total_bytes > max_batch_bytes {
-        return Err(BatchError::TooLarge {
-            batch_bytes: info.total_bytes,
-        });
+        return Err(BatchError::TooLarge { batch_bytes: info.total_bytes });
     }
     let stored_crc = be_i32(bytes, CRC_AT) as u32;
     if crc32c::crc32c(&bytes[ATTRIBUTES_AT..info.total_bytes]) != stored_crc {
@@ -193,39 +190,25 @@ pub mod tests {
     fn validates_and_patches_without_touching_crc() {
         let batch = sample_batch(3, 1_000);
         let info = validate(&batch, 1 << 20).unwrap();
-        assert_eq!(
-            (info.record_count, info.last_offset_delta, info.total_bytes),
-            (3, 2, batch.len())
-        );
+        assert_eq!((info.record_count, info.last_offset_delta, info.total_bytes), (3, 2, batch.len()));
         let mut stored = batch.clone();
         stored[..16].copy_from_slice(&patched_prefix(&batch, 42, 7));
         let info = validate(&stored, 1 << 20).unwrap();
-        assert_eq!(
-            (info.base_offset, info.leader_epoch, info.last_offset()),
-            (42, 7, 44)
-        );
+        assert_eq!((info.base_offset, info.leader_epoch, info.last_offset()), (42, 7, 44));
     }
 
     #[test]
     fn rejects_bad_input() {
         let batch = sample_batch(2, 5);
         assert_eq!(validate(&batch[..40], 1 << 20), Err(BatchError::Truncated));
-        assert_eq!(
-            validate(&batch[..batch.len() - 1], 1 << 20),
-            Err(BatchError::Truncated)
-        );
+        assert_eq!(validate(&batch[..batch.len() - 1], 1 << 20), Err(BatchError::Truncated));
         let mut bad_crc = batch.clone();
         *bad_crc.last_mut().unwrap() ^= 0xff;
         assert_eq!(validate(&bad_crc, 1 << 20), Err(BatchError::BadCrc));
         let mut old = batch.clone();
         old[MAGIC_AT] = 1;
         assert_eq!(validate(&old, 1 << 20), Err(BatchError::OldMagic(1)));
-        assert_eq!(
-            validate(&batch, 10),
-            Err(BatchError::TooLarge {
-                batch_bytes: batch.len()
-            })
-        );
+        assert_eq!(validate(&batch, 10), Err(BatchError::TooLarge { batch_bytes: batch.len() }));
     }
 
     #[test]

@@ -29,9 +29,7 @@ impl SegmentIndex {
 
     /// Position of the last indexed batch starting at or before `relative_offset`.
     pub fn position_for(&self, relative_offset: u32) -> u32 {
-        let i = self
-            .offsets
-            .partition_point(|&(rel, _)| rel <= relative_offset);
+        let i = self.offsets.partition_point(|&(rel, _)| rel <= relative_offset);
         if i == 0 {
             0
         } else {
@@ -87,35 +85,19 @@ impl SegmentIndex {
     /// Decodes index files; `None` if they are malformed or point past
     /// `segment_bytes` (then the caller rebuilds by scanning).
     pub fn decode(offsets: &[u8], times: &[u8], segment_bytes: u64) -> Option<SegmentIndex> {
-        if !offsets.len().is_multiple_of(OFFSET_ENTRY_BYTES)
-            || !times.len().is_multiple_of(TIME_ENTRY_BYTES)
-        {
+        if !offsets.len().is_multiple_of(OFFSET_ENTRY_BYTES) || !times.len().is_multiple_of(TIME_ENTRY_BYTES) {
             return None;
         }
         let offsets: Vec<(u32, u32)> = offsets
             .chunks_exact(OFFSET_ENTRY_BYTES)
-            .map(|c| {
-                (
-                    u32::from_be_bytes(c[..4].try_into().unwrap()),
-                    u32::from_be_bytes(c[4..].try_into().unwrap()),
-                )
-            })
+            .map(|c| (u32::from_be_bytes(c[..4].try_into().unwrap()), u32::from_be_bytes(c[4..].try_into().unwrap())))
             .collect();
         let times: Vec<(i64, u32)> = times
             .chunks_exact(TIME_ENTRY_BYTES)
-            .map(|c| {
-                (
-                    i64::from_be_bytes(c[..8].try_into().unwrap()),
-                    u32::from_be_bytes(c[8..].try_into().unwrap()),
-                )
-            })
+            .map(|c| (i64::from_be_bytes(c[..8].try_into().unwrap()), u32::from_be_bytes(c[8..].try_into().unwrap())))
             .collect();
-        let ascending = offsets
-            .windows(2)
-            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
-        let within = offsets
-            .last()
-            .is_none_or(|&(_, pos)| (pos as u64) < segment_bytes);
+        let ascending = offsets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
+        let within = offsets.last().is_none_or(|&(_, pos)| (pos as u64) < segment_bytes);
         (ascending && within).then_some(SegmentIndex { offsets, times })
     }
 }
@@ -134,13 +116,10 @@ mod tests {
         assert_eq!(index.position_for(20), 8192);
         assert_eq!(index.scan_start_for_time(200), 0);
         assert_eq!(index.scan_start_for_time(301), 20);
-        let back =
-            SegmentIndex::decode(&index.encode_offsets(), &index.encode_times(), 10_000).unwrap();
+        let back = SegmentIndex::decode(&index.encode_offsets(), &index.encode_times(), 10_000).unwrap();
         assert_eq!(back.position_for(15), 4096);
         assert_eq!(back.max_timestamp(), Some(300));
-        assert!(
-            SegmentIndex::decode(&index.encode_offsets(), &index.encode_times(), 5_000).is_none()
-        );
+        assert!(SegmentIndex::decode(&index.encode_offsets(), &index.encode_times(), 5_000).is_none());
         assert!(SegmentIndex::decode(&[1, 2, 3], &[], 10_000).is_none());
     }
 }

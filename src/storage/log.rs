@@ -80,14 +80,7 @@ pub enum ReadPlan {
     Cached(Vec<Bytes>),
     /// Read `len` bytes at `position` of a segment file, then keep batches
     /// ending at or after `offset`, cut to the byte budget.
-    Disk {
-        file: Rc<DmaFile>,
-        position: u64,
-        len: usize,
-        readable: u64,
-        offset: i64,
-        max_bytes: usize,
-    },
+    Disk { file: Rc<DmaFile>, position: u64, len: usize, readable: u64, offset: i64, max_bytes: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,10 +118,7 @@ impl PartitionLog {
         log_start_offset: i64,
         producers: ProducerStates,
     ) -> Self {
-        assert!(
-            segments.last().is_some_and(Segment::is_writable),
-            "a log has a writable active segment"
-        );
+        assert!(segments.last().is_some_and(Segment::is_writable), "a log has a writable active segment");
         let end = segments.last().map_or(0, |s| s.next_offset);
         let first_base = segments.first().map_or(0, |s| s.base_offset);
         PartitionLog {
@@ -211,11 +201,8 @@ impl PartitionLog {
         if !active.is_writable() {
             return true;
         }
-        let full =
-            active.size_bytes > 0 && active.size_bytes + bytes as u64 > self.config.segment_bytes;
-        let old = active
-            .first_append_ms
-            .is_some_and(|t| now_ms - t >= self.config.segment_ms);
+        let full = active.size_bytes > 0 && active.size_bytes + bytes as u64 > self.config.segment_bytes;
+        let old = active.first_append_ms.is_some_and(|t| now_ms - t >= self.config.segment_ms);
         full || old
     }
 
@@ -230,11 +217,7 @@ impl PartitionLog {
                 SequenceCheck::Append => {}
                 SequenceCheck::Duplicate { base_offset } => {
                     let last_offset = base_offset + head.last_offset_delta as i64;
-                    return Ok(AppendInfo {
-                        base_offset,
-                        last_offset,
-                        log_append_time_ms: -1,
-                    });
+                    return Ok(AppendInfo { base_offset, last_offset, log_append_time_ms: -1 });
                 }
                 SequenceCheck::OutOfOrder => return Err(StorageError::OutOfOrderSequence),
                 SequenceCheck::Fenced => return Err(StorageError::InvalidProducerEpoch),
@@ -252,16 +235,8 @@ impl PartitionLog {
             }
             at += info.total_bytes;
         }
-        let log_append_time_ms = if self.config.log_append_time {
-            now_ms
-        } else {
-            -1
-        };
-        Ok(AppendInfo {
-            base_offset: first,
-            last_offset: self.end_offset() - 1,
-            log_append_time_ms,
-        })
+        let log_append_time_ms = if self.config.log_append_time { now_ms } else { -1 };
+        Ok(AppendInfo { base_offset: first, last_offset: self.end_offset() - 1, log_append_time_ms })
     }
 
     fn append_batch(&mut self, whole: Bytes, info: &BatchInfo, now_ms: i64) {
@@ -270,38 +245,17 @@ impl PartitionLog {
         let (prefix, body, max_timestamp) = if self.config.log_append_time {
             let mut copy = BytesMut::from(&whole[..]);
             batch::set_log_append_time(&mut copy, now_ms);
-            copy[..16].copy_from_slice(&batch::patched_prefix(
-                &whole,
-                base_offset,
-                self.leader_epoch,
-            ));
+            copy[..16].copy_from_slice(&batch::patched_prefix(&whole, base_offset, self.leader_epoch));
             let copy = copy.freeze();
             (copy.slice(..16), copy.slice(16..), now_ms)
         } else {
             let prefix = batch::patched_prefix(&whole, base_offset, self.leader_epoch);
-            (
-                Bytes::copy_from_slice(&prefix),
-                whole.slice(16..),
-                info.max_timestamp,
-            )
+            (Bytes::copy_from_slice(&prefix), whole.slice(16..), info.max_timestamp)
         };
         let interval = self.config.index_interval_bytes;
-        self.active_mut().append(
-            &[&prefix, &body],
-            base_offset,
-            next_offset,
-            max_timestamp,
-            now_ms,
-            interval,
-        );
+        self.active_mut().append(&[&prefix, &body], base_offset, next_offset, max_timestamp, now_ms, interval);
         self.cache_bytes += prefix.len() + body.len();
-        self.cache.push_back(CachedBatch {
-            base_offset,
-            last_offset: next_offset - 1,
-            max_timestamp,
-            prefix,
-            body,
-        });
+        self.cache.push_back(CachedBatch { base_offset, last_offset: next_offset - 1, max_timestamp, prefix, body });
         self.trim_cache();
     }
 
@@ -351,11 +305,7 @@ impl PartitionLog {
     }
 
     pub fn push_segment(&mut self, segment: Segment) {
-        assert_eq!(
-            segment.base_offset,
-            self.end_offset(),
-            "segments are contiguous"
-        );
+        assert_eq!(segment.base_offset, self.end_offset(), "segments are contiguous");
         self.segments.push(segment);
     }
 
@@ -389,10 +339,7 @@ impl PartitionLog {
     }
 
     fn plan_disk_read(&self, offset: i64, max_bytes: usize) -> ReadPlan {
-        let i = self
-            .segments
-            .partition_point(|s| s.base_offset <= offset)
-            .saturating_sub(1);
+        let i = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
         let Some(segment) = self.segments[i..].iter().find(|s| s.next_offset > offset) else {
             return ReadPlan::Cached(Vec::new());
         };
@@ -402,56 +349,38 @@ impl PartitionLog {
         // Read past the budget by one index interval: the start may precede `offset`.
         let want = max_bytes as u64 + self.config.index_interval_bytes + batch::HEADER_BYTES as u64;
         let len = want.min(readable.saturating_sub(position)) as usize;
-        ReadPlan::Disk {
-            file: segment.file(),
-            position,
-            len,
-            readable,
-            offset,
-            max_bytes,
-        }
+        ReadPlan::Disk { file: segment.file(), position, len, readable, offset, max_bytes }
     }
 
     /// Segments from the one holding the first batch whose max timestamp is at
     /// least `timestamp`: (file, scan start, readable bytes), or None.
     pub fn plan_time_lookup(&self, timestamp: i64) -> Option<(Rc<DmaFile>, u64, u64)> {
-        let segment = self
-            .segments
-            .iter()
-            .find(|s| s.max_timestamp >= timestamp && s.next_offset > self.log_start_offset)?;
+        let segment =
+            self.segments.iter().find(|s| s.max_timestamp >= timestamp && s.next_offset > self.log_start_offset)?;
         let relative = segment.index.scan_start_for_time(timestamp);
         let position = segment.index.position_for(relative) as u64;
-        Some((
-            segment.file(),
-            position,
-            segment.flushed_bytes.min(segment.size_bytes),
-        ))
+        Some((segment.file(), position, segment.flushed_bytes.min(segment.size_bytes)))
     }
 
     /// First cached batch whose max timestamp reaches `timestamp`.
     pub fn cached_time_lookup(&self, timestamp: i64) -> Option<(i64, i64)> {
-        self.cache
-            .iter()
-            .find(|b| b.max_timestamp >= timestamp)
-            .map(|b| (b.max_timestamp, b.base_offset))
+        self.cache.iter().find(|b| b.max_timestamp >= timestamp).map(|b| (b.max_timestamp, b.base_offset))
     }
 
     /// The batch with the greatest timestamp: (timestamp, its last offset).
     pub fn max_timestamp_offset(&self) -> Option<(i64, i64)> {
-        let segment = self
-            .segments
-            .iter()
-            .filter(|s| s.next_offset > s.base_offset)
-            .max_by_key(|s| s.max_timestamp)?;
+        let segment = self.segments.iter().filter(|s| s.next_offset > s.base_offset).max_by_key(|s| s.max_timestamp)?;
         Some((segment.max_timestamp, segment.next_offset - 1))
     }
 
     /// Advances the log start (DeleteRecords); returns the new start.
     pub fn advance_start(&mut self, offset: i64) -> i64 {
         self.log_start_offset = self.log_start_offset.max(offset.min(self.end_offset()));
-        while self.cache.front().is_some_and(|b| {
-            b.last_offset < self.log_start_offset && b.last_offset < self.flushed_offset
-        }) {
+        while self
+            .cache
+            .front()
+            .is_some_and(|b| b.last_offset < self.log_start_offset && b.last_offset < self.flushed_offset)
+        {
             let front = self.cache.pop_front().expect("checked non-empty");
             self.cache_bytes -= front.len();
         }
@@ -468,8 +397,8 @@ impl PartitionLog {
             let too_old = self.config.retention_ms >= 0
                 && segment.max_timestamp >= 0
                 && now_ms - segment.max_timestamp > self.config.retention_ms;
-            let too_big = self.config.retention_bytes >= 0
-                && total - segment.size_bytes as i64 >= self.config.retention_bytes;
+            let too_big =
+                self.config.retention_bytes >= 0 && total - segment.size_bytes as i64 >= self.config.retention_bytes;
             if !(below_start || too_old || too_big) {
                 break;
             }

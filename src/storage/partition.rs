@@ -72,10 +72,7 @@ impl Partition {
         durability: Durability,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
-        self.log
-            .borrow()
-            .validate(&records)
-            .map_err(StorageError::Batch)?;
+        self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
         if self.log.borrow().needs_roll(records.len(), now_ms) {
             self.roll(records.len(), now_ms).await?;
         }
@@ -116,11 +113,7 @@ impl Partition {
 
     /// Writes the active segment's pending buffers, then fdatasyncs if `sync`.
     pub async fn flush(&self, sync: bool) -> std::io::Result<()> {
-        let _permit = self
-            .flush_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
         self.flush_locked(sync).await
     }
 
@@ -140,11 +133,7 @@ impl Partition {
 
     /// Seals the active segment and starts a new one, if still needed.
     async fn roll(&self, bytes: usize, now_ms: i64) -> std::io::Result<()> {
-        let _permit = self
-            .flush_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
         if !self.log.borrow().needs_roll(bytes, now_ms) {
             return Ok(());
         }
@@ -153,11 +142,7 @@ impl Partition {
         seal.run().await?;
         let (dir, base, buffer_bytes) = {
             let log = self.log.borrow();
-            (
-                log.dir.clone(),
-                log.end_offset(),
-                log.config.write_buffer_bytes,
-            )
+            (log.dir.clone(), log.end_offset(), log.config.write_buffer_bytes)
         };
         let segment = Segment::create(&dir, base, buffer_bytes).await?;
         self.log.borrow_mut().push_segment(segment);
@@ -171,20 +156,9 @@ impl Partition {
         match plan {
             ReadPlan::OutOfRange => Err(StorageError::OffsetOutOfRange),
             ReadPlan::Cached(parts) => Ok(parts),
-            ReadPlan::Disk {
-                file,
-                position,
-                len,
-                readable,
-                offset,
-                max_bytes,
-            } => {
+            ReadPlan::Disk { file, position, len, readable, offset, max_bytes } => {
                 let kept = read_disk(&file, position, len, readable, offset, max_bytes).await?;
-                Ok(if kept.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![kept]
-                })
+                Ok(if kept.is_empty() { Vec::new() } else { vec![kept] })
             }
         }
     }
@@ -209,8 +183,7 @@ impl Partition {
         let plan = self.log.borrow().plan_time_lookup(timestamp);
         if let Some((file, mut position, readable)) = plan {
             while position < readable {
-                let chunk =
-                    read_at(&file, position, (readable - position).min(1 << 20) as usize).await?;
+                let chunk = read_at(&file, position, (readable - position).min(1 << 20) as usize).await?;
                 let mut at = 0;
                 while let Ok(info) = super::batch::peek(&chunk[at..]) {
                     if info.max_timestamp >= timestamp {
@@ -236,9 +209,7 @@ impl Partition {
             }
             (log.advance_start(offset), log.dir.clone())
         };
-        glommio::executor()
-            .spawn_blocking(move || std::fs::write(dir.join(LOG_START_FILE), start.to_string()))
-            .await?;
+        glommio::executor().spawn_blocking(move || std::fs::write(dir.join(LOG_START_FILE), start.to_string())).await?;
         self.enforce_retention(now_ms()).await?;
         Ok(start)
     }
@@ -260,11 +231,7 @@ impl Partition {
     /// Clean shutdown: flush, sync, and cut the active segment's block
     /// padding so the file ends at its last batch.
     pub async fn close(&self) -> std::io::Result<()> {
-        let _permit = self
-            .flush_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
         self.flush_locked(true).await?;
         let (file, size) = self.log.borrow().active_file_and_size();
         file.truncate(size).await?;
@@ -317,7 +284,5 @@ fn skip_to(data: &[u8], offset: i64) -> usize {
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

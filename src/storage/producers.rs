@@ -59,17 +59,13 @@ impl ProducerStates {
         if batch.producer_epoch > entry.epoch {
             return SequenceCheck::Append; // a new epoch starts its sequences afresh
         }
-        if let Some(&(_, _, base_offset)) = entry
-            .batches
-            .iter()
-            .find(|(f, l, _)| *f == batch.first_sequence && *l == batch.last_sequence)
+        if let Some(&(_, _, base_offset)) =
+            entry.batches.iter().find(|(f, l, _)| *f == batch.first_sequence && *l == batch.last_sequence)
         {
             return SequenceCheck::Duplicate { base_offset };
         }
         match entry.batches.back() {
-            Some(&(_, last, _)) if batch.first_sequence != next_sequence(last) => {
-                SequenceCheck::OutOfOrder
-            }
+            Some(&(_, last, _)) if batch.first_sequence != next_sequence(last) => SequenceCheck::OutOfOrder,
             _ => SequenceCheck::Append,
         }
     }
@@ -78,9 +74,7 @@ impl ProducerStates {
     pub fn record(&mut self, batch: &ProducerBatch, base_offset: i64) {
         self.clock += 1;
         let clock = self.clock;
-        if !self.producers.contains_key(&batch.producer_id)
-            && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION
-        {
+        if !self.producers.contains_key(&batch.producer_id) && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION {
             self.evict_oldest();
         }
         let entry = self.producers.entry(batch.producer_id).or_default();
@@ -88,9 +82,7 @@ impl ProducerStates {
             entry.epoch = batch.producer_epoch;
             entry.batches.clear();
         }
-        entry
-            .batches
-            .push_back((batch.first_sequence, batch.last_sequence, base_offset));
+        entry.batches.push_back((batch.first_sequence, batch.last_sequence, base_offset));
         if entry.batches.len() > BATCHES_PER_PRODUCER {
             entry.batches.pop_front();
         }
@@ -126,12 +118,7 @@ mod tests {
     use super::*;
 
     fn batch(epoch: i16, first: i32, last: i32) -> ProducerBatch {
-        ProducerBatch {
-            producer_id: 7,
-            producer_epoch: epoch,
-            first_sequence: first,
-            last_sequence: last,
-        }
+        ProducerBatch { producer_id: 7, producer_epoch: epoch, first_sequence: first, last_sequence: last }
     }
 
     #[test]
@@ -140,14 +127,8 @@ mod tests {
         assert_eq!(states.check(&batch(0, 0, 9)), SequenceCheck::Append);
         states.record(&batch(0, 0, 9), 100);
         states.record(&batch(0, 10, 19), 110);
-        assert_eq!(
-            states.check(&batch(0, 0, 9)),
-            SequenceCheck::Duplicate { base_offset: 100 }
-        );
-        assert_eq!(
-            states.check(&batch(0, 10, 19)),
-            SequenceCheck::Duplicate { base_offset: 110 }
-        );
+        assert_eq!(states.check(&batch(0, 0, 9)), SequenceCheck::Duplicate { base_offset: 100 });
+        assert_eq!(states.check(&batch(0, 10, 19)), SequenceCheck::Duplicate { base_offset: 110 });
         assert_eq!(states.check(&batch(0, 25, 30)), SequenceCheck::OutOfOrder);
         assert_eq!(states.check(&batch(0, 20, 29)), SequenceCheck::Append);
         assert_eq!(states.check(&batch(1, 0, 3)), SequenceCheck::Append);

@@ -17,11 +17,7 @@ use super::segment::{index_path, read_at, time_index_path, Segment};
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
 /// Opens (or creates) the log in `dir`.
-pub async fn open_log(
-    dir: &Path,
-    config: LogConfig,
-    leader_epoch: i32,
-) -> std::io::Result<PartitionLog> {
+pub async fn open_log(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::io::Result<PartitionLog> {
     let dir_owned = dir.to_path_buf();
     let (bases, log_start) = glommio::executor()
         .spawn_blocking(move || -> std::io::Result<(Vec<i64>, i64)> {
@@ -29,10 +25,7 @@ pub async fn open_log(
             let mut bases = Vec::new();
             for entry in std::fs::read_dir(&dir_owned)? {
                 let name = entry?.file_name().to_string_lossy().into_owned();
-                if let Some(base) = name
-                    .strip_suffix(".log")
-                    .and_then(|b| b.parse::<i64>().ok())
-                {
+                if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<i64>().ok()) {
                     bases.push(base);
                 }
             }
@@ -60,14 +53,7 @@ pub async fn open_log(
     if segments.is_empty() {
         segments.push(Segment::create(dir, log_start, config.write_buffer_bytes).await?);
     }
-    Ok(PartitionLog::new(
-        dir,
-        config,
-        leader_epoch,
-        segments,
-        log_start,
-        producers,
-    ))
+    Ok(PartitionLog::new(dir, config, leader_epoch, segments, log_start, producers))
 }
 
 async fn recover_sealed(
@@ -75,20 +61,12 @@ async fn recover_sealed(
     config: &LogConfig,
     producers: &mut ProducerStates,
 ) -> std::io::Result<()> {
-    let (index_file, time_file) = (
-        index_path(&segment.dir, segment.base_offset),
-        time_index_path(&segment.dir, segment.base_offset),
-    );
+    let (index_file, time_file) =
+        (index_path(&segment.dir, segment.base_offset), time_index_path(&segment.dir, segment.base_offset));
     let files = glommio::executor()
-        .spawn_blocking(move || {
-            Some((
-                std::fs::read(index_file).ok()?,
-                std::fs::read(time_file).ok()?,
-            ))
-        })
+        .spawn_blocking(move || Some((std::fs::read(index_file).ok()?, std::fs::read(time_file).ok()?)))
         .await;
-    let loaded = files
-        .and_then(|(offsets, times)| SegmentIndex::decode(&offsets, &times, segment.size_bytes));
+    let loaded = files.and_then(|(offsets, times)| SegmentIndex::decode(&offsets, &times, segment.size_bytes));
     let from = match loaded {
         Some(index) if !index.is_empty() => {
             let from = index.last_position() as u64;
@@ -158,11 +136,8 @@ async fn scan(
         }
         let mut at = 0;
         while at < chunk.len() {
-            let found = if check_crc {
-                batch::validate(&chunk[at..], max_batch_bytes)
-            } else {
-                batch::peek(&chunk[at..])
-            };
+            let found =
+                if check_crc { batch::validate(&chunk[at..], max_batch_bytes) } else { batch::peek(&chunk[at..]) };
             let Ok(info) = found else { break };
             let next = info.base_offset + info.last_offset_delta as i64 + 1;
             segment.track(

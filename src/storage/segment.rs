@@ -72,21 +72,12 @@ pub struct Segment {
 
 impl Segment {
     async fn open_file(path: &Path) -> std::io::Result<DmaFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(path)
-            .await?;
+        let file = OpenOptions::new().read(true).write(true).create(true).dma_open(path).await?;
         Ok(file)
     }
 
     /// Creates a new, empty, writable segment.
-    pub async fn create(
-        dir: &Path,
-        base_offset: i64,
-        buffer_bytes: usize,
-    ) -> std::io::Result<Segment> {
+    pub async fn create(dir: &Path, base_offset: i64, buffer_bytes: usize) -> std::io::Result<Segment> {
         let file = Self::open_file(&log_path(dir, base_offset)).await?;
         file.truncate(0).await?;
         let mut segment = Segment::with_file(dir, base_offset, file);
@@ -125,20 +116,13 @@ impl Segment {
         self.file.truncate(self.size_bytes).await?;
         let block_start = align_down(self.size_bytes);
         let partial = (self.size_bytes - block_start) as usize;
-        let head = if partial > 0 {
-            read_at(&self.file, block_start, partial).await?.to_vec()
-        } else {
-            Vec::new()
-        };
+        let head = if partial > 0 { read_at(&self.file, block_start, partial).await?.to_vec() } else { Vec::new() };
         self.start_appending(buffer_bytes, head);
         Ok(())
     }
 
     fn start_appending(&mut self, buffer_bytes: usize, head: Vec<u8>) {
-        assert!(
-            (buffer_bytes as u64).is_multiple_of(BLOCK_BYTES) && buffer_bytes > 0,
-            "write buffer is whole blocks"
-        );
+        assert!((buffer_bytes as u64).is_multiple_of(BLOCK_BYTES) && buffer_bytes > 0, "write buffer is whole blocks");
         let mut current = self.file.alloc_dma_buffer(buffer_bytes);
         current.as_bytes_mut()[..head.len()].copy_from_slice(&head);
         self.appender = Some(Appender {
@@ -183,24 +167,14 @@ impl Segment {
                 appender.current_len += n;
                 rest = &rest[n..];
                 if appender.current_len == appender.buffer_bytes {
-                    let full = std::mem::replace(
-                        &mut appender.current,
-                        file.alloc_dma_buffer(appender.buffer_bytes),
-                    );
+                    let full = std::mem::replace(&mut appender.current, file.alloc_dma_buffer(appender.buffer_bytes));
                     appender.sealed.push((appender.current_pos, full));
                     appender.current_pos += appender.buffer_bytes as u64;
                     appender.current_len = 0;
                 }
             }
         }
-        self.track(
-            position,
-            first_offset,
-            next_offset,
-            max_timestamp,
-            batch_bytes as u64,
-            index_interval_bytes,
-        );
+        self.track(position, first_offset, next_offset, max_timestamp, batch_bytes as u64, index_interval_bytes);
         self.first_append_ms.get_or_insert(now_ms);
     }
 
@@ -218,13 +192,9 @@ impl Segment {
     ) {
         let relative = (first_offset - self.base_offset) as u32;
         self.max_timestamp = self.max_timestamp.max(max_timestamp);
-        let indexed = self
-            .index
-            .last_relative()
-            .is_some_and(|last| relative <= last);
+        let indexed = self.index.last_relative().is_some_and(|last| relative <= last);
         if !indexed && (self.index.is_empty() || self.bytes_since_index >= index_interval_bytes) {
-            self.index
-                .add(relative, position as u32, self.max_timestamp);
+            self.index.add(relative, position as u32, self.max_timestamp);
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += batch_bytes;
@@ -254,8 +224,7 @@ impl Segment {
             let len = appender.current_len;
             let keep_from = align_down(len as u64) as usize;
             let mut fresh = self.file.alloc_dma_buffer(appender.buffer_bytes);
-            fresh.as_bytes_mut()[..len - keep_from]
-                .copy_from_slice(&appender.current.as_bytes()[keep_from..len]);
+            fresh.as_bytes_mut()[..len - keep_from].copy_from_slice(&appender.current.as_bytes()[keep_from..len]);
             let mut out = std::mem::replace(&mut appender.current, fresh);
             let padded = align_up(len as u64) as usize;
             out.as_bytes_mut()[len..padded].fill(0);
@@ -264,11 +233,7 @@ impl Segment {
             appender.current_pos += keep_from as u64;
             appender.current_len = len - keep_from;
         }
-        Some(FlushJob {
-            file: self.file.clone(),
-            writes,
-            flushed_to: self.size_bytes,
-        })
+        Some(FlushJob { file: self.file.clone(), writes, flushed_to: self.size_bytes })
     }
 
     pub fn finish_flush(&mut self, flushed_to: u64) {
@@ -290,14 +255,8 @@ impl Segment {
         SealJob {
             file: self.file.clone(),
             size_bytes: self.size_bytes,
-            index: (
-                index_path(&self.dir, self.base_offset),
-                self.index.encode_offsets(),
-            ),
-            time_index: (
-                time_index_path(&self.dir, self.base_offset),
-                self.index.encode_times(),
-            ),
+            index: (index_path(&self.dir, self.base_offset), self.index.encode_offsets()),
+            time_index: (time_index_path(&self.dir, self.base_offset), self.index.encode_times()),
         }
     }
 
@@ -309,11 +268,7 @@ impl Segment {
         }
         glommio::executor()
             .spawn_blocking(move || {
-                for path in [
-                    log_path(&dir, base),
-                    index_path(&dir, base),
-                    time_index_path(&dir, base),
-                ] {
+                for path in [log_path(&dir, base), index_path(&dir, base), time_index_path(&dir, base)] {
                     let _ = std::fs::remove_file(path);
                 }
             })
@@ -332,16 +287,12 @@ impl Segment {
 pub async fn probe_device(dir: &Path, shard: usize) -> std::io::Result<()> {
     let path = dir.join(format!(".iopoll-probe-{shard}"));
     let probe_path = path.clone();
-    glommio::executor()
-        .spawn_blocking(move || std::fs::write(&probe_path, vec![0u8; BLOCK_BYTES as usize]))
-        .await?;
+    glommio::executor().spawn_blocking(move || std::fs::write(&probe_path, vec![0u8; BLOCK_BYTES as usize])).await?;
     let file = DmaFile::open(&path).await?;
     let read = file.read_at(0, BLOCK_BYTES as usize).await.map(|_| ());
     let _ = file.close().await;
     let _ = std::fs::remove_file(&path);
-    read.map_err(|e| {
-        std::io::Error::other(format!("cannot read {} with O_DIRECT: {e}", path.display()))
-    })
+    read.map_err(|e| std::io::Error::other(format!("cannot read {} with O_DIRECT: {e}", path.display())))
 }
 
 /// Pending aligned writes of one segment, run without holding the log.
@@ -356,10 +307,7 @@ impl FlushJob {
     /// Returns the logical size they make durable-on-sync.
     pub async fn run(self) -> std::io::Result<u64> {
         let file = &self.file;
-        let writes = self
-            .writes
-            .into_iter()
-            .map(|(pos, buf)| file.write_at(buf, pos));
+        let writes = self.writes.into_iter().map(|(pos, buf)| file.write_at(buf, pos));
         for result in futures::future::join_all(writes).await {
             result?;
         }

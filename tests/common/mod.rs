@@ -25,11 +25,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl TestBroker {
@@ -39,28 +35,15 @@ impl TestBroker {
 
     pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> TestBroker {
         let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("broker.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
-        cmd.args(["serve", "--listen", &addr, "--data-dir"])
-            .arg(dir.join("data"));
+        cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(dir.join("data"));
         cmd.args(["--shards", "2", "--set", "pin_shards=false"]);
         for arg in extra {
             cmd.args(["--set", arg]);
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn spate");
-        let broker = TestBroker {
-            child: Some(child),
-            addr,
-            dir: dir.to_path_buf(),
-        };
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn spate");
+        let broker = TestBroker { child: Some(child), addr, dir: dir.to_path_buf() };
         broker.wait_ready();
         broker
     }
@@ -73,11 +56,7 @@ impl TestBroker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "broker at {} did not start; log:\n{}",
-            self.addr,
-            self.log()
-        );
+        panic!("broker at {} did not start; log:\n{}", self.addr, self.log());
     }
 
     pub fn port(&self) -> u16 {
@@ -93,9 +72,7 @@ impl TestBroker {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -104,11 +81,7 @@ impl TestBroker {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = child.wait().unwrap();
-        assert!(
-            status.success(),
-            "broker exited with {status}; log:\n{}",
-            self.log()
-        );
+        assert!(status.success(), "broker exited with {status}; log:\n{}", self.log());
     }
 
     /// SIGKILL: no chance to flush anything.
