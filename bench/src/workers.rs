@@ -171,14 +171,12 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
             let done = Instant::now();
             let mut stats = stats.borrow_mut();
             let ok = match result {
-                Ok(Some(mut body)) => {
-                    ProduceResponse::decode(&mut body, 9).and_then(|r| {
-                        r.responses
-                            .iter()
-                            .flat_map(|t| &t.partition_responses)
-                            .try_for_each(|p| check(p.error_code, "produce"))
-                    })
-                }
+                Ok(Some(mut body)) => ProduceResponse::decode(&mut body, 9).and_then(|r| {
+                    r.responses
+                        .iter()
+                        .flat_map(|t| &t.partition_responses)
+                        .try_for_each(|p| check(p.error_code, "produce"))
+                }),
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };
