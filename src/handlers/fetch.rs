@@ -18,19 +18,20 @@ use crate::broker::{Broker, PartitionOk, PartitionOp, TopicPartition};
 use crate::protocol::{PartsWriter, Reply, Request};
 
 /// One requested partition and what was read for it.
-struct Slot {
-    partition: i32,
-    tp: Option<TopicPartition>,
-    fetch_offset: i64,
-    max_bytes: usize,
-    error: i16,
-    high_watermark: i64,
-    log_start_offset: i64,
-    parts: Vec<Bytes>,
+pub struct Slot {
+    pub partition: i32,
+    pub tp: Option<TopicPartition>,
+    pub fetch_offset: i64,
+    pub max_bytes: usize,
+    pub error: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    /// The stored batches, sent as they are.
+    pub parts: Vec<Bytes>,
 }
 
 impl Slot {
-    fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.parts.iter().map(Bytes::len).sum()
     }
 }
@@ -130,12 +131,22 @@ fn apply_response_limit(slots: &mut [Slot], max_bytes: usize) {
     }
 }
 
-/// Encodes a Fetch response (v4..=v12) with the records as shared parts.
 fn encode(request: &Request, top_error: i16, topics: &[(String, usize)], slots: &[Slot]) -> Reply {
-    let version = request.version();
+    Reply::Send(encode_response(request.version(), request.header.correlation_id, top_error, topics, slots))
+}
+
+/// Encodes a Fetch response (v4..=v12) with the records as shared parts:
+/// `topics` names each topic and how many of `slots`, in order, are its.
+pub fn encode_response(
+    version: i16,
+    correlation_id: i32,
+    top_error: i16,
+    topics: &[(String, usize)],
+    slots: &[Slot],
+) -> Vec<Bytes> {
     let flexible = version >= 12;
     let mut w = PartsWriter::new();
-    w.buf().put_i32(request.header.correlation_id);
+    w.buf().put_i32(correlation_id);
     if flexible {
         w.put_no_tags();
     }
@@ -159,7 +170,7 @@ fn encode(request: &Request, top_error: i16, topics: &[(String, usize)], slots: 
     if flexible {
         w.put_no_tags();
     }
-    Reply::Send(w.finish())
+    w.finish()
 }
 
 fn put_partition(w: &mut PartsWriter, slot: &Slot, version: i16, flexible: bool) {

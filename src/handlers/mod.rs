@@ -8,7 +8,7 @@ mod create_topics;
 mod delete_records;
 mod delete_topics;
 mod describe_configs;
-mod fetch;
+pub mod fetch;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
