@@ -73,7 +73,13 @@ struct Sent {
     last_due: Instant,
     messages: u64,
     bytes: u64,
+    /// Uncompressed record bytes the batch held while open.
+    wire_bytes: usize,
 }
+
+/// Largest produce request the generator builds (Kafka's max.request.size is
+/// 1 MiB by default; brokers accept up to socket.request.max.bytes).
+const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 pub fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
@@ -105,6 +111,8 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
         *b = xorshift(&mut rng) as u8;
     }
     let mut generated: u64 = 0;
+    // Record bytes sitting in open batches, bounded by the buffer cap.
+    let mut buffered: usize = 0;
     let mut sticky = (plan.seed as usize) % pending.len();
     let start = Instant::now();
     loop {
@@ -117,8 +125,10 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
             Some(rate) => ((now - start).as_secs_f64() * rate) as u64,
             None => u64::MAX,
         };
-        let mut room = pending.iter().any(|p| p.builder.bytes() < plan.batch_bytes);
-        while !finishing && generated < due_total && room && plan.messages.is_none_or(|n| generated < n) {
+        // Generate until a batch fills (then try to send it), or nothing is due.
+        let buffer_cap = plan.max_inflight.max(2) * plan.batch_bytes;
+        let mut filled = false;
+        while !finishing && !filled && generated < due_total && plan.messages.is_none_or(|n| generated < n) {
             let due = match plan.rate {
                 Some(rate) => start + Duration::from_secs_f64(generated as f64 / rate),
                 None => now,
@@ -129,11 +139,13 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
                 value[..8].copy_from_slice(&sent_at_us.to_be_bytes());
             }
             let p = &mut pending[slot];
+            let before = p.builder.bytes();
             p.builder.push(sent_at_us / 1000, key.as_deref(), &value);
             p.first_due.get_or_insert(due);
             p.last_due = due;
+            buffered += p.builder.bytes() - before;
             generated += 1;
-            room = pending.iter().any(|p| p.builder.bytes() < plan.batch_bytes);
+            filled = p.builder.bytes() >= plan.batch_bytes;
         }
         let ready: Vec<usize> = (0..pending.len())
             .filter(|&i| {
@@ -151,19 +163,20 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
             glommio::timer::sleep(next_wake(&plan, start, generated, &pending)).await;
             continue;
         }
-        // Send when a slot is free; wait for one only when nothing more fits.
-        let permit = if room && !finishing {
-            match inflight.clone().try_acquire_static_permit(1) {
-                Ok(permit) => permit,
-                Err(_) => {
+        // Send when a slot is free; while none is, keep filling other
+        // partitions' batches up to the buffer cap, then wait for a slot.
+        let permit = match inflight.clone().try_acquire_static_permit(1) {
+            Ok(permit) => permit,
+            Err(_) if !finishing && buffered < buffer_cap => {
+                if plan.rate.is_some() || plan.keys != Keys::None {
                     glommio::timer::sleep(Duration::from_micros(50)).await;
-                    continue;
                 }
+                continue;
             }
-        } else {
-            inflight.clone().acquire_static_permit(1).await.map_err(|e| anyhow::anyhow!("{e}"))?
+            Err(_) => inflight.clone().acquire_static_permit(1).await.map_err(|e| anyhow::anyhow!("{e}"))?,
         };
         let (request, sent) = build_request(&plan, &mut pending, &ready)?;
+        buffered -= sent.iter().map(|b| b.wire_bytes).sum::<usize>();
         let (conn, stats, shared) = (conn.clone(), stats.clone(), shared.clone());
         let acks = plan.acks;
         glommio::spawn_local(async move {
@@ -251,12 +264,19 @@ fn build_request(plan: &ProducerPlan, pending: &mut [Pending], ready: &[usize]) 
     let mut topic = TopicProduceData::default();
     topic.name = TopicName(StrBytes::from_string(plan.topic.clone()));
     let mut sent = Vec::with_capacity(ready.len());
+    let mut request_bytes = 0;
     for &i in ready {
         let p = &mut pending[i];
+        if request_bytes > 0 && request_bytes + p.builder.bytes() > MAX_REQUEST_BYTES {
+            break; // the rest go in the next request
+        }
+        request_bytes += p.builder.bytes();
+        let wire_bytes = p.builder.bytes();
         let messages = p.builder.len() as u64;
         let bytes = (messages as usize * plan.message_bytes) as u64;
         let batch = p.builder.finish(plan.codec)?;
         sent.push(Sent {
+            wire_bytes,
             first_due: p.first_due.take().unwrap_or_else(Instant::now),
             last_due: p.last_due,
             messages,
