@@ -81,7 +81,7 @@ impl Default for Config {
             max_message_bytes: log.max_message_bytes,
             index_interval_bytes: log.index_interval_bytes,
             write_buffer_bytes: log.write_buffer_bytes,
-            cache_bytes_per_shard: 256 << 20,
+            cache_bytes_per_shard: 64 << 20,
             flush_interval_ms: 500,
             retention_check_interval_ms: 30_000,
         }

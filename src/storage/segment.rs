@@ -219,17 +219,17 @@ impl Segment {
         }
         let mut writes = std::mem::take(&mut appender.sealed);
         if appender.current_len > 0 {
-            // Write the partial buffer zero-padded to a block; keep its last,
-            // partial block as the start of a fresh buffer.
+            // Copy the used part of the buffer, zero-padded to a block, and
+            // write that; the buffer itself stays, keeping only its last,
+            // partial block. No buffer-sized allocation per flush.
             let len = appender.current_len;
-            let keep_from = align_down(len as u64) as usize;
-            let mut fresh = self.file.alloc_dma_buffer(appender.buffer_bytes);
-            fresh.as_bytes_mut()[..len - keep_from].copy_from_slice(&appender.current.as_bytes()[keep_from..len]);
-            let mut out = std::mem::replace(&mut appender.current, fresh);
             let padded = align_up(len as u64) as usize;
-            out.as_bytes_mut()[len..padded].fill(0);
-            out.trim_to_size(padded);
+            let mut out = self.file.alloc_dma_buffer(padded);
+            out.as_bytes_mut()[..len].copy_from_slice(&appender.current.as_bytes()[..len]);
+            out.as_bytes_mut()[len..].fill(0);
             writes.push((appender.current_pos, out));
+            let keep_from = align_down(len as u64) as usize;
+            appender.current.as_bytes_mut().copy_within(keep_from..len, 0);
             appender.current_pos += keep_from as u64;
             appender.current_len = len - keep_from;
         }
