@@ -26,6 +26,8 @@ pub struct Config {
     /// Queued messages per ordered pair of shards.
     pub mailbox_capacity: usize,
     pub pin_shards: bool,
+    /// Busy-poll this long before an idle shard sleeps (lower wake-up latency, more CPU).
+    pub spin_before_park_us: u64,
 
     pub auto_create_topics: bool,
     pub default_partitions: i32,
@@ -67,6 +69,7 @@ impl Default for Config {
             io_memory_bytes: 1 << 20,
             mailbox_capacity: 1024,
             pin_shards: true,
+            spin_before_park_us: 0,
             auto_create_topics: true,
             default_partitions: 1,
             max_partitions_per_topic: 10_000,

@@ -139,6 +139,7 @@ fn start_broker(config: Arc<Config>) -> Result<shards::ShardRuntime> {
         mailbox_capacity: config.mailbox_capacity,
         pin_to_cores: config.pin_shards,
         name: "spate-shard".into(),
+        spin_before_park_us: config.spin_before_park_us,
     };
     let shard_config = config.clone();
     let runtime = shards::ShardRuntime::start(&runtime_config, move |shard| {

@@ -122,7 +122,8 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
         let finishing = out_of_time || out_of_messages;
         // Open loop: the messages due by now; closed loop: as many as fit.
         let due_total = match plan.rate {
-            Some(rate) => ((now - start).as_secs_f64() * rate) as u64,
+            // Message k is due at k / rate: messages 0..=floor(elapsed * rate) are due.
+            Some(rate) => ((now - start).as_secs_f64() * rate) as u64 + 1,
             None => u64::MAX,
         };
         // Generate until a batch fills (then try to send it), or nothing is due.

@@ -28,6 +28,8 @@ pub struct RuntimeConfig {
     pub pin_to_cores: bool,
     /// Thread name prefix.
     pub name: String,
+    /// Busy-poll this long before an idle shard sleeps (trades CPU for wake-up latency).
+    pub spin_before_park_us: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -38,6 +40,7 @@ impl Default for RuntimeConfig {
             mailbox_capacity: 1024,
             pin_to_cores: true,
             name: "shard".to_string(),
+            spin_before_park_us: 0,
         }
     }
 }
@@ -106,6 +109,7 @@ impl ShardRuntime {
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("{}-{id}", config.name))
                 .io_memory(config.io_memory_bytes)
+                .spin_before_park(Duration::from_micros(config.spin_before_park_us))
                 .spawn(move || async move {
                     let (senders, receivers) = mesh.join().await.expect("shard mesh join");
                     let mailbox = Rc::new(Mailbox::new(id, senders));

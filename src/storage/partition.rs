@@ -46,8 +46,10 @@ pub enum Durability {
 
 pub struct Partition {
     pub log: RefCell<PartitionLog>,
-    /// Serialises flushes, syncs and rolls: one disk write stream per partition.
-    flush_lock: Semaphore,
+    /// Serialises writes and rolls: one disk write stream per partition.
+    write_lock: Semaphore,
+    /// Serialises fdatasyncs (each covers everything written before it).
+    sync_lock: Semaphore,
     /// Fetches waiting for data past the end; bounded by in-flight fetches.
     data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// Pending bytes past which an append first waits for a flush.
@@ -59,7 +61,8 @@ impl Partition {
         let max_pending_bytes = log.config.write_buffer_bytes * 4;
         Partition {
             log: RefCell::new(log),
-            flush_lock: Semaphore::new(1),
+            write_lock: Semaphore::new(1),
+            sync_lock: Semaphore::new(1),
             data_waiters: RefCell::new(Vec::new()),
             max_pending_bytes,
         }
@@ -92,8 +95,9 @@ impl Partition {
     }
 
     /// Returns once `offset` is written (and synced if `sync`). Concurrent
-    /// waiters queue on the flush lock; the first one through writes everything
-    /// appended so far, so the rest usually find their offset already covered.
+    /// waiters queue on the locks; the first one through writes (or syncs)
+    /// everything appended so far, so the rest usually find their offset
+    /// already covered: group commit.
     pub async fn wait_durable(&self, offset: i64, sync: bool) -> std::io::Result<()> {
         loop {
             let done = {
@@ -112,39 +116,62 @@ impl Partition {
     }
 
     /// Writes the active segment's pending buffers, then fdatasyncs if `sync`.
+    /// The sync runs outside the write lock: a slow fdatasync never holds up
+    /// acks=1 producers, who need only the write.
     pub async fn flush(&self, sync: bool) -> std::io::Result<()> {
-        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.flush_locked(sync).await
+        {
+            let _write = acquire(&self.write_lock).await?;
+            self.write_pending().await?;
+        }
+        if sync {
+            self.sync_written().await?;
+        }
+        Ok(())
     }
 
-    async fn flush_locked(&self, sync: bool) -> std::io::Result<()> {
+    /// Writes pending buffers. The caller holds the write lock.
+    async fn write_pending(&self) -> std::io::Result<()> {
         let (job, offset) = self.log.borrow_mut().begin_flush();
         if let Some(job) = job {
             let flushed_to = job.run().await?;
             self.log.borrow_mut().finish_flush(flushed_to, offset);
         }
-        if sync && self.log.borrow().synced_offset() < offset {
-            let file = self.log.borrow().active_file();
-            file.fdatasync().await?;
-            self.log.borrow_mut().finish_sync(offset);
+        Ok(())
+    }
+
+    /// fdatasyncs everything written so far; concurrent callers share one sync.
+    async fn sync_written(&self) -> std::io::Result<()> {
+        let _sync = acquire(&self.sync_lock).await?;
+        let (target, file) = {
+            let log = self.log.borrow();
+            (log.flushed_offset(), log.active_file())
+        };
+        if self.log.borrow().synced_offset() >= target {
+            return Ok(());
         }
+        // Offsets written before a roll are in the sealed segment, which the
+        // roll synced before making a new active file.
+        file.fdatasync().await?;
+        self.log.borrow_mut().finish_sync(target);
         Ok(())
     }
 
     /// Seals the active segment and starts a new one, if still needed.
     async fn roll(&self, bytes: usize, now_ms: i64) -> std::io::Result<()> {
-        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let _write = acquire(&self.write_lock).await?;
         if !self.log.borrow().needs_roll(bytes, now_ms) {
             return Ok(());
         }
-        self.flush_locked(true).await?;
+        self.write_pending().await?;
+        let end = self.log.borrow().end_offset();
         let seal = self.log.borrow_mut().seal_active();
-        seal.run().await?;
-        let (dir, base, buffer_bytes) = {
+        seal.run().await?; // truncates, fdatasyncs, writes the indexes
+        self.log.borrow_mut().finish_sync(end);
+        let (dir, buffer_bytes) = {
             let log = self.log.borrow();
-            (log.dir.clone(), log.end_offset(), log.config.write_buffer_bytes)
+            (log.dir.clone(), log.config.write_buffer_bytes)
         };
-        let segment = Segment::create(&dir, base, buffer_bytes).await?;
+        let segment = Segment::create(&dir, end, buffer_bytes).await?;
         self.log.borrow_mut().push_segment(segment);
         Ok(())
     }
@@ -231,13 +258,18 @@ impl Partition {
     /// Clean shutdown: flush, sync, and cut the active segment's block
     /// padding so the file ends at its last batch.
     pub async fn close(&self) -> std::io::Result<()> {
-        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.flush_locked(true).await?;
+        let _write = acquire(&self.write_lock).await?;
+        self.write_pending().await?;
+        self.sync_written().await?;
         let (file, size) = self.log.borrow().active_file_and_size();
         file.truncate(size).await?;
         file.fdatasync().await?;
         Ok(())
     }
+}
+
+async fn acquire(lock: &Semaphore) -> std::io::Result<glommio::sync::Permit<'_>> {
+    lock.acquire_permit(1).await.map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Reads whole batches from a segment file, starting the search at `position`
