@@ -38,6 +38,8 @@ pub struct Config {
     pub socket_request_max_bytes: usize,
     /// Requests read ahead per connection while earlier ones are answered.
     pub max_inflight_requests: usize,
+    /// Bytes of those requests a connection may hold at once (Kafka's queued.max.request.bytes).
+    pub max_inflight_request_bytes: usize,
     /// Connections per shard; more are refused.
     pub max_connections_per_shard: usize,
     /// Upper bound on a fetch's max_wait_ms.
@@ -75,6 +77,7 @@ impl Default for Config {
             max_partitions_per_topic: 10_000,
             socket_request_max_bytes: 100 << 20,
             max_inflight_requests: 128,
+            max_inflight_request_bytes: 256 << 20,
             max_connections_per_shard: 10_000,
             fetch_max_wait_cap_ms: 30_000,
             segment_bytes: log.segment_bytes,
@@ -124,7 +127,10 @@ impl Config {
         if self.default_partitions < 1 || self.default_partitions > self.max_partitions_per_topic {
             bail!("default_partitions must be between 1 and max_partitions_per_topic");
         }
-        if self.max_inflight_requests == 0 || self.mailbox_capacity == 0 {
+        if self.segment_bytes < 1 << 14 || self.segment_bytes > crate::storage::log::MAX_SEGMENT_BYTES {
+            bail!("segment_bytes must be between 16 KiB and 2 GiB (index positions are 32-bit)");
+        }
+        if self.max_inflight_requests == 0 || self.mailbox_capacity == 0 || self.max_inflight_request_bytes == 0 {
             bail!("max_inflight_requests and mailbox_capacity must be positive");
         }
         Ok(())
@@ -193,5 +199,6 @@ mod tests {
         assert_eq!(config.advertised_port(), 19092);
         assert!(Config::load(None, &["no_such_key=1".into()]).is_err());
         assert!(Config::load(None, &["write_buffer_bytes=1000".into()]).is_err());
+        assert!(Config::load(None, &["segment_bytes=8589934592".into()]).is_err(), "index positions are 32-bit");
     }
 }

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use crate::broker::{Broker, ShardMsg};
@@ -116,6 +117,9 @@ async fn serve_connection(broker: &Rc<Broker>, stream: TcpStream) {
     let writer_task = glommio::spawn_local(write_responses(pending_rx, writer, peer.clone()));
     let mut reader = BufReader::with_capacity(SOCKET_BUFFER_BYTES, reader);
     let max_bytes = broker.config.socket_request_max_bytes;
+    // Bytes of requests in flight on this connection; reading waits when spent.
+    let budget_bytes = broker.config.max_inflight_request_bytes;
+    let budget = Rc::new(Semaphore::new(budget_bytes as u64));
     loop {
         let mut len = [0u8; 4];
         if reader.read_exact(&mut len).await.is_err() {
@@ -126,6 +130,9 @@ async fn serve_connection(broker: &Rc<Broker>, stream: TcpStream) {
             warn!(%peer, len, max_bytes, "closing connection: frame length out of bounds (socket_request_max_bytes)");
             break;
         }
+        // A frame larger than the whole budget takes all of it.
+        let cost = (len as usize).min(budget_bytes) as u64;
+        let Ok(permit) = budget.clone().acquire_static_permit(cost).await else { break };
         let mut frame = BytesMut::zeroed(len as usize);
         if reader.read_exact(&mut frame).await.is_err() {
             debug!(%peer, "connection closed mid-frame");
@@ -139,7 +146,11 @@ async fn serve_connection(broker: &Rc<Broker>, stream: TcpStream) {
             }
         };
         let handler_broker = broker.clone();
-        let task = glommio::spawn_local(async move { handlers::handle(&handler_broker, request).await });
+        let task = glommio::spawn_local(async move {
+            let reply = handlers::handle(&handler_broker, request).await;
+            drop(permit);
+            reply
+        });
         if pending_tx.send(task).await.is_err() {
             break; // the writer gave up on this connection
         }

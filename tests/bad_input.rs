@@ -194,3 +194,44 @@ fn random_frames_never_take_the_broker_down() {
     healthy_round_trip(&mut client, stored);
     broker.stop();
 }
+
+/// A real one-record batch whose header claims `count` records (records are
+/// not decompressed, so only the header's word counts), CRC fixed up.
+fn claiming(count: i32) -> BytesMut {
+    let mut b = batch(1, 10);
+    b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+    b[57..61].copy_from_slice(&count.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[test]
+fn huge_claimed_record_counts_roll_segments_instead_of_overflowing() {
+    let (broker, mut client) = setup("huge-counts");
+    for i in 0..3i64 {
+        assert_eq!(client.produce_raw("good", 0, claiming(1 << 30).freeze(), 1).unwrap(), i << 30);
+    }
+    let mut two = claiming(i32::MAX);
+    two.extend_from_slice(&claiming(i32::MAX));
+    let err = client.produce_raw("good", 0, two.freeze(), 1).unwrap_err().to_string();
+    assert!(err.contains("InvalidRecord"), "a payload past 2^31 offsets: {err}");
+    let base = client.produce_raw("good", 0, batch(5, 10).freeze(), 1).unwrap();
+    assert_eq!(base, 3 << 30);
+    let segments = std::fs::read_dir(broker.dir.join("data/good-0"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+        .count();
+    assert!(segments >= 2, "the segment rolled before its relative offsets overflowed");
+    let dir = broker.dir.clone();
+    broker.stop();
+    let broker = TestBroker::start(&dir, &[]);
+    let mut client = broker.client();
+    assert_eq!(client.list_offset("good", 0, -1).unwrap(), (3 << 30) + 5);
+    assert_eq!(
+        client.fetch_all("good", 0, 3 << 30).unwrap().len(),
+        5,
+        "reads after the rolled segments work after restart"
+    );
+    broker.stop();
+}

@@ -51,7 +51,8 @@ fn embedded_all_modes_with_plot() {
 
 #[test]
 fn against_an_external_broker_with_keys_compression_and_acks_all() {
-    let broker = TestBroker::start(&temp_dir("bench-external"), &[]);
+    // A 1 MiB in-flight budget per connection makes pipelined 256 KiB requests wait for it.
+    let broker = TestBroker::start(&temp_dir("bench-external"), &["max_inflight_request_bytes=1048576"]);
     let report = bench(&[
         "produce",
         "--brokers",

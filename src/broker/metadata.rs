@@ -161,7 +161,9 @@ pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> R
             "cleanup.policy" => return Err(format!("cleanup.policy {value:?} is not supported (only \"delete\")")),
             "retention.ms" => log.retention_ms = int()?,
             "retention.bytes" => log.retention_bytes = int()?,
-            "segment.bytes" if int()? >= 1 << 14 => log.segment_bytes = int()? as u64,
+            "segment.bytes" if (1 << 14..=crate::storage::log::MAX_SEGMENT_BYTES as i64).contains(&int()?) => {
+                log.segment_bytes = int()? as u64
+            }
             "segment.ms" if int()? >= 1 => log.segment_ms = int()?,
             "max.message.bytes" if int()? >= 0 => log.max_message_bytes = int()? as usize,
             "index.interval.bytes" if int()? >= 0 => log.index_interval_bytes = int()? as u64,

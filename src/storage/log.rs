@@ -107,6 +107,10 @@ pub struct PartitionLog {
 }
 
 pub const LOG_START_FILE: &str = "log-start-offset";
+/// Offsets one segment may span: index entries store them relative, in 32 bits.
+pub const MAX_RELATIVE_OFFSET: i64 = i32::MAX as i64;
+/// Largest segment: index entries store byte positions in 32 bits.
+pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
 
 impl PartitionLog {
     /// Wraps recovered segments (oldest first, last writable).
@@ -173,9 +177,11 @@ impl PartitionLog {
     }
 
     /// Checks every batch of a produce payload without storing anything.
-    pub fn validate(&self, records: &[u8]) -> Result<usize, BatchError> {
+    /// Returns how many offsets the payload takes.
+    pub fn validate(&self, records: &[u8]) -> Result<i64, BatchError> {
         let mut at = 0;
         let mut batches = 0;
+        let mut offsets = 0i64;
         let mut idempotent = false;
         while at < records.len() {
             let info = batch::validate(&records[at..], self.config.max_message_bytes)?;
@@ -183,8 +189,14 @@ impl PartitionLog {
                 return Err(BatchError::Unsupported);
             }
             idempotent |= info.producer_id >= 0;
+            offsets += info.last_offset_delta as i64 + 1;
             at += info.total_bytes;
             batches += 1;
+        }
+        // Counts are the producer's word (records are not decompressed); a
+        // payload must still fit one segment's 32-bit relative offsets.
+        if offsets > MAX_RELATIVE_OFFSET {
+            return Err(BatchError::BadCount);
         }
         if batches == 0 {
             return Err(BatchError::BadCount);
@@ -192,18 +204,21 @@ impl PartitionLog {
         if idempotent && batches > 1 {
             return Err(BatchError::Unsupported); // as Kafka: one batch per partition
         }
-        Ok(batches)
+        Ok(offsets)
     }
 
-    /// Whether appending `bytes` more needs a new segment first.
-    pub fn needs_roll(&self, bytes: usize, now_ms: i64) -> bool {
+    /// Whether appending `bytes` taking `offsets` more needs a new segment first:
+    /// by size, by age, or because the segment's relative offsets would overflow.
+    pub fn needs_roll(&self, bytes: usize, offsets: i64, now_ms: i64) -> bool {
         let active = self.active();
         if !active.is_writable() {
             return true;
         }
-        let full = active.size_bytes > 0 && active.size_bytes + bytes as u64 > self.config.segment_bytes;
+        let empty = active.size_bytes == 0;
+        let full = !empty && active.size_bytes + bytes as u64 > self.config.segment_bytes;
         let old = active.first_append_ms.is_some_and(|t| now_ms - t >= self.config.segment_ms);
-        full || old
+        let offsets_overflow = !empty && active.next_offset + offsets - active.base_offset > MAX_RELATIVE_OFFSET;
+        full || old || offsets_overflow
     }
 
     /// Appends a validated produce payload: assigns offsets, copies it into the

@@ -75,9 +75,9 @@ impl Partition {
         durability: Durability,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
-        self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
-        if self.log.borrow().needs_roll(records.len(), now_ms) {
-            self.roll(records.len(), now_ms).await?;
+        let offsets = self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
+        if self.log.borrow().needs_roll(records.len(), offsets, now_ms) {
+            self.roll(records.len(), offsets, now_ms).await?;
         }
         if self.log.borrow().pending_bytes() > self.max_pending_bytes {
             self.flush(false).await?;
@@ -157,9 +157,9 @@ impl Partition {
     }
 
     /// Seals the active segment and starts a new one, if still needed.
-    async fn roll(&self, bytes: usize, now_ms: i64) -> std::io::Result<()> {
+    async fn roll(&self, bytes: usize, offsets: i64, now_ms: i64) -> std::io::Result<()> {
         let _write = acquire(&self.write_lock).await?;
-        if !self.log.borrow().needs_roll(bytes, now_ms) {
+        if !self.log.borrow().needs_roll(bytes, offsets, now_ms) {
             return Ok(());
         }
         self.write_pending().await?;
