@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test spate has, installing what they need first when missing:
-# Debian's kcat, and a Python venv (.venv) with confluent-kafka, kafka-python
-# and pytest. Safe to run again; installs are skipped once present.
+# Debian's kcat (and Node.js if absent), a Python venv (.venv) with
+# confluent-kafka, kafka-python, aiokafka and pytest, and kafkajs from npm.
+# Safe to run again; installs are skipped once present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ log() { printf '\n==> %s\n' "$*"; }
 missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   log "installing ${missing[*]} (apt)"
   sudo=""
@@ -18,11 +21,16 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
-if ! .venv/bin/python -c 'import confluent_kafka, kafka, pytest' >/dev/null 2>&1; then
+if ! .venv/bin/python -c 'import confluent_kafka, kafka, aiokafka, pytest' >/dev/null 2>&1; then
   log "creating .venv with the Python Kafka clients"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r tests/clients/requirements.txt
+fi
+
+if [ ! -d tests/clients/node/node_modules/kafkajs ]; then
+  log "installing kafkajs (npm)"
+  (cd tests/clients/node && npm install --no-audit --no-fund --no-package-lock --silent)
 fi
 
 log "format and lints"
@@ -35,5 +43,5 @@ cargo build --release --workspace
 log "Rust unit and integration tests (real broker binary over TCP)"
 cargo test --release --workspace
 
-log "real-client tests: kcat, confluent-kafka, kafka-python"
+log "real-client tests: kcat, confluent-kafka, kafka-python, aiokafka, kafkajs"
 SPATE_BIN="$PWD/target/release/spate" .venv/bin/pytest -q -p no:warnings -p no:cacheprovider tests/clients
