@@ -52,6 +52,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub index_interval_bytes: u64,
     pub write_buffer_bytes: usize,
+    /// Busy segments are grown ahead of the writes in steps of this size (0: off).
+    pub preallocate_step_bytes: u64,
     /// Tail cache per shard, shared out over its partitions.
     pub cache_bytes_per_shard: usize,
     /// Period of the background write + fdatasync of every partition.
@@ -87,6 +89,7 @@ impl Default for Config {
             max_message_bytes: log.max_message_bytes,
             index_interval_bytes: log.index_interval_bytes,
             write_buffer_bytes: log.write_buffer_bytes,
+            preallocate_step_bytes: log.preallocate_step_bytes,
             cache_bytes_per_shard: 64 << 20,
             flush_interval_ms: 500,
             retention_check_interval_ms: 30_000,
@@ -163,6 +166,7 @@ impl Config {
             log_append_time: false,
             write_buffer_bytes: self.write_buffer_bytes,
             cache_bytes: self.cache_bytes_per_shard,
+            preallocate_step_bytes: self.preallocate_step_bytes,
         }
     }
 }

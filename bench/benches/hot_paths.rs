@@ -95,7 +95,7 @@ fn segment_append(c: &mut Criterion) {
     let batch = sample_batch(150); // ~16 KB, a typical producer batch
     let executor = glommio::LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
     executor.run(async {
-        let mut segment = spate::storage::segment::Segment::create(&dir, 0, 1 << 20).await.unwrap();
+        let mut segment = spate::storage::segment::Segment::create(&dir, 0, 1 << 20, 0).await.unwrap();
         let mut next = 0i64;
         let mut group = c.benchmark_group("segment");
         group.throughput(Throughput::Bytes(batch.len() as u64));

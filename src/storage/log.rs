@@ -33,6 +33,12 @@ pub struct LogConfig {
     pub write_buffer_bytes: usize,
     /// Bound on the tail cache of this partition (unflushed batches always stay).
     pub cache_bytes: usize,
+    /// Once a segment holds this many bytes, grow its file ahead of the writes
+    /// in steps of this size (0: never). Writes that extend a file cannot
+    /// complete inline in io_uring and go to a kernel worker thread instead.
+    /// The unwritten tail reads as zeros and is cut off by sealing, clean
+    /// shutdown, or recovery.
+    pub preallocate_step_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -47,6 +53,7 @@ impl Default for LogConfig {
             log_append_time: false,
             write_buffer_bytes: 1 << 20,
             cache_bytes: 8 << 20,
+            preallocate_step_bytes: 8 << 20,
         }
     }
 }

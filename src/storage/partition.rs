@@ -167,11 +167,11 @@ impl Partition {
         let seal = self.log.borrow_mut().seal_active();
         seal.run().await?; // truncates, fdatasyncs, writes the indexes
         self.log.borrow_mut().finish_sync(end);
-        let (dir, buffer_bytes) = {
+        let (dir, buffer_bytes, step) = {
             let log = self.log.borrow();
-            (log.dir.clone(), log.config.write_buffer_bytes)
+            (log.dir.clone(), log.config.write_buffer_bytes, log.config.preallocate_step_bytes)
         };
-        let segment = Segment::create(&dir, end, buffer_bytes).await?;
+        let segment = Segment::create(&dir, end, buffer_bytes, step).await?;
         self.log.borrow_mut().push_segment(segment);
         Ok(())
     }

@@ -44,14 +44,14 @@ pub async fn open_log(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::
         let mut segment = Segment::open(dir, base).await?;
         if i == last {
             recover_active(&mut segment, &config, &mut producers).await?;
-            segment.resume_appending(config.write_buffer_bytes).await?;
+            segment.resume_appending(config.write_buffer_bytes, config.preallocate_step_bytes).await?;
         } else {
             recover_sealed(&mut segment, &config, &mut producers).await?;
         }
         segments.push(segment);
     }
     if segments.is_empty() {
-        segments.push(Segment::create(dir, log_start, config.write_buffer_bytes).await?);
+        segments.push(Segment::create(dir, log_start, config.write_buffer_bytes, config.preallocate_step_bytes).await?);
     }
     Ok(PartitionLog::new(dir, config, leader_epoch, segments, log_start, producers))
 }

@@ -35,6 +35,10 @@ fn align_up(v: u64) -> u64 {
     align_down(v + BLOCK_BYTES - 1)
 }
 
+fn align_up_to(v: u64, step: u64) -> u64 {
+    v.div_ceil(step) * step
+}
+
 /// Aligned buffers not yet written, in file order.
 struct Appender {
     buffer_bytes: usize,
@@ -44,6 +48,10 @@ struct Appender {
     current: DmaBuffer,
     current_pos: u64,
     current_len: usize,
+    /// The file's size as allocated ahead of the writes.
+    allocated_bytes: u64,
+    /// See `LogConfig::preallocate_step_bytes`; 0 turns preallocation off.
+    preallocate_step_bytes: u64,
 }
 
 impl Appender {
@@ -77,11 +85,16 @@ impl Segment {
     }
 
     /// Creates a new, empty, writable segment.
-    pub async fn create(dir: &Path, base_offset: i64, buffer_bytes: usize) -> std::io::Result<Segment> {
+    pub async fn create(
+        dir: &Path,
+        base_offset: i64,
+        buffer_bytes: usize,
+        preallocate_step_bytes: u64,
+    ) -> std::io::Result<Segment> {
         let file = Self::open_file(&log_path(dir, base_offset)).await?;
         file.truncate(0).await?;
         let mut segment = Segment::with_file(dir, base_offset, file);
-        segment.start_appending(buffer_bytes, Vec::new());
+        segment.start_appending(buffer_bytes, preallocate_step_bytes, Vec::new());
         Ok(segment)
     }
 
@@ -112,16 +125,16 @@ impl Segment {
 
     /// Makes a recovered segment writable at its logical end: cuts the file to
     /// `size_bytes` and reloads the partial last block into the write buffer.
-    pub async fn resume_appending(&mut self, buffer_bytes: usize) -> std::io::Result<()> {
+    pub async fn resume_appending(&mut self, buffer_bytes: usize, preallocate_step_bytes: u64) -> std::io::Result<()> {
         self.file.truncate(self.size_bytes).await?;
         let block_start = align_down(self.size_bytes);
         let partial = (self.size_bytes - block_start) as usize;
         let head = if partial > 0 { read_at(&self.file, block_start, partial).await?.to_vec() } else { Vec::new() };
-        self.start_appending(buffer_bytes, head);
+        self.start_appending(buffer_bytes, preallocate_step_bytes, head);
         Ok(())
     }
 
-    fn start_appending(&mut self, buffer_bytes: usize, head: Vec<u8>) {
+    fn start_appending(&mut self, buffer_bytes: usize, preallocate_step_bytes: u64, head: Vec<u8>) {
         assert!((buffer_bytes as u64).is_multiple_of(BLOCK_BYTES) && buffer_bytes > 0, "write buffer is whole blocks");
         let mut current = self.file.alloc_dma_buffer(buffer_bytes);
         current.as_bytes_mut()[..head.len()].copy_from_slice(&head);
@@ -131,6 +144,8 @@ impl Segment {
             current,
             current_pos: align_down(self.size_bytes),
             current_len: head.len(),
+            allocated_bytes: self.size_bytes,
+            preallocate_step_bytes,
         });
     }
 
@@ -233,7 +248,14 @@ impl Segment {
             appender.current_pos += keep_from as u64;
             appender.current_len = len - keep_from;
         }
-        Some(FlushJob { file: self.file.clone(), writes, flushed_to: self.size_bytes })
+        let write_end = writes.iter().map(|(pos, buf)| pos + buf.len() as u64).max().unwrap_or(0);
+        let step = appender.preallocate_step_bytes;
+        let busy = step > 0 && write_end >= step;
+        let allocate_to = (busy && write_end > appender.allocated_bytes).then(|| align_up_to(write_end + step, step));
+        if let Some(size) = allocate_to {
+            appender.allocated_bytes = size;
+        }
+        Some(FlushJob { file: self.file.clone(), writes, flushed_to: self.size_bytes, allocate_to })
     }
 
     pub fn finish_flush(&mut self, flushed_to: u64) {
@@ -300,6 +322,8 @@ pub struct FlushJob {
     file: Rc<DmaFile>,
     writes: Vec<(u64, DmaBuffer)>,
     flushed_to: u64,
+    /// Grow the file to this size before writing.
+    allocate_to: Option<u64>,
 }
 
 impl FlushJob {
@@ -307,6 +331,9 @@ impl FlushJob {
     /// Returns the logical size they make durable-on-sync.
     pub async fn run(self) -> std::io::Result<u64> {
         let file = &self.file;
+        if let Some(size) = self.allocate_to {
+            file.pre_allocate(size, false).await?;
+        }
         let writes = self.writes.into_iter().map(|(pos, buf)| file.write_at(buf, pos));
         for result in futures::future::join_all(writes).await {
             result?;
