@@ -21,6 +21,9 @@ use crate::storage::{self, Durability, Partition, StorageError};
 pub use messages::{PartitionError, PartitionOk, PartitionOp, PartitionResult, ShardMsg};
 pub use metadata::{ClusterMeta, TopicMeta, TopicPartition};
 
+/// Smallest share of the shard's tail cache a partition gets.
+const MIN_PARTITION_CACHE_BYTES: usize = 64 << 10;
+
 pub struct Broker {
     pub shard_id: ShardId,
     pub shard_count: usize,
@@ -215,7 +218,9 @@ impl Broker {
                 }
             }
         }
-        let cache_bytes = (self.config.cache_bytes_per_shard / mine.len().max(1)).max(self.config.write_buffer_bytes);
+        // The shard's cache budget split evenly; unflushed batches stay cached
+        // regardless (reads need them), so a small share is always safe.
+        let cache_bytes = (self.config.cache_bytes_per_shard / mine.len().max(1)).max(MIN_PARTITION_CACHE_BYTES);
         for (topic, p) in &mine {
             let tp = topic.tp(*p);
             let mut log_config = metadata::log_config(&self.config.log_defaults(), &topic.configs)
