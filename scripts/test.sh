@@ -41,7 +41,10 @@ log "build"
 cargo build --release --workspace
 
 log "Rust unit and integration tests (real broker binary over TCP)"
+# Each test keeps its broker's data directory for inspection; remove them once they pass.
+rm -rf "${TMPDIR:-/tmp}"/spate-test-*
 cargo test --release --workspace
+rm -rf "${TMPDIR:-/tmp}"/spate-test-*
 
 log "real-client tests: kcat, confluent-kafka, kafka-python, aiokafka, kafkajs"
 SPATE_BIN="$PWD/target/release/spate" .venv/bin/pytest -q -p no:warnings -p no:cacheprovider tests/clients

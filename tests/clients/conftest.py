@@ -1,6 +1,7 @@
 """Starts the real spate binary on a free loopback port for each test module."""
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -45,6 +46,7 @@ class Broker:
     def stop(self):
         self.proc.terminate()
         assert self.proc.wait(timeout=30) == 0, self.log()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
