@@ -74,7 +74,7 @@ fn kill9_loses_no_acknowledged_message() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3000));
     broker.kill9();
     for producer in producers {
         producer.join().unwrap();
