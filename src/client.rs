@@ -15,6 +15,21 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
+/// The knobs of a Fetch request.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchLimits {
+    pub max_wait_ms: i32,
+    pub min_bytes: i32,
+    pub max_bytes: i32,
+    pub partition_max_bytes: i32,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        FetchLimits { max_wait_ms: 100, min_bytes: 1, max_bytes: 16 << 20, partition_max_bytes: 1 << 20 }
+    }
+}
+
 pub struct Client {
     stream: TcpStream,
     correlation_id: i32,
@@ -143,12 +158,20 @@ impl Client {
         Ok(part.offset)
     }
 
-    /// One Fetch from `offset`: the decoded records and the high watermark.
-    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> Result<(Vec<Record>, i64)> {
+    /// One Fetch v`version` of one partition, as the broker answered it:
+    /// (error code, record bytes, high watermark).
+    pub fn fetch_raw(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        limits: FetchLimits,
+        version: i16,
+    ) -> Result<(i16, Bytes, i64)> {
         let mut p = fetch_request::FetchPartition::default();
         p.partition = partition;
         p.fetch_offset = offset;
-        p.partition_max_bytes = 1 << 20;
+        p.partition_max_bytes = limits.partition_max_bytes;
         p.current_leader_epoch = -1;
         p.log_start_offset = -1;
         let mut t = fetch_request::FetchTopic::default();
@@ -156,23 +179,28 @@ impl Client {
         t.partitions = vec![p];
         let mut req = FetchRequest::default();
         req.replica_id = BrokerId(-1);
-        req.max_wait_ms = max_wait_ms;
-        req.min_bytes = 1;
-        req.max_bytes = 16 << 20;
+        req.max_wait_ms = limits.max_wait_ms;
+        req.min_bytes = limits.min_bytes;
+        req.max_bytes = limits.max_bytes;
         req.session_epoch = -1;
         req.topics = vec![t];
-        let resp: FetchResponse = self.call(ApiKey::Fetch, 12, &req)?;
+        let resp: FetchResponse = self.call(ApiKey::Fetch, version, &req)?;
         let Some(part) = resp.responses.into_iter().next().and_then(|t| t.partitions.into_iter().next()) else {
             bail!("empty Fetch response")
         };
-        check(part.error_code, &format!("fetch {topic}/{partition}"))?;
+        Ok((part.error_code, part.records.unwrap_or_default(), part.high_watermark))
+    }
+
+    /// One Fetch from `offset`: the decoded records and the high watermark.
+    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> Result<(Vec<Record>, i64)> {
+        let limits = FetchLimits { max_wait_ms, ..FetchLimits::default() };
+        let (error, mut bytes, high_watermark) = self.fetch_raw(topic, partition, offset, limits, 12)?;
+        check(error, &format!("fetch {topic}/{partition}"))?;
         let mut records = Vec::new();
-        if let Some(mut bytes) = part.records {
-            while bytes.len() >= 61 {
-                records.extend(RecordBatchDecoder::decode(&mut bytes)?.records);
-            }
+        while bytes.len() >= 61 {
+            records.extend(RecordBatchDecoder::decode(&mut bytes)?.records);
         }
-        Ok((records.into_iter().filter(|r| r.offset >= offset).collect(), part.high_watermark))
+        Ok((records.into_iter().filter(|r| r.offset >= offset).collect(), high_watermark))
     }
 
     /// Every record from `offset` to the high watermark.

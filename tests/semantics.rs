@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{temp_dir, TestBroker};
-use kafka_protocol::messages::{fetch_request, ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
 use kafka_protocol::records::{Compression, RecordBatchDecoder, TimestampType};
-use spate::client::{str_bytes, Client};
+use spate::client::{str_bytes, Client, FetchLimits};
 
-/// A raw single-partition Fetch, returning (error, records bytes, high watermark).
+/// A raw single-partition Fetch v11, returning (error, records bytes, high watermark).
 fn fetch(
     client: &mut Client,
     topic: &str,
@@ -20,23 +20,8 @@ fn fetch(
     min_bytes: i32,
     partition_max_bytes: i32,
 ) -> (i16, Bytes, i64) {
-    let mut p = fetch_request::FetchPartition::default();
-    p.fetch_offset = offset;
-    p.partition_max_bytes = partition_max_bytes;
-    p.current_leader_epoch = -1;
-    let mut t = fetch_request::FetchTopic::default();
-    t.topic = TopicName(str_bytes(topic));
-    t.partitions = vec![p];
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_wait_ms = max_wait_ms;
-    req.min_bytes = min_bytes;
-    req.max_bytes = 50 << 20;
-    req.session_epoch = -1;
-    req.topics = vec![t];
-    let resp: FetchResponse = client.call(ApiKey::Fetch, 11, &req).unwrap();
-    let part = resp.responses.into_iter().next().unwrap().partitions.into_iter().next().unwrap();
-    (part.error_code, part.records.unwrap_or_default(), part.high_watermark)
+    let limits = FetchLimits { max_wait_ms, min_bytes, max_bytes: 50 << 20, partition_max_bytes };
+    client.fetch_raw(topic, 0, offset, limits, 11).unwrap()
 }
 
 fn values(n: usize, bytes: usize) -> Vec<(Option<Bytes>, Bytes)> {
