@@ -50,7 +50,8 @@ pub struct Partition {
     write_lock: Semaphore,
     /// Serialises fdatasyncs (each covers everything written before it).
     sync_lock: Semaphore,
-    /// Fetches waiting for data past the end; bounded by in-flight fetches.
+    /// Fetches waiting for data past the end; only live ones are kept, so the
+    /// list is bounded by the fetches in flight.
     data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// Pending bytes past which an append first waits for a flush.
     max_pending_bytes: usize,
@@ -196,7 +197,13 @@ impl Partition {
             return;
         }
         let (tx, rx) = oneshot::channel();
-        self.data_waiters.borrow_mut().push(tx);
+        {
+            // Fetches that timed out left their senders behind; drop those, so
+            // an idle partition polled for hours holds only live waiters.
+            let mut waiters = self.data_waiters.borrow_mut();
+            waiters.retain(|w| !w.is_canceled());
+            waiters.push(tx);
+        }
         let _ = glommio::timer::timeout(timeout, async move {
             let _ = rx.await;
             Ok(())
@@ -315,6 +322,32 @@ fn skip_to(data: &[u8], offset: i64) -> usize {
     at
 }
 
+/// Live waiters on `partition`'s data.
+#[cfg(test)]
+fn data_waiter_count(partition: &Partition) -> usize {
+    partition.data_waiters.borrow().len()
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timed_out_fetch_waiters_do_not_pile_up() {
+        let dir = std::env::temp_dir().join(format!("spate-waiters-{}", std::process::id()));
+        let executor = glommio::LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
+        executor.run(async {
+            let log = crate::storage::open_log(&dir, crate::storage::LogConfig::default(), 0).await.unwrap();
+            let partition = Partition::new(log);
+            for _ in 0..1000 {
+                partition.wait_for_data(0, Duration::from_micros(1)).await;
+            }
+            assert!(data_waiter_count(&partition) <= 1, "timed-out waiters are pruned");
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
