@@ -181,3 +181,30 @@ fn reads_beyond_the_cache_come_from_disk() {
     assert!(!broker.log().contains("ERROR"), "no storage errors:\n{}", broker.log());
     broker.stop();
 }
+
+#[test]
+fn corrupt_batch_length_in_a_sealed_segment_is_an_error_not_a_hang() {
+    let dir = temp_dir("corrupt-length");
+    let broker = TestBroker::start(&dir, &["segment_bytes=16384"]);
+    let mut client = broker.client();
+    client.create_topic("rot", 1, &[]).unwrap();
+    for i in 0..100 {
+        client.produce("rot", 0, &values(20, &format!("r{i}")), 1, Compression::None).unwrap();
+    }
+    broker.stop();
+    // Bit rot in the first (sealed, indexed) segment: its first batch now
+    // claims to be 2 GB long. Recovery trusts the index and does not scan it.
+    let segment = dir.join("data/rot-0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[8..12].copy_from_slice(&0x7fff_0000i32.to_be_bytes());
+    std::fs::write(&segment, bytes).unwrap();
+
+    let broker = TestBroker::start(&dir, &[]);
+    let mut client = broker.client();
+    let err = client.fetch("rot", 0, 0, 0).unwrap_err().to_string();
+    assert!(err.contains("KafkaStorageError"), "a corrupt batch is reported: {err}");
+    let later = client.fetch_all("rot", 0, 1990).unwrap();
+    assert_eq!(later.len(), 10, "the rest of the log is still served");
+    assert!(broker.log().contains("corrupt"), "the broker says what it found");
+    broker.stop();
+}

@@ -282,7 +282,8 @@ async fn acquire(lock: &Semaphore) -> std::io::Result<glommio::sync::Permit<'_>>
 /// Reads whole batches from a segment file, starting the search at `position`
 /// (a batch boundary at or before `offset`) and never past `readable`.
 /// Steps forward over batches before `offset`, and widens the read when the
-/// wanted batch is larger than `len`.
+/// wanted batch is larger than `len`; every pass either advances or widens,
+/// and a batch claiming to run past `readable` is reported as corrupt.
 async fn read_disk(
     file: &glommio::io::DmaFile,
     mut position: u64,
@@ -299,13 +300,20 @@ async fn read_disk(
             return Ok(kept);
         }
         let skip = skip_to(&data, offset);
-        match super::log::first_batch_bytes(&data[skip..]) {
-            Some(whole) if skip > 0 || whole > data.len() => {
-                position += skip as u64;
-                len = len.max(whole);
-            }
-            _ => break,
+        let Some(whole) = super::log::first_batch_bytes(&data[skip..]) else { break };
+        let at = position + skip as u64;
+        if at + whole as u64 > readable {
+            // Every stored batch ends within the segment: this length is damaged.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("corrupt batch at byte {at}: claims {whole} bytes, segment holds {}", readable - at),
+            ));
         }
+        if skip == 0 && whole <= data.len() {
+            break; // a whole batch is here, yet none ends at or after `offset`
+        }
+        position = at;
+        len = len.max(whole);
     }
     Ok(Bytes::new())
 }
