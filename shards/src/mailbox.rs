@@ -71,10 +71,6 @@ impl<M: Send + 'static> Mailbox<M> {
         self.send(to, make(reply)).await?;
         answer.await.map_err(|_| SendError::NoReply)
     }
-
-    pub(crate) fn close(&self) {
-        self.senders.close();
-    }
 }
 
 /// Spawns one task per peer that hands each incoming message to `handle`.

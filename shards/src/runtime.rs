@@ -73,11 +73,6 @@ impl<M: Send + 'static> Shard<M> {
             glommio::timer::sleep(Duration::from_millis(50)).await;
         }
     }
-
-    /// Closes this shard's outgoing queues; peers see their inbox end.
-    pub fn close_mailbox(&self) {
-        self.mailbox.close();
-    }
 }
 
 /// The running shards.

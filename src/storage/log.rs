@@ -167,10 +167,6 @@ impl PartitionLog {
         self.segments.iter().map(|s| s.size_bytes).sum()
     }
 
-    pub fn segment_count(&self) -> usize {
-        self.segments.len()
-    }
-
     fn active(&self) -> &Segment {
         self.segments.last().expect("log has an active segment")
     }
