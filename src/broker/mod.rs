@@ -137,13 +137,16 @@ impl Broker {
                 let log = partition.log.borrow();
                 Ok(PartitionOk::Read {
                     parts,
-                    high_watermark: log.end_offset(),
+                    high_watermark: log.high_watermark(),
                     log_start_offset: log.log_start_offset(),
                 })
             }
             PartitionOp::Offsets => {
                 let log = partition.log.borrow();
-                Ok(PartitionOk::Offsets { log_start_offset: log.log_start_offset(), high_watermark: log.end_offset() })
+                Ok(PartitionOk::Offsets {
+                    log_start_offset: log.log_start_offset(),
+                    high_watermark: log.high_watermark(),
+                })
             }
             PartitionOp::OffsetForTime { timestamp } => {
                 let found = partition
@@ -233,7 +236,7 @@ impl Broker {
             let dir = self.config.data_dir.join(topic.dir_name(*p));
             match storage::open_log(&dir, log_config, topic.leader_epoch).await {
                 Ok(log) => {
-                    self.partitions.borrow_mut().insert(tp, Rc::new(Partition::new(log)));
+                    self.partitions.borrow_mut().insert(tp, Partition::start(log));
                 }
                 Err(e) => error!(dir = %dir.display(), "cannot open partition: {e}"),
             }
@@ -247,6 +250,8 @@ impl Broker {
             .collect();
         for (tp, partition) in gone {
             self.partitions.borrow_mut().remove(&tp);
+            partition.discard();
+            partition.stopped().await;
             let deleted_topic = old
                 .topics
                 .values()
@@ -275,7 +280,7 @@ impl Broker {
             };
             if dirty {
                 if let Err(e) = partition.flush_all().await {
-                    error!(dir = %partition.log.borrow().dir.display(), "flush failed: {e}");
+                    error!(dir = %partition.log.borrow().dir.display(), "flush failed: {e:?}");
                 }
             }
         }
@@ -285,7 +290,7 @@ impl Broker {
     pub async fn close_all(&self) {
         for partition in self.local_partitions() {
             if let Err(e) = partition.close().await {
-                error!(dir = %partition.log.borrow().dir.display(), "close failed: {e}");
+                error!(dir = %partition.log.borrow().dir.display(), "close failed: {e:?}");
             }
         }
     }

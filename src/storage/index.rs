@@ -52,6 +52,14 @@ impl SegmentIndex {
         self.offsets.is_empty()
     }
 
+    /// Drops entries for batches at or past byte `position` (they were rolled back).
+    pub fn truncate_from_position(&mut self, position: u32) {
+        let keep = self.offsets.partition_point(|&(_, pos)| pos < position);
+        self.offsets.truncate(keep);
+        let last_relative = self.offsets.last().map(|&(rel, _)| rel);
+        self.times.retain(|&(_, rel)| last_relative.is_some_and(|last| rel <= last));
+    }
+
     pub fn last_relative(&self) -> Option<u32> {
         self.offsets.last().map(|&(rel, _)| rel)
     }

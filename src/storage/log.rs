@@ -15,7 +15,7 @@ use glommio::io::DmaFile;
 use super::batch::{self, BatchError, BatchInfo};
 use super::partition::StorageError;
 use super::producers::{ProducerStates, SequenceCheck};
-use super::segment::{FlushJob, Segment};
+use super::segment::{FlushJob, Flushed, SealJob, Segment};
 
 /// Per-partition log settings (Kafka topic configs where one exists).
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +108,8 @@ pub struct PartitionLog {
     flushed_offset: i64,
     /// Offsets below this have been fdatasync'd.
     synced_offset: i64,
+    /// Sealed segments written but not yet fdatasync'd (the next sync covers them).
+    unsynced_sealed: Vec<(Rc<DmaFile>, PathBuf)>,
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
     producers: ProducerStates,
@@ -140,6 +142,7 @@ impl PartitionLog {
             log_start_offset: log_start_offset.max(first_base).min(end),
             flushed_offset: end,
             synced_offset: end,
+            unsynced_sealed: Vec::new(),
             cache: VecDeque::new(),
             cache_bytes: 0,
             producers,
@@ -150,9 +153,17 @@ impl PartitionLog {
         self.log_start_offset
     }
 
-    /// One past the last stored offset (the high watermark on a single node).
+    /// One past the last appended offset (the log end; may be ahead of what
+    /// is on disk).
     pub fn end_offset(&self) -> i64 {
         self.active().next_offset
+    }
+
+    /// One past the last offset written to the segment files: what readers
+    /// may see. Never passes bytes that are not on disk; appended batches
+    /// past it may still be rolled back by a failed write.
+    pub fn high_watermark(&self) -> i64 {
+        self.flushed_offset
     }
 
     pub fn flushed_offset(&self) -> i64 {
@@ -173,6 +184,14 @@ impl PartitionLog {
 
     fn active_mut(&mut self) -> &mut Segment {
         self.segments.last_mut().expect("log has an active segment")
+    }
+
+    pub fn active_is_empty(&self) -> bool {
+        self.active().size_bytes == 0
+    }
+
+    pub fn active_base_offset(&self) -> i64 {
+        self.active().base_offset
     }
 
     pub fn pending_bytes(&self) -> usize {
@@ -219,7 +238,7 @@ impl PartitionLog {
         }
         let empty = active.size_bytes == 0;
         let full = !empty && active.size_bytes + bytes as u64 > self.config.segment_bytes;
-        let old = active.first_append_ms.is_some_and(|t| now_ms - t >= self.config.segment_ms);
+        let old = !empty && active.first_append_ms.is_some_and(|t| now_ms - t >= self.config.segment_ms);
         let offsets_overflow = !empty && active.next_offset + offsets - active.base_offset > MAX_RELATIVE_OFFSET;
         full || old || offsets_overflow
     }
@@ -296,35 +315,69 @@ impl PartitionLog {
         (self.active_mut().begin_flush(), end)
     }
 
-    pub fn finish_flush(&mut self, flushed_to_bytes: u64, offset: i64) {
-        self.active_mut().finish_flush(flushed_to_bytes);
-        self.flushed_offset = self.flushed_offset.max(offset);
+    /// Records a completed flush of the active segment, covering `offset`.
+    pub fn finish_flush(&mut self, flushed: Flushed, offset: i64) {
+        assert!(offset >= self.flushed_offset && offset <= self.end_offset(), "flushes complete in order");
+        self.active_mut().finish_flush(flushed.flushed_to, flushed.tail);
+        self.flushed_offset = offset;
         self.trim_cache();
     }
 
-    pub fn finish_sync(&mut self, offset: i64) {
-        self.synced_offset = self.synced_offset.max(offset);
+    /// A write failed: forget every batch appended since the last successful
+    /// flush (none of them was acknowledged as written, nor visible to
+    /// readers). Returns the new log end.
+    pub fn roll_back_unwritten(&mut self) -> i64 {
+        let end = self.flushed_offset;
+        self.active_mut().roll_back_unwritten(end);
+        while self.cache.back().is_some_and(|b| b.base_offset >= end) {
+            let back = self.cache.pop_back().expect("checked non-empty");
+            self.cache_bytes -= back.len();
+        }
+        self.producers.truncate_from(end);
+        end
     }
 
-    pub fn active_file(&self) -> Rc<DmaFile> {
-        self.active().file()
+    pub fn finish_sync(&mut self, offset: i64, synced_sealed: usize) {
+        assert!(offset <= self.flushed_offset, "only written offsets are synced");
+        self.synced_offset = self.synced_offset.max(offset);
+        self.unsynced_sealed.drain(..synced_sealed);
+    }
+
+    /// What an fdatasync now must cover: (offset it makes durable, files to
+    /// sync: sealed segments not yet synced, then the active segment).
+    pub fn begin_sync(&self) -> (i64, Vec<(Rc<DmaFile>, PathBuf)>) {
+        let mut files = self.unsynced_sealed.clone();
+        let active = self.active();
+        files.push((active.file(), super::segment::log_path(&self.dir, active.base_offset)));
+        (self.flushed_offset, files)
+    }
+
+    pub fn unsynced_sealed_count(&self) -> usize {
+        self.unsynced_sealed.len()
+    }
+
+    pub fn producer_snapshot(&self) -> Vec<u8> {
+        self.producers.encode()
     }
 
     pub fn active_file_and_size(&self) -> (Rc<DmaFile>, u64) {
         (self.active().file(), self.active().size_bytes)
     }
 
-    /// Marks the (flushed) active segment read-only and returns what sealing
-    /// it must persist; the caller then pushes the next segment.
-    pub fn seal_active(&mut self) -> super::segment::SealJob {
-        let active = self.active_mut();
-        active.stop_appending();
-        active.seal_job()
-    }
-
-    pub fn push_segment(&mut self, segment: Segment) {
-        assert_eq!(segment.base_offset, self.end_offset(), "segments are contiguous");
-        self.segments.push(segment);
+    /// Makes `next` the active segment: the old one, fully written, becomes
+    /// read-only in the same step, so no append can land in it afterwards.
+    /// Returns what sealing the old one must persist.
+    pub fn swap_active(&mut self, next: Segment) -> SealJob {
+        assert_eq!(next.base_offset, self.end_offset(), "segments are contiguous");
+        assert_eq!(self.flushed_offset, self.end_offset(), "a segment is sealed only once written");
+        let dir = self.dir.clone();
+        let old = self.active_mut();
+        old.stop_appending();
+        let seal = old.seal_job();
+        let old_file = (old.file(), super::segment::log_path(&dir, old.base_offset));
+        self.unsynced_sealed.push(old_file);
+        self.segments.push(next);
+        seal
     }
 
     /// Plans a read of up to `max_bytes` (at least one whole batch) from `offset`.
@@ -332,7 +385,7 @@ impl PartitionLog {
         if offset < self.log_start_offset || offset > self.end_offset() {
             return ReadPlan::OutOfRange;
         }
-        if offset == self.end_offset() {
+        if offset >= self.high_watermark() {
             return ReadPlan::Cached(Vec::new());
         }
         if self.cache.front().is_some_and(|b| b.base_offset <= offset) {
@@ -346,6 +399,9 @@ impl PartitionLog {
         let mut parts = Vec::new();
         let mut bytes = 0;
         for cached in self.cache.range(start..) {
+            if cached.last_offset >= self.high_watermark() {
+                break; // not on disk yet: invisible
+            }
             if bytes > 0 && bytes + cached.len() > max_bytes {
                 break;
             }
@@ -382,7 +438,11 @@ impl PartitionLog {
 
     /// First cached batch whose max timestamp reaches `timestamp`.
     pub fn cached_time_lookup(&self, timestamp: i64) -> Option<(i64, i64)> {
-        self.cache.iter().find(|b| b.max_timestamp >= timestamp).map(|b| (b.max_timestamp, b.base_offset))
+        self.cache
+            .iter()
+            .take_while(|b| b.last_offset < self.high_watermark())
+            .find(|b| b.max_timestamp >= timestamp)
+            .map(|b| (b.max_timestamp, b.base_offset))
     }
 
     /// The batch with the greatest timestamp: (timestamp, its last offset).
@@ -393,7 +453,7 @@ impl PartitionLog {
 
     /// Advances the log start (DeleteRecords); returns the new start.
     pub fn advance_start(&mut self, offset: i64) -> i64 {
-        self.log_start_offset = self.log_start_offset.max(offset.min(self.end_offset()));
+        self.log_start_offset = self.log_start_offset.max(offset.min(self.high_watermark()));
         while self
             .cache
             .front()

@@ -3,6 +3,7 @@
 //! checksummed bytes and nothing of the Kafka wire protocol.
 
 pub mod batch;
+pub mod faults;
 pub mod index;
 pub mod log;
 pub mod partition;

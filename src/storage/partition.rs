@@ -1,26 +1,34 @@
-//! A partition as its owning shard sees it: the log behind a `RefCell`, plus
-//! the async steps around it — group-committed flushes and syncs, segment
-//! rolls, disk reads, and waking long-polling fetches when data arrives.
+//! A partition as its owning shard sees it: the log behind a `RefCell`, and
+//! the partition's own writer task, which alone touches its files: writes,
+//! fdatasyncs, segment rolls, and rolling back after a failed write.
 //!
-//! Borrows of the log never span an `.await`: each step borrows, takes a job,
-//! releases, awaits the job, and borrows again to record the result.
+//! Requests append synchronously (copy into the write buffer, assign offsets)
+//! and then only *wait* for the writer: a request future dropped at any await
+//! (its connection closed, its task cancelled) never cancels storage work, so
+//! no other producer's bytes can be lost with it. Borrows of the log never
+//! span an `.await`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use glommio::sync::Semaphore;
+use tracing::{error, warn};
 
 use super::batch::BatchError;
 use super::log::{cut_batches, AppendInfo, PartitionLog, ReadPlan, LOG_START_FILE};
-use super::segment::{read_at, Segment};
+use super::segment::{fdatasync, read_at, Segment};
 
 #[derive(Debug)]
 pub enum StorageError {
     Batch(BatchError),
     OffsetOutOfRange,
-    /// An idempotent producer skipped sequence numbers.
+    /// An idempotent producer skipped sequences numbers.
     OutOfOrderSequence,
     /// An idempotent producer's epoch is older than one already seen.
     InvalidProducerEpoch,
@@ -44,29 +52,113 @@ pub enum Durability {
     Synced,
 }
 
+/// What the writer tells a waiter: done, or the failure that undid its batch.
+type Outcome = Result<(), Rc<std::io::Error>>;
+
+/// Requests waiting for offsets to be written or synced, oldest offset first
+/// (they register right after their append, so the queues stay sorted).
+#[derive(Default)]
+struct Waiters {
+    written: VecDeque<(i64, oneshot::Sender<Outcome>)>,
+    synced: VecDeque<(i64, oneshot::Sender<Outcome>)>,
+    rolled: Vec<oneshot::Sender<Outcome>>,
+}
+
+impl Waiters {
+    fn complete(queue: &mut VecDeque<(i64, oneshot::Sender<Outcome>)>, below: i64) {
+        while queue.front().is_some_and(|(offset, _)| *offset < below) {
+            let (_, waiter) = queue.pop_front().expect("checked non-empty");
+            let _ = waiter.send(Ok(()));
+        }
+    }
+
+    fn fail(queue: &mut VecDeque<(i64, oneshot::Sender<Outcome>)>, from: i64, error: &Rc<std::io::Error>) {
+        while queue.back().is_some_and(|(offset, _)| *offset >= from) {
+            let (_, waiter) = queue.pop_back().expect("checked non-empty");
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+}
+
+/// A wake-up for one waiting task; notifications before the wait are kept.
+#[derive(Default)]
+struct Signal {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        futures::future::poll_fn(|cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// How the writer task should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Clean shutdown: write, sync, cut the block padding, snapshot producers.
+    Close,
+    /// The partition is deleted: end as soon as the work in flight is done.
+    Discard,
+}
+
 pub struct Partition {
     pub log: RefCell<PartitionLog>,
-    /// Serialises writes and rolls: one disk write stream per partition.
-    write_lock: Semaphore,
-    /// Serialises fdatasyncs (each covers everything written before it).
-    sync_lock: Semaphore,
-    /// Fetches waiting for data past the end; only live ones are kept, so the
-    /// list is bounded by the fetches in flight.
+    waiters: RefCell<Waiters>,
+    /// Wakes the write loop: new appends, or a roll wanted.
+    write_signal: Signal,
+    /// Wakes the sync loop: sync waiters whose offsets are written.
+    sync_signal: Signal,
+    /// A roll is wanted or under way; appends wait for it.
+    rolling: Cell<bool>,
+    /// Why the partition refuses appends (a failed fdatasync or device error).
+    offline: RefCell<Option<Rc<std::io::Error>>>,
+    stop: Cell<Option<Stop>>,
+    /// Fetches waiting for data past the high watermark; only live ones are
+    /// kept, so the list is bounded by the fetches in flight.
     data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
-    /// Pending bytes past which an append first waits for a flush.
+    /// Pending bytes past which an append first waits for the writer.
     max_pending_bytes: usize,
+    /// Serialises log-start checkpoints and segment deletions.
+    meta_lock: Semaphore,
+    writer_running: Cell<bool>,
 }
 
 impl Partition {
-    pub fn new(log: PartitionLog) -> Partition {
+    /// Wraps a recovered log and starts its writer task on this shard.
+    pub fn start(log: PartitionLog) -> Rc<Partition> {
         let max_pending_bytes = log.config.write_buffer_bytes * 4;
-        Partition {
+        let partition = Rc::new(Partition {
             log: RefCell::new(log),
-            write_lock: Semaphore::new(1),
-            sync_lock: Semaphore::new(1),
+            waiters: RefCell::default(),
+            write_signal: Signal::default(),
+            sync_signal: Signal::default(),
+            rolling: Cell::new(false),
+            offline: RefCell::new(None),
+            stop: Cell::new(None),
             data_waiters: RefCell::new(Vec::new()),
             max_pending_bytes,
-        }
+            meta_lock: Semaphore::new(1),
+            writer_running: Cell::new(true),
+        });
+        let writer = partition.clone();
+        glommio::spawn_local(async move { writer.run_writer().await }).detach();
+        partition
     }
 
     /// Validates, stores, and waits for `durability`.
@@ -77,103 +169,296 @@ impl Partition {
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
         let offsets = self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
-        if self.log.borrow().needs_roll(records.len(), offsets, now_ms) {
-            self.roll(records.len(), offsets, now_ms).await?;
+        loop {
+            self.check_online()?;
+            if self.rolling.get() || self.log.borrow().needs_roll(records.len(), offsets, now_ms) {
+                self.roll().await?;
+                continue;
+            }
+            let (pending, end) = {
+                let log = self.log.borrow();
+                (log.pending_bytes(), log.end_offset())
+            };
+            if pending > self.max_pending_bytes {
+                // Back-pressure: wait for the writer; a failed write is seen by the next pass.
+                let _ = self.wait_for(end - 1, false).await;
+                continue;
+            }
+            break;
         }
-        if self.log.borrow().pending_bytes() > self.max_pending_bytes {
-            self.flush(false).await?;
-        }
+        // Synchronous from the checks above: no roll can start in between.
         let info = self.log.borrow_mut().append(&records, now_ms)?;
-        for waiter in self.data_waiters.borrow_mut().drain(..) {
-            let _ = waiter.send(());
-        }
+        self.write_signal.notify();
         match durability {
             Durability::Buffered => {}
-            Durability::Written => self.wait_durable(info.last_offset, false).await?,
-            Durability::Synced => self.wait_durable(info.last_offset, true).await?,
+            Durability::Written => self.wait_for(info.last_offset, false).await?,
+            Durability::Synced => self.wait_for(info.last_offset, true).await?,
         }
         Ok(info)
     }
 
-    /// Returns once `offset` is written (and synced if `sync`). Concurrent
-    /// waiters queue on the locks; the first one through writes (or syncs)
-    /// everything appended so far, so the rest usually find their offset
-    /// already covered: group commit.
-    pub async fn wait_durable(&self, offset: i64, sync: bool) -> std::io::Result<()> {
+    fn check_online(&self) -> Result<(), StorageError> {
+        if self.stop.get().is_some() {
+            return Err(StorageError::Io(std::io::Error::other("partition is closing")));
+        }
+        match &*self.offline.borrow() {
+            Some(e) => Err(StorageError::Io(std::io::Error::new(e.kind(), format!("partition offline: {e}")))),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns once `offset` is written (and synced if `sync`), or fails if
+    /// the write that held it failed. The writer does the work; dropping this
+    /// future only drops the wait.
+    pub async fn wait_for(&self, offset: i64, sync: bool) -> Result<(), StorageError> {
+        let done = {
+            let log = self.log.borrow();
+            offset < if sync { log.synced_offset() } else { log.high_watermark() }
+        };
+        if done {
+            return Ok(());
+        }
+        self.check_online()?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiters = self.waiters.borrow_mut();
+            let queue = if sync { &mut waiters.synced } else { &mut waiters.written };
+            debug_assert!(queue.back().is_none_or(|(last, _)| *last <= offset), "waiters stay sorted");
+            queue.push_back((offset, tx));
+        }
+        self.write_signal.notify();
+        self.sync_signal.notify();
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::Io(std::io::Error::new(e.kind(), e.to_string()))),
+            Err(_) => Err(StorageError::Io(std::io::Error::other("partition closed"))),
+        }
+    }
+
+    /// Asks the writer to roll the active segment and waits until it has.
+    async fn roll(&self) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().rolled.push(tx);
+        self.rolling.set(true);
+        self.write_signal.notify();
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::Io(std::io::Error::new(e.kind(), e.to_string()))),
+            Err(_) => Err(StorageError::Io(std::io::Error::other("partition closed"))),
+        }
+    }
+
+    /// The writer task: a write loop and a sync loop, so an fdatasync in
+    /// flight never holds up writes. Ends when the partition is stopped.
+    async fn run_writer(self: Rc<Self>) {
+        futures::join!(self.write_loop(), self.sync_loop());
+        if self.stop.get() == Some(Stop::Close) {
+            if let Err(e) = self.finish_close().await {
+                error!(dir = %self.log.borrow().dir.display(), "closing partition: {e}");
+            }
+        }
+        for waiter in std::mem::take(&mut self.waiters.borrow_mut().rolled) {
+            let _ = waiter.send(Err(Rc::new(std::io::Error::other("partition closed"))));
+        }
+        self.waiters.replace(Waiters::default());
+        self.writer_running.set(false);
+    }
+
+    async fn write_loop(&self) {
         loop {
-            let done = {
-                let log = self.log.borrow();
-                if sync {
-                    log.synced_offset() > offset
-                } else {
-                    log.flushed_offset() > offset
+            if self.rolling.get() {
+                let result = self.roll_segment().await;
+                self.finish_roll(result);
+            } else if !self.write_round().await {
+                if self.stop.get().is_some() {
+                    self.sync_signal.notify(); // let the sync loop see the stop
+                    return;
                 }
-            };
-            if done {
+                self.write_signal.wait().await;
+            }
+        }
+    }
+
+    /// Writes everything appended so far; false if there was nothing to write.
+    async fn write_round(&self) -> bool {
+        if self.offline.borrow().is_some() {
+            return false;
+        }
+        let (job, offset) = self.log.borrow_mut().begin_flush();
+        let Some(job) = job else { return false };
+        match job.run().await {
+            Ok(flushed) => {
+                self.log.borrow_mut().finish_flush(flushed, offset);
+                self.written_up_to(offset);
+            }
+            Err(e) => self.write_failed(e).await,
+        }
+        true
+    }
+
+    /// Offsets below `offset` are on disk: answer their waiters, wake fetches.
+    fn written_up_to(&self, offset: i64) {
+        let sync_wanted = {
+            let mut waiters = self.waiters.borrow_mut();
+            Waiters::complete(&mut waiters.written, offset);
+            !waiters.synced.is_empty()
+        };
+        for waiter in self.data_waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
+        if sync_wanted {
+            self.sync_signal.notify();
+        }
+    }
+
+    /// A write failed: undo every unwritten append (none was acknowledged as
+    /// written or visible), fail their waiters, and cut whatever the failed
+    /// writes left past the log's end, so a crash cannot revive them. Errors
+    /// that say the device itself failed take the partition offline.
+    async fn write_failed(&self, e: std::io::Error) {
+        let dir = self.log.borrow().dir.clone();
+        let end = self.log.borrow_mut().roll_back_unwritten();
+        error!(dir = %dir.display(), rolled_back_to = end, "write failed: {e}; unwritten batches refused");
+        let error = Rc::new(e);
+        {
+            let mut waiters = self.waiters.borrow_mut();
+            Waiters::fail(&mut waiters.written, end, &error);
+            Waiters::fail(&mut waiters.synced, end, &error);
+        }
+        let (file, size) = self.log.borrow().active_file_and_size();
+        if let Err(cut) = file.truncate(size).await {
+            let cut = std::io::Error::from(cut);
+            self.go_offline(std::io::Error::new(cut.kind(), format!("cannot cut a failed write: {cut}")));
+        } else if is_device_failure(&error) {
+            self.go_offline(std::io::Error::new(error.kind(), error.to_string()));
+        }
+    }
+
+    fn go_offline(&self, e: std::io::Error) {
+        error!(dir = %self.log.borrow().dir.display(), "partition offline: {e}");
+        let error = Rc::new(e);
+        self.offline.replace(Some(error.clone()));
+        let mut waiters = self.waiters.borrow_mut();
+        Waiters::fail(&mut waiters.written, i64::MIN, &error);
+        Waiters::fail(&mut waiters.synced, i64::MIN, &error);
+    }
+
+    /// Seals the active segment and starts the next one. Appends wait
+    /// (`rolling`) from the request to the swap, which is one synchronous
+    /// step: no append can land in a segment being sealed. A failure leaves
+    /// the old segment active.
+    async fn roll_segment(&self) -> std::io::Result<()> {
+        self.write_all_appended().await?;
+        let (dir, end, buffer_bytes, step) = {
+            let log = self.log.borrow();
+            (log.dir.clone(), log.end_offset(), log.config.write_buffer_bytes, log.config.preallocate_step_bytes)
+        };
+        if self.log.borrow().active_is_empty() {
+            return Ok(()); // nothing to seal: a size or age roll already happened
+        }
+        let next = Segment::create(&dir, end, buffer_bytes, step).await?;
+        self.write_all_appended().await?;
+        if self.log.borrow().end_offset() != end {
+            return Err(std::io::Error::other("log moved during a roll")); // rolled back meanwhile
+        }
+        let (seal, snapshot) = {
+            let mut log = self.log.borrow_mut();
+            let snapshot = log.producer_snapshot();
+            (log.swap_active(next), snapshot)
+        };
+        // Sealing touches only the old file (and small files beside it): it
+        // runs beside the writes to the new segment, owned by its own task.
+        glommio::spawn_local(async move {
+            if let Err(e) = seal.run().await {
+                warn!(dir = %dir.display(), "sealing segment: {e}; recovery will rebuild its index");
+            }
+            write_producer_snapshot(dir, end, snapshot).await;
+        })
+        .detach();
+        Ok(())
+    }
+
+    /// Writes until everything appended is on disk (appends are held off).
+    async fn write_all_appended(&self) -> std::io::Result<()> {
+        loop {
+            if let Some(e) = &*self.offline.borrow() {
+                return Err(std::io::Error::new(e.kind(), e.to_string()));
+            }
+            if self.log.borrow().high_watermark() == self.log.borrow().end_offset() {
                 return Ok(());
             }
-            self.flush(sync).await?;
+            self.write_round().await;
         }
     }
 
-    /// Writes the active segment's pending buffers, then fdatasyncs if `sync`.
-    /// The sync runs outside the write lock: a slow fdatasync never holds up
-    /// acks=1 producers, who need only the write.
-    pub async fn flush(&self, sync: bool) -> std::io::Result<()> {
-        {
-            let _write = acquire(&self.write_lock).await?;
-            self.write_pending().await?;
+    fn finish_roll(&self, result: std::io::Result<()>) {
+        if let Err(e) = &result {
+            error!(dir = %self.log.borrow().dir.display(), "segment roll failed: {e}; the old segment stays active");
         }
-        if sync {
-            self.sync_written().await?;
+        let outcome: Outcome = result.map_err(Rc::new);
+        self.rolling.set(false);
+        for waiter in std::mem::take(&mut self.waiters.borrow_mut().rolled) {
+            let _ = waiter.send(outcome.clone());
         }
-        Ok(())
     }
 
-    /// Writes pending buffers. The caller holds the write lock.
-    async fn write_pending(&self) -> std::io::Result<()> {
-        let (job, offset) = self.log.borrow_mut().begin_flush();
-        if let Some(job) = job {
-            let flushed_to = job.run().await?;
-            self.log.borrow_mut().finish_flush(flushed_to, offset);
+    async fn sync_loop(&self) {
+        loop {
+            if self.sync_wanted() {
+                self.sync_round().await;
+            } else if self.stop.get().is_some() && self.log.borrow().high_watermark() == self.log.borrow().end_offset()
+            {
+                return;
+            } else {
+                self.sync_signal.wait().await;
+            }
         }
-        Ok(())
     }
 
-    /// fdatasyncs everything written so far; concurrent callers share one sync.
-    async fn sync_written(&self) -> std::io::Result<()> {
-        let _sync = acquire(&self.sync_lock).await?;
-        let (target, file) = {
-            let log = self.log.borrow();
-            (log.flushed_offset(), log.active_file())
-        };
-        if self.log.borrow().synced_offset() >= target {
+    /// Whether a sync would answer someone: the oldest sync waiter's offset is written.
+    fn sync_wanted(&self) -> bool {
+        if self.offline.borrow().is_some() {
+            return false;
+        }
+        let written = self.log.borrow().high_watermark();
+        self.waiters.borrow().synced.front().is_some_and(|(offset, _)| *offset < written)
+    }
+
+    /// fdatasyncs every file holding written, unsynced data; concurrent
+    /// waiters share it (group commit).
+    async fn sync_round(&self) {
+        let (target, files) = self.log.borrow().begin_sync();
+        let sealed = files.len() - 1;
+        let results = futures::future::join_all(files.iter().map(|(file, path)| fdatasync(file, path))).await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            let device_failed = is_device_failure(&e);
+            error!(dir = %self.log.borrow().dir.display(), "fdatasync failed: {e}");
+            let error = Rc::new(e);
+            Waiters::fail(&mut self.waiters.borrow_mut().synced, i64::MIN, &error);
+            if device_failed {
+                self.go_offline(std::io::Error::new(error.kind(), error.to_string()));
+            }
+            return;
+        }
+        self.log.borrow_mut().finish_sync(target, sealed);
+        Waiters::complete(&mut self.waiters.borrow_mut().synced, target);
+    }
+
+    /// Clean shutdown, after the loops drained: cut the active segment's
+    /// block padding so the file ends at its last batch, sync, and snapshot
+    /// the producers' state.
+    async fn finish_close(&self) -> std::io::Result<()> {
+        if self.offline.borrow().is_some() {
             return Ok(());
         }
-        // Offsets written before a roll are in the sealed segment, which the
-        // roll synced before making a new active file.
-        file.fdatasync().await?;
-        self.log.borrow_mut().finish_sync(target);
-        Ok(())
-    }
-
-    /// Seals the active segment and starts a new one, if still needed.
-    async fn roll(&self, bytes: usize, offsets: i64, now_ms: i64) -> std::io::Result<()> {
-        let _write = acquire(&self.write_lock).await?;
-        if !self.log.borrow().needs_roll(bytes, offsets, now_ms) {
-            return Ok(());
-        }
-        self.write_pending().await?;
-        let end = self.log.borrow().end_offset();
-        let seal = self.log.borrow_mut().seal_active();
-        seal.run().await?; // truncates, fdatasyncs, writes the indexes
-        self.log.borrow_mut().finish_sync(end);
-        let (dir, buffer_bytes, step) = {
+        let (file, size) = self.log.borrow().active_file_and_size();
+        let (dir, end, snapshot) = {
             let log = self.log.borrow();
-            (log.dir.clone(), log.config.write_buffer_bytes, log.config.preallocate_step_bytes)
+            (log.dir.clone(), log.end_offset(), log.producer_snapshot())
         };
-        let segment = Segment::create(&dir, end, buffer_bytes, step).await?;
-        self.log.borrow_mut().push_segment(segment);
+        file.truncate(size).await?;
+        fdatasync(&file, &super::segment::log_path(&dir, self.log.borrow().active_base_offset())).await?;
+        write_producer_snapshot(dir, end, snapshot).await;
         Ok(())
     }
 
@@ -193,7 +478,7 @@ impl Partition {
 
     /// Waits until the log grows past `end_offset`, or `timeout` passes.
     pub async fn wait_for_data(&self, end_offset: i64, timeout: Duration) {
-        if self.log.borrow().end_offset() > end_offset {
+        if self.log.borrow().high_watermark() > end_offset {
             return;
         }
         let (tx, rx) = oneshot::channel();
@@ -234,22 +519,45 @@ impl Partition {
         Ok(self.log.borrow().cached_time_lookup(timestamp))
     }
 
-    /// DeleteRecords: moves the log start to `offset` and persists it.
-    pub async fn delete_records(&self, offset: i64) -> Result<i64, StorageError> {
+    /// DeleteRecords: moves the log start to `offset`, durably before
+    /// answering (a crash never moves it back), then deletes whole segments
+    /// below it. Runs in a task of its own: the request only waits.
+    pub async fn delete_records(self: &Rc<Self>, offset: i64) -> Result<i64, StorageError> {
+        let partition = self.clone();
+        run_owned(async move { partition.delete_records_owned(offset).await }).await
+    }
+
+    async fn delete_records_owned(&self, offset: i64) -> Result<i64, StorageError> {
+        let _meta = acquire(&self.meta_lock).await?;
         let (start, dir) = {
-            let mut log = self.log.borrow_mut();
-            if offset > log.end_offset() || offset < 0 {
+            let log = self.log.borrow();
+            if offset > log.high_watermark() || offset < 0 {
                 return Err(StorageError::OffsetOutOfRange);
             }
-            (log.advance_start(offset), log.dir.clone())
+            (offset.max(log.log_start_offset()), log.dir.clone())
         };
-        glommio::executor().spawn_blocking(move || std::fs::write(dir.join(LOG_START_FILE), start.to_string())).await?;
-        self.enforce_retention(now_ms()).await?;
+        glommio::executor()
+            .spawn_blocking(move || {
+                crate::fsutil::write_atomic(&dir.join(LOG_START_FILE), start.to_string().as_bytes())
+            })
+            .await?;
+        let start = self.log.borrow_mut().advance_start(start);
+        self.remove_expired(now_ms()).await?;
         Ok(start)
     }
 
     /// Deletes segments past retention or below the log start.
-    pub async fn enforce_retention(&self, now_ms: i64) -> std::io::Result<()> {
+    pub async fn enforce_retention(self: &Rc<Self>, now_ms: i64) -> std::io::Result<()> {
+        let partition = self.clone();
+        run_owned(async move {
+            let _meta = acquire(&partition.meta_lock).await?;
+            partition.remove_expired(now_ms).await
+        })
+        .await
+    }
+
+    /// The caller holds the meta lock.
+    async fn remove_expired(&self, now_ms: i64) -> std::io::Result<()> {
         let expired = self.log.borrow_mut().take_expired_segments(now_ms);
         for segment in expired {
             segment.remove().await?;
@@ -257,21 +565,73 @@ impl Partition {
         Ok(())
     }
 
-    /// Flushes and syncs everything; used by the periodic flusher.
-    pub async fn flush_all(&self) -> std::io::Result<()> {
-        self.flush(true).await
+    /// Writes and syncs everything appended so far (the periodic flusher).
+    pub async fn flush_all(&self) -> Result<(), StorageError> {
+        let end = self.log.borrow().end_offset();
+        if end > 0 {
+            self.wait_for(end - 1, true).await?;
+        }
+        Ok(())
     }
 
-    /// Clean shutdown: flush, sync, and cut the active segment's block
-    /// padding so the file ends at its last batch.
-    pub async fn close(&self) -> std::io::Result<()> {
-        let _write = acquire(&self.write_lock).await?;
-        self.write_pending().await?;
-        self.sync_written().await?;
-        let (file, size) = self.log.borrow().active_file_and_size();
-        file.truncate(size).await?;
-        file.fdatasync().await?;
-        Ok(())
+    /// Clean shutdown: the writer writes and syncs everything, cuts the
+    /// block padding, snapshots producer state, and ends.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let flushed = self.flush_all().await;
+        self.stop(Stop::Close);
+        self.stopped().await;
+        flushed
+    }
+
+    /// The partition is being deleted: its writer ends once work in flight is done.
+    pub fn discard(&self) {
+        self.stop(Stop::Discard);
+    }
+
+    fn stop(&self, how: Stop) {
+        if self.stop.get().is_none() {
+            self.stop.set(Some(how));
+        }
+        self.write_signal.notify();
+        self.sync_signal.notify();
+    }
+
+    /// Waits until the writer task has ended (after `close` or `discard`).
+    pub async fn stopped(&self) {
+        while self.writer_running.get() {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Runs `work` in a task of its own and waits for it: dropping the wait
+/// leaves the work running to completion.
+async fn run_owned<T: 'static>(work: impl Future<Output = T> + 'static) -> T {
+    glommio::spawn_local(work).detach().await.expect("an owned storage task is never cancelled")
+}
+
+/// Errors that say the device failed, not that it is full or we ran out of
+/// something: the partition then goes offline, as Kafka takes a failed log
+/// directory offline.
+fn is_device_failure(e: &std::io::Error) -> bool {
+    !matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM))
+        && e.kind() != std::io::ErrorKind::Other
+}
+
+/// Writes the producer-state snapshot as of `offset` and removes older ones;
+/// a failure only costs start-up time (recovery scans further back).
+async fn write_producer_snapshot(dir: std::path::PathBuf, offset: i64, snapshot: Vec<u8>) {
+    let result = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<()> {
+            crate::fsutil::write_atomic(&super::producers::snapshot_path(&dir, offset), &snapshot)?;
+            for old in super::producers::list_snapshots(&dir)?.into_iter().filter(|&o| o < offset) {
+                let _ = std::fs::remove_file(super::producers::snapshot_path(&dir, old));
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = result {
+        warn!("writing producer snapshot at offset {offset}: {e}");
     }
 }
 
@@ -350,7 +710,7 @@ mod tests {
         let executor = glommio::LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
         executor.run(async {
             let log = crate::storage::open_log(&dir, crate::storage::LogConfig::default(), 0).await.unwrap();
-            let partition = Partition::new(log);
+            let partition = Partition::start(log);
             for _ in 0..1000 {
                 partition.wait_for_data(0, Duration::from_micros(1)).await;
             }

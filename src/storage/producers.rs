@@ -3,11 +3,13 @@
 //! recognised and answered with its original offset instead of being stored
 //! twice; a gap in sequences is refused.
 //!
-//! Rebuilt at start from the batches recovery scans (the active segment and
-//! the tails of sealed ones); a producer unknown after a restart is accepted
-//! at whatever sequence it resumes with.
+//! Persisted as a snapshot (`<offset>.snapshot`, like Kafka's) when a
+//! segment rolls and at clean shutdown; at start, recovery loads the newest
+//! snapshot and replays the batches stored after it, so a retry of any batch
+//! still remembered is recognised after a restart.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 
 /// Batches remembered per producer: Kafka clients keep at most five in flight.
 pub const BATCHES_PER_PRODUCER: usize = 5;
@@ -95,6 +97,51 @@ impl ProducerStates {
         }
     }
 
+    /// Forgets batches stored at or after `offset` (they were rolled back).
+    pub fn truncate_from(&mut self, offset: i64) {
+        self.producers.retain(|_, entry| {
+            while entry.batches.back().is_some_and(|&(_, _, base)| base >= offset) {
+                entry.batches.pop_back();
+            }
+            !entry.batches.is_empty()
+        });
+    }
+
+    /// The snapshot file's contents: one line per producer,
+    /// `pid epoch first:last:base ...`, in least-recently-seen order.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut entries: Vec<(&i64, &Entry)> = self.producers.iter().collect();
+        entries.sort_by_key(|(_, e)| e.last_seen);
+        let mut out = String::with_capacity(entries.len() * 64);
+        for (pid, entry) in entries {
+            out.push_str(&format!("{pid} {}", entry.epoch));
+            for (first, last, base) in &entry.batches {
+                out.push_str(&format!(" {first}:{last}:{base}"));
+            }
+            out.push('\n');
+        }
+        out.into_bytes()
+    }
+
+    /// Reads a snapshot written by `encode`; `None` if it is damaged.
+    pub fn decode(bytes: &[u8]) -> Option<ProducerStates> {
+        let mut states = ProducerStates::default();
+        for line in std::str::from_utf8(bytes).ok()?.lines() {
+            let mut fields = line.split(' ');
+            let producer_id: i64 = fields.next()?.parse().ok()?;
+            let producer_epoch: i16 = fields.next()?.parse().ok()?;
+            for batch in fields {
+                let mut parts = batch.split(':');
+                let first_sequence = parts.next()?.parse().ok()?;
+                let last_sequence = parts.next()?.parse().ok()?;
+                let base_offset = parts.next()?.parse().ok()?;
+                let batch = ProducerBatch { producer_id, producer_epoch, first_sequence, last_sequence };
+                states.record(&batch, base_offset);
+            }
+        }
+        Some(states)
+    }
+
     pub fn len(&self) -> usize {
         self.producers.len()
     }
@@ -102,6 +149,24 @@ impl ProducerStates {
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
     }
+}
+
+/// The snapshot of producer state as of `offset` (everything before it).
+pub fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    dir.join(format!("{offset:020}.snapshot"))
+}
+
+/// The offsets of the producer snapshots in `dir`, oldest first.
+pub fn list_snapshots(dir: &Path) -> std::io::Result<Vec<i64>> {
+    let mut offsets = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(offset) = name.strip_suffix(".snapshot").and_then(|o| o.parse::<i64>().ok()) {
+            offsets.push(offset);
+        }
+    }
+    offsets.sort_unstable();
+    Ok(offsets)
 }
 
 /// Sequences wrap from i32::MAX to 0.
@@ -142,5 +207,20 @@ mod tests {
             SequenceCheck::OutOfOrder,
             "only the last five batches are remembered"
         );
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_truncation() {
+        let mut states = ProducerStates::default();
+        states.record(&batch(0, 0, 9), 100);
+        states.record(&batch(0, 10, 19), 110);
+        let back = ProducerStates::decode(&states.encode()).unwrap();
+        assert_eq!(back.check(&batch(0, 10, 19)), SequenceCheck::Duplicate { base_offset: 110 });
+        assert_eq!(back.check(&batch(0, 20, 29)), SequenceCheck::Append);
+        assert!(ProducerStates::decode(b"7 x 1:2:3").is_none());
+        states.truncate_from(110);
+        assert_eq!(states.check(&batch(0, 10, 19)), SequenceCheck::Append);
+        states.truncate_from(0);
+        assert!(states.is_empty());
     }
 }

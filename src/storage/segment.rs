@@ -13,6 +13,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
+use super::faults::{self, Fault, Op};
 use super::index::SegmentIndex;
 
 /// Alignment of O_DIRECT writes.
@@ -52,6 +53,9 @@ struct Appender {
     allocated_bytes: u64,
     /// See `LogConfig::preallocate_step_bytes`; 0 turns preallocation off.
     preallocate_step_bytes: u64,
+    /// The partial last block as of the last successful flush: (its aligned
+    /// file position, its bytes). A failed write rolls the buffers back to it.
+    written_tail: (u64, Vec<u8>),
 }
 
 impl Appender {
@@ -80,6 +84,7 @@ pub struct Segment {
 
 impl Segment {
     async fn open_file(path: &Path) -> std::io::Result<DmaFile> {
+        faults::fail(Op::Open, path)?;
         let file = OpenOptions::new().read(true).write(true).create(true).dma_open(path).await?;
         Ok(file)
     }
@@ -138,14 +143,16 @@ impl Segment {
         assert!((buffer_bytes as u64).is_multiple_of(BLOCK_BYTES) && buffer_bytes > 0, "write buffer is whole blocks");
         let mut current = self.file.alloc_dma_buffer(buffer_bytes);
         current.as_bytes_mut()[..head.len()].copy_from_slice(&head);
+        let current_pos = align_down(self.size_bytes);
         self.appender = Some(Appender {
             buffer_bytes,
             sealed: Vec::new(),
             current,
-            current_pos: align_down(self.size_bytes),
+            current_pos,
             current_len: head.len(),
             allocated_bytes: self.size_bytes,
             preallocate_step_bytes,
+            written_tail: (current_pos, head),
         });
     }
 
@@ -255,11 +262,49 @@ impl Segment {
         if let Some(size) = allocate_to {
             appender.allocated_bytes = size;
         }
-        Some(FlushJob { file: self.file.clone(), writes, flushed_to: self.size_bytes, allocate_to })
+        let tail = (appender.current_pos, appender.current.as_bytes()[..appender.current_len].to_vec());
+        debug_assert_eq!(tail.0 + tail.1.len() as u64, self.size_bytes, "the buffer ends at the logical size");
+        Some(FlushJob {
+            file: self.file.clone(),
+            path: self.path(),
+            writes,
+            flushed_to: self.size_bytes,
+            allocate_to,
+            tail,
+        })
     }
 
-    pub fn finish_flush(&mut self, flushed_to: u64) {
-        self.flushed_bytes = self.flushed_bytes.max(flushed_to);
+    /// Records a completed flush job: its bytes are on the device.
+    pub fn finish_flush(&mut self, flushed_to: u64, tail: (u64, Vec<u8>)) {
+        assert!(flushed_to >= self.flushed_bytes, "flushes complete in order");
+        self.flushed_bytes = flushed_to;
+        if let Some(appender) = self.appender.as_mut() {
+            appender.written_tail = tail;
+        }
+    }
+
+    /// Forgets everything appended since the last successful flush (a write
+    /// failed): the segment ends at `flushed_bytes` again, at `next_offset`,
+    /// and the write buffer holds just the last written partial block.
+    pub fn roll_back_unwritten(&mut self, next_offset: i64) {
+        let appender = self.appender.as_mut().expect("only the active segment is rolled back");
+        let (tail_pos, tail) = appender.written_tail.clone();
+        assert_eq!(tail_pos + tail.len() as u64, self.flushed_bytes, "the written tail ends at the flushed size");
+        appender.sealed.clear();
+        appender.current.as_bytes_mut()[..tail.len()].copy_from_slice(&tail);
+        appender.current_pos = tail_pos;
+        appender.current_len = tail.len();
+        // The failed writes may have reached part of the file past this point:
+        // whatever is there is cut off (see `FlushJob::run`'s caller) or
+        // overwritten, and recovery would stop at it by CRC.
+        appender.allocated_bytes = appender.allocated_bytes.min(self.flushed_bytes);
+        self.size_bytes = self.flushed_bytes;
+        self.next_offset = next_offset;
+        self.index.truncate_from_position(self.flushed_bytes as u32);
+    }
+
+    fn path(&self) -> PathBuf {
+        log_path(&self.dir, self.base_offset)
     }
 
     /// Ends appending (after a final flush); the segment is read-only from here.
@@ -276,6 +321,7 @@ impl Segment {
     pub fn seal_job(&self) -> SealJob {
         SealJob {
             file: self.file.clone(),
+            path: self.path(),
             size_bytes: self.size_bytes,
             index: (index_path(&self.dir, self.base_offset), self.index.encode_offsets()),
             time_index: (time_index_path(&self.dir, self.base_offset), self.index.encode_times()),
@@ -290,9 +336,11 @@ impl Segment {
         }
         glommio::executor()
             .spawn_blocking(move || {
+                // The log first: an index without its log is ignored at start.
                 for path in [log_path(&dir, base), index_path(&dir, base), time_index_path(&dir, base)] {
                     let _ = std::fs::remove_file(path);
                 }
+                let _ = std::fs::remove_file(super::producers::snapshot_path(&dir, base));
             })
             .await;
         Ok(())
@@ -320,46 +368,92 @@ pub async fn probe_device(dir: &Path, shard: usize) -> std::io::Result<()> {
 /// Pending aligned writes of one segment, run without holding the log.
 pub struct FlushJob {
     file: Rc<DmaFile>,
+    path: PathBuf,
     writes: Vec<(u64, DmaBuffer)>,
     flushed_to: u64,
     /// Grow the file to this size before writing.
     allocate_to: Option<u64>,
+    /// The partial last block these writes leave: see `Appender::written_tail`.
+    tail: (u64, Vec<u8>),
+}
+
+/// What a completed flush job makes readable.
+pub struct Flushed {
+    pub flushed_to: u64,
+    pub tail: (u64, Vec<u8>),
 }
 
 impl FlushJob {
-    /// Issues all writes at once (io_uring queues them) and waits for them.
-    /// Returns the logical size they make durable-on-sync.
-    pub async fn run(self) -> std::io::Result<u64> {
+    /// Issues all writes at once (io_uring queues them) and waits for all of
+    /// them, even after one fails, so no write of this job is still in flight
+    /// when the caller acts on the result. A short write is an error.
+    pub async fn run(self) -> std::io::Result<Flushed> {
         let file = &self.file;
         if let Some(size) = self.allocate_to {
+            faults::fail(Op::Fallocate, &self.path)?;
             file.pre_allocate(size, false).await?;
         }
-        let writes = self.writes.into_iter().map(|(pos, buf)| file.write_at(buf, pos));
+        let path = &self.path;
+        let writes = self.writes.into_iter().map(|(pos, buf)| write_whole(file, path, buf, pos));
+        let mut first_error = None;
         for result in futures::future::join_all(writes).await {
-            result?;
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(self.flushed_to)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(Flushed { flushed_to: self.flushed_to, tail: self.tail }),
+        }
     }
+}
+
+/// Writes `buf` at `pos`; fewer bytes written than asked is an error.
+async fn write_whole(file: &DmaFile, path: &Path, buf: DmaBuffer, pos: u64) -> std::io::Result<()> {
+    let want = buf.len();
+    let written = match faults::check(Op::Write, path) {
+        None => file.write_at(buf, pos).await?,
+        Some(Fault::Errno(errno)) => return Err(faults::injected(errno)),
+        Some(Fault::Short) => {
+            let half = align_down(want as u64 / 2).max(BLOCK_BYTES.min(want as u64)) as usize;
+            let mut short = file.alloc_dma_buffer(half);
+            short.as_bytes_mut().copy_from_slice(&buf.as_bytes()[..half]);
+            file.write_at(short, pos).await?.min(want.saturating_sub(1))
+        }
+    };
+    if written != want {
+        return Err(std::io::Error::other(format!("short write: {written} of {want} bytes at {pos}")));
+    }
+    Ok(())
+}
+
+/// fdatasync through io_uring, with fault injection.
+pub async fn fdatasync(file: &DmaFile, path: &Path) -> std::io::Result<()> {
+    faults::fail(Op::Fdatasync, path)?;
+    Ok(file.fdatasync().await?)
 }
 
 /// What sealing a flushed segment persists.
 pub struct SealJob {
     file: Rc<DmaFile>,
+    path: PathBuf,
     size_bytes: u64,
     index: (PathBuf, Vec<u8>),
     time_index: (PathBuf, Vec<u8>),
 }
 
 impl SealJob {
-    /// Cuts the block padding, syncs the data and writes the index files.
+    /// Cuts the block padding, syncs the data and writes the index files
+    /// (each written whole and renamed into place: a crash leaves the old
+    /// file or the new one, and recovery rebuilds a missing one).
     pub async fn run(self) -> std::io::Result<()> {
         self.file.truncate(self.size_bytes).await?;
-        self.file.fdatasync().await?;
+        fdatasync(&self.file, &self.path).await?;
         let (index, time_index) = (self.index, self.time_index);
         glommio::executor()
             .spawn_blocking(move || -> std::io::Result<()> {
-                std::fs::write(&index.0, index.1)?;
-                std::fs::write(&time_index.0, time_index.1)
+                crate::fsutil::write_atomic(&index.0, &index.1)?;
+                crate::fsutil::write_atomic(&time_index.0, &time_index.1)
             })
             .await
     }
