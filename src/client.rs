@@ -139,6 +139,25 @@ impl Client {
         Ok(part.base_offset)
     }
 
+    /// DeleteRecords: moves the partition's log start to `offset` (-1: the
+    /// high watermark); returns the new low watermark.
+    pub fn delete_records(&mut self, topic: &str, partition: i32, offset: i64) -> Result<i64> {
+        let mut p = delete_records_request::DeleteRecordsPartition::default();
+        p.partition_index = partition;
+        p.offset = offset;
+        let mut t = delete_records_request::DeleteRecordsTopic::default();
+        t.name = TopicName(str_bytes(topic));
+        t.partitions = vec![p];
+        let mut req = DeleteRecordsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 30_000;
+        let resp: DeleteRecordsResponse = self.call(ApiKey::DeleteRecords, 2, &req)?;
+        let part = resp.topics.into_iter().next().and_then(|t| t.partitions.into_iter().next());
+        let Some(part) = part else { bail!("empty DeleteRecords response") };
+        check(part.error_code, &format!("delete records of {topic}/{partition}"))?;
+        Ok(part.low_watermark)
+    }
+
     /// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp.
     pub fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
         let mut p = list_offsets_request::ListOffsetsPartition::default();

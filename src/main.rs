@@ -95,6 +95,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         sets.push(format!("shards={shards}"));
     }
     let config = Arc::new(Config::load(args.config.as_ref(), &sets)?);
+    spate::storage::faults::init_from_env().map_err(anyhow::Error::msg)?;
     let runtime = start_broker(config)?;
     let stop = runtime.stop_flag();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;

@@ -6,6 +6,8 @@ pub mod batch;
 pub mod faults;
 pub mod index;
 pub mod log;
+#[cfg(test)]
+mod model_test;
 pub mod partition;
 pub mod producers;
 pub mod recovery;

@@ -34,6 +34,15 @@ impl TestBroker {
     }
 
     pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> TestBroker {
+        Self::start_full(dir, port, extra, &[])
+    }
+
+    /// Starts with extra environment variables (e.g. `SPATE_FAULTS`).
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestBroker {
+        Self::start_full(dir, free_port(), extra, env)
+    }
+
+    fn start_full(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> TestBroker {
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
@@ -42,6 +51,7 @@ impl TestBroker {
         for arg in extra {
             cmd.args(["--set", arg]);
         }
+        cmd.envs(env.iter().copied());
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn spate");
         let broker = TestBroker { child: Some(child), addr, dir: dir.to_path_buf() };
         broker.wait_ready();
