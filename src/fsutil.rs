@@ -1,31 +1,94 @@
-//! Crash-safe writes of small files: write a temporary file, fsync it, rename
-//! it over the target, fsync the directory. After a crash the target holds
-//! either its old contents or the new ones, never a torn or empty file.
-//! Blocking: callers on a shard run these through `spawn_blocking`.
+//! Crash-safe replacement and renaming of small files and directories.
+//!
+//! A rename is atomic, but neither it nor the file's contents are durable
+//! until the file and its directory are synced: after `kill -9` or a power
+//! cut, an unsynced file can be empty and an unsynced rename undone. These
+//! helpers do the syncs in the order that leaves either the old or the new
+//! state on disk, never a mix.
+//!
+//! They block: call them from a blocking thread (`glommio::executor().spawn_blocking`),
+//! never on a shard's executor.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
-/// Replaces `path` with `bytes` atomically and durably.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = Path::new(&tmp_name);
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(tmp)?;
+/// Replaces `path` with `bytes` atomically and durably: the bytes go to
+/// `<path>.tmp`, which is synced, renamed over `path`, and the directory
+/// synced. A crash at any point leaves the old contents or the new, whole.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_path(path);
+    let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_data()?;
+    file.sync_all()?;
     drop(file);
-    rename_durable(tmp, path)
+    rename_durable(&tmp, path)
 }
 
-/// Renames `from` to `to` and fsyncs the directory holding them.
-pub fn rename_durable(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Syncs directory `path`, making the creations, renames and removals of
+/// its entries durable.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Renames `from` to `to` (a file or a directory) and syncs the parent
+/// directory of each, so that the rename survives a crash once this returns.
+pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;
-    sync_dir(to.parent().unwrap_or(Path::new(".")))
+    let to_parent = parent(to);
+    sync_dir(to_parent)?;
+    let from_parent = parent(from);
+    if from_parent != to_parent {
+        sync_dir(from_parent)?;
+    }
+    Ok(())
 }
 
-/// fsyncs a directory, making renames, creations and removals in it durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+/// `<path>.tmp`, beside `path` (the same filesystem, so the rename is atomic).
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().expect("a file path").to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// The directory holding `path`; `.` for a bare file name.
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("spate-fsutil-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn write_atomic_replaces_whole_file_and_leaves_no_tmp() {
+        let dir = scratch("write");
+        let path = dir.join("topics.json");
+        write_atomic(&path, b"first, longer contents").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert!(!dir.join("topics.json.tmp").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn rename_durable_moves_directories() {
+        let dir = scratch("rename");
+        std::fs::create_dir(dir.join("t-0")).unwrap();
+        std::fs::write(dir.join("t-0").join("a.log"), b"x").unwrap();
+        rename_durable(&dir.join("t-0"), &dir.join("t-0.ab-delete")).unwrap();
+        assert!(!dir.join("t-0").exists());
+        assert_eq!(std::fs::read(dir.join("t-0.ab-delete").join("a.log")).unwrap(), b"x");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -23,7 +23,9 @@ pub struct TopicPartition {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TopicMeta {
     pub name: String,
-    #[serde(with = "hex_id")]
+    /// Kafka's topic UUID, fixed at creation. A `topics.json` written before
+    /// ids existed reads as [`NO_TOPIC_ID`] and gets one on load.
+    #[serde(default, with = "hex_id")]
     pub id: [u8; 16],
     pub partitions: i32,
     #[serde(default)]
@@ -41,6 +43,51 @@ impl TopicMeta {
     pub fn dir_name(&self, partition: i32) -> String {
         format!("{}-{}", self.name, partition)
     }
+
+    /// The name a deleted partition's directory is renamed to before its
+    /// files are removed: `<topic>-<partition>.<topic id>-delete`, as Kafka
+    /// does. Unique per topic incarnation, and never a live partition's name.
+    pub fn deleted_dir_name(&self, partition: i32) -> String {
+        deleted_dir_name(&self.name, &partition.to_string(), &self.id)
+    }
+}
+
+/// Kafka's null topic id ("no id").
+pub const NO_TOPIC_ID: [u8; 16] = [0; 16];
+
+/// Ends the name of a directory whose partition was deleted (see
+/// [`TopicMeta::deleted_dir_name`]): removed at start if a crash left it.
+pub const DELETED_DIR_SUFFIX: &str = "-delete";
+
+/// Whether a data-directory entry named `name` is named as a partition
+/// directory, `<valid topic name>-<partition>`. `-delete` directories and
+/// the metadata files are not; a probe file like `.iopoll-probe-0` is (topic
+/// names may start with '.'), so callers also check it is a directory.
+pub fn is_partition_dir_name(name: &str) -> bool {
+    match name.rsplit_once('-') {
+        Some((topic, partition)) => {
+            valid_topic_name(topic) && !partition.is_empty() && partition.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// Longest file name Linux filesystems take (NAME_MAX).
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// `<topic>-<partition>.<id>-delete`: where a partition directory goes to be
+/// removed. As Kafka does, the topic is cut short if the name would pass
+/// NAME_MAX (a 249-byte topic name leaves no room for the suffix); the
+/// partition and id keep it unique.
+pub fn deleted_dir_name(topic: &str, partition: &str, id: &[u8; 16]) -> String {
+    let suffix = format!("-{partition}.{}{DELETED_DIR_SUFFIX}", hex(id));
+    // Topic names are ASCII: any byte length is a char boundary.
+    let kept = topic.len().min(MAX_FILE_NAME_BYTES.saturating_sub(suffix.len()));
+    format!("{}{suffix}", &topic[..kept])
+}
+
+fn hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One immutable snapshot of the cluster's metadata.
@@ -95,9 +142,22 @@ impl ClusterMeta {
         serde_json::to_vec_pretty(&file).expect("metadata serialises")
     }
 
-    pub fn from_json(node_id: NodeId, shard_count: usize, bytes: &[u8]) -> anyhow::Result<ClusterMeta> {
-        let file: MetaFile = serde_json::from_slice(bytes)?;
-        Ok(ClusterMeta::new(node_id, shard_count, file.topics))
+    /// Reads `topics.json`. Topics stored without an id get a fresh one; the
+    /// count of those is returned so that the caller persists them at once
+    /// (an id must never change once a client may have seen it).
+    pub fn from_json(node_id: NodeId, shard_count: usize, bytes: &[u8]) -> anyhow::Result<(ClusterMeta, usize)> {
+        let mut file: MetaFile = serde_json::from_slice(bytes)?;
+        let mut assigned = 0;
+        for topic in file.topics.iter_mut().filter(|t| t.id == NO_TOPIC_ID) {
+            topic.id = random_topic_id();
+            assigned += 1;
+        }
+        Ok((ClusterMeta::new(node_id, shard_count, file.topics), assigned))
+    }
+
+    /// The directory names of every partition of every topic.
+    pub fn partition_dir_names(&self) -> std::collections::HashSet<String> {
+        self.topics.values().flat_map(|t| (0..t.partitions).map(|p| t.dir_name(p))).collect()
     }
 }
 
@@ -115,12 +175,22 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// A random (version 4) UUID, as Kafka's `Uuid.randomUuid`: never the null
+/// id, and never one whose base64 form starts with '-' (Kafka's tools would
+/// read it as a flag).
 pub fn random_topic_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    // SAFETY: getrandom writes at most id.len() bytes into id.
-    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
-    assert_eq!(n, 16, "getrandom failed");
-    id
+    loop {
+        let mut id = [0u8; 16];
+        // SAFETY: getrandom writes at most id.len() bytes into id.
+        let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+        assert_eq!(n, 16, "getrandom failed");
+        id[6] = (id[6] & 0x0f) | 0x40;
+        id[8] = (id[8] & 0x3f) | 0x80;
+        // Base64 digit 62 is '-' in the URL-safe alphabet Kafka prints ids in.
+        if id[0] >> 2 != 62 {
+            return id;
+        }
+    }
 }
 
 /// The topic configs spate understands, with their broker-wide defaults.
@@ -181,7 +251,7 @@ mod hex_id {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(id: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&id.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        s.serialize_str(&super::hex(id))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {
@@ -222,9 +292,38 @@ mod tests {
             leader_epoch: 0,
         };
         let meta = ClusterMeta::new(0, 2, vec![topic.clone()]);
-        let back = ClusterMeta::from_json(0, 2, &meta.to_json()).unwrap();
+        let (back, assigned) = ClusterMeta::from_json(0, 2, &meta.to_json()).unwrap();
         assert_eq!(**back.topic("t").unwrap(), topic);
+        assert_eq!(assigned, 0);
         let shards: Vec<usize> = (0..4).map(|p| back.placement(&topic.tp(p)).unwrap().shard).collect();
         assert_eq!(shards.iter().filter(|&&s| s == 0).count(), 2, "partitions spread over both shards");
+    }
+
+    #[test]
+    fn topics_stored_without_ids_get_ids() {
+        let old = br#"{"topics":[{"name":"a","partitions":1},{"name":"b","partitions":2}]}"#;
+        let (meta, assigned) = ClusterMeta::from_json(0, 2, old).unwrap();
+        assert_eq!(assigned, 2);
+        let (a, b) = (meta.topic("a").unwrap().id, meta.topic("b").unwrap().id);
+        assert!(a != NO_TOPIC_ID && b != NO_TOPIC_ID && a != b);
+        assert_eq!(uuid::Uuid::from_bytes(a).get_version_num(), 4);
+        let (again, assigned) = ClusterMeta::from_json(0, 2, &meta.to_json()).unwrap();
+        assert_eq!((again.topic("a").unwrap().id, assigned), (a, 0), "ids are kept once stored");
+    }
+
+    #[test]
+    fn partition_and_deleted_dir_names() {
+        let topic =
+            TopicMeta { name: "a-b".into(), id: [0xab; 16], partitions: 1, configs: BTreeMap::new(), leader_epoch: 0 };
+        assert!(is_partition_dir_name(&topic.dir_name(12)));
+        let deleted = topic.deleted_dir_name(12);
+        assert_eq!(deleted, format!("a-b-12.{}-delete", "ab".repeat(16)));
+        assert!(!is_partition_dir_name(&deleted) && deleted.ends_with(DELETED_DIR_SUFFIX));
+        let long = TopicMeta { name: "x".repeat(249), ..topic };
+        let (a, b) = (long.deleted_dir_name(0), long.deleted_dir_name(1));
+        assert!(a.len() <= 255 && b.len() <= 255 && a != b && a.ends_with(DELETED_DIR_SUFFIX), "{a}");
+        for other in ["topics.json", "producer-id-block", "a-", "-3", "bad name-1"] {
+            assert!(!is_partition_dir_name(other), "{other}");
+        }
     }
 }

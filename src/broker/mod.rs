@@ -248,20 +248,27 @@ impl Broker {
             .filter(|(tp, _)| meta.placement(tp).is_none_or(|pl| pl.shard != self.shard_id))
             .map(|(tp, p)| (*tp, p.clone()))
             .collect();
+        // A deleted topic's directories are renamed to unique `-delete` names
+        // (durably) before their files go, so neither a crash nor a new topic
+        // of the same name can see the old records; leftovers go at start.
+        let live_ids: std::collections::HashSet<[u8; 16]> = meta.topics.values().map(|t| t.id).collect();
+        let mut doomed = Vec::new();
+        for (_, partition) in &gone {
+            partition.discard(); // writers end together; each is awaited below
+        }
         for (tp, partition) in gone {
             self.partitions.borrow_mut().remove(&tp);
-            partition.discard();
             partition.stopped().await;
-            let deleted_topic = old
-                .topics
-                .values()
-                .find(|t| t.id == tp.topic_id)
-                .filter(|t| !meta.topics.values().any(|n| n.id == t.id));
+            let deleted_topic = old.topics.values().find(|t| t.id == tp.topic_id).filter(|t| !live_ids.contains(&t.id));
             if let Some(topic) = deleted_topic {
-                let dir = partition.log.borrow().dir.clone();
-                drop(partition);
                 info!(topic = %topic.name, partition = tp.partition, "deleting partition data");
-                let _ = glommio::executor().spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+                doomed.push((partition.log.borrow().dir.clone(), topic.deleted_dir_name(tp.partition)));
+            }
+        }
+        if !doomed.is_empty() {
+            let removed = glommio::executor().spawn_blocking(move || admin::remove_partition_dirs(&doomed)).await;
+            if let Err(e) = removed {
+                error!("deleting partition data: {e}");
             }
         }
     }

@@ -22,7 +22,7 @@ const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
 async fn alter(
-    broker: &Broker,
+    broker: &Rc<Broker>,
     resource_type: i8,
     name: &StrBytes,
     changes: Result<Vec<ConfigChange>, AdminError>,

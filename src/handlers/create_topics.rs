@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
@@ -18,38 +19,19 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     let mut seen = HashSet::new();
     let duplicated: HashSet<String> =
         body.topics.iter().filter(|t| !seen.insert(t.name.0.to_string())).map(|t| t.name.0.to_string()).collect();
+    // All at once, so that the controller creates them in one commit.
+    let creations = body.topics.iter().map(|topic| create(broker, topic, &duplicated, body.validate_only));
+    let results = futures::future::join_all(creations).await;
+    let meta = broker.meta();
     let mut response = CreateTopicsResponse::default();
-    for topic in &body.topics {
-        let name = topic.name.0.to_string();
+    for (topic, result) in body.topics.iter().zip(results) {
         let mut out = CreatableTopicResult::default();
         out.name = topic.name.clone();
-        let partitions =
-            if topic.num_partitions == -1 { broker.config.default_partitions } else { topic.num_partitions };
-        let result = if duplicated.contains(&name) {
-            Err((ResponseError::InvalidRequest.code(), format!("topic {name:?} appears more than once")))
-        } else if topic.replication_factor > 1
-            || topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != broker.config.node_id))
-        {
-            Err((
-                ResponseError::InvalidReplicationFactor.code(),
-                "replication factor is larger than the 1 available broker".to_string(),
-            ))
-        } else {
-            let partitions = if topic.assignments.is_empty() { partitions } else { topic.assignments.len() as i32 };
-            let configs: BTreeMap<String, String> = topic
-                .configs
-                .iter()
-                .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
-                .collect();
-            let op =
-                AdminOp::CreateTopic { name: name.clone(), partitions, configs, validate_only: body.validate_only };
-            broker.admin(op).await.map_err(|e| (e.code, e.message))
-        };
         match result {
-            Ok(()) => {
+            Ok(partitions) => {
                 out.num_partitions = partitions;
                 out.replication_factor = 1;
-                if let Some(t) = broker.meta().topic(&name) {
+                if let Some(t) = meta.topic(topic.name.0.as_str()) {
                     out.topic_id = uuid::Uuid::from_bytes(t.id);
                 }
             }
@@ -63,4 +45,35 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
         response.topics.push(out);
     }
     Ok(encode(request, &response))
+}
+
+/// Checks and creates one topic; returns its partition count.
+async fn create(
+    broker: &Rc<Broker>,
+    topic: &CreatableTopic,
+    duplicated: &HashSet<String>,
+    validate_only: bool,
+) -> Result<i32, (i16, String)> {
+    let name = topic.name.0.to_string();
+    if duplicated.contains(&name) {
+        return Err((ResponseError::InvalidRequest.code(), format!("topic {name:?} appears more than once")));
+    }
+    if topic.replication_factor > 1
+        || topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != broker.config.node_id))
+    {
+        return Err((
+            ResponseError::InvalidReplicationFactor.code(),
+            "replication factor is larger than the 1 available broker".to_string(),
+        ));
+    }
+    let partitions = match (topic.assignments.len(), topic.num_partitions) {
+        (0, -1) => broker.config.default_partitions,
+        (0, n) => n,
+        (n, _) => n as i32,
+    };
+    let configs: BTreeMap<String, String> =
+        topic.configs.iter().filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string()))).collect();
+    let op = AdminOp::CreateTopic { name, partitions, configs, validate_only };
+    broker.admin(op).await.map_err(|e| (e.code, e.message))?;
+    Ok(partitions)
 }

@@ -31,20 +31,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     };
     let auto_create = broker.config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
     if let (Some(names), true) = (&wanted, auto_create) {
-        for name in names {
-            if broker.meta().topic(name).is_none() && valid_topic_name(name) {
-                let op = AdminOp::CreateTopic {
-                    name: name.clone(),
-                    partitions: broker.config.default_partitions,
-                    configs: Default::default(),
-                    validate_only: false,
-                };
-                if let Err(e) = broker.admin(op).await {
-                    // Lost a race with another creator, or a real failure: the topic list below tells.
-                    tracing::debug!(topic = %name, "auto-create: {}", e.message);
-                }
-            }
-        }
+        auto_create_topics(broker, names).await;
     }
     let meta = broker.meta();
     let mut response = MetadataResponse::default();
@@ -67,6 +54,23 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
             .collect(),
     };
     Ok(encode(request, &response))
+}
+
+/// Creates the valid unknown topics among `names`, all in one metadata change.
+async fn auto_create_topics(broker: &Rc<Broker>, names: &[String]) {
+    let meta = broker.meta();
+    let mut unknown: Vec<String> =
+        names.iter().filter(|name| meta.topic(name).is_none() && valid_topic_name(name)).cloned().collect();
+    if unknown.is_empty() {
+        return;
+    }
+    unknown.sort_unstable();
+    unknown.dedup();
+    let op = AdminOp::AutoCreateTopics { names: unknown, partitions: broker.config.default_partitions };
+    if let Err(e) = broker.admin(op).await {
+        // The topic list of the answer tells the client which topics exist.
+        tracing::warn!("auto-creating topics: {}", e.message);
+    }
 }
 
 fn describe_topic(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
