@@ -358,3 +358,68 @@ fn put_partition(w: &mut PartsWriter, slot: &Slot, version: i16, flexible: bool)
         w.put_no_tags();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(max_bytes: usize, data_bytes: usize) -> Slot {
+        Slot {
+            partition: 0,
+            tp: None,
+            fetch_offset: 0,
+            max_bytes,
+            error: 0,
+            high_watermark: 0,
+            log_start_offset: 0,
+            parts: if data_bytes > 0 { vec![Bytes::from(vec![0u8; data_bytes])] } else { Vec::new() },
+        }
+    }
+
+    #[test]
+    fn budget_is_capped_and_never_negative() {
+        assert_eq!(response_budget_bytes(i32::MAX), FETCH_MAX_BYTES);
+        assert_eq!(response_budget_bytes(1000), 1000);
+        assert_eq!(response_budget_bytes(0), 0);
+        assert_eq!(response_budget_bytes(-5), 0);
+    }
+
+    #[test]
+    fn waves_share_out_the_budget() {
+        let slots: Vec<Slot> = [400, 400, 400, 400].iter().map(|&m| slot(m, 0)).collect();
+        assert_eq!(wave_grants(&slots, 1000), [400, 400, 200], "the wave ends where the budget does");
+        assert_eq!(wave_grants(&slots[3..], 1000), [400]);
+        let many: Vec<Slot> = (0..40).map(|_| slot(1 << 20, 0)).collect();
+        assert_eq!(wave_grants(&many, 0), vec![0; ZERO_BUDGET_READS_AT_ONCE], "bounded reads of one batch each");
+        let zero_max: Vec<Slot> = (0..40).map(|_| slot(0, 0)).collect();
+        assert_eq!(wave_grants(&zero_max, 1000).len(), ZERO_BUDGET_READS_AT_ONCE);
+    }
+
+    #[test]
+    fn only_the_first_partition_with_data_may_pass_the_budget() {
+        let mut slots = vec![slot(0, 0), slot(0, 5000), slot(0, 10), slot(0, 0)];
+        apply_response_limit(&mut slots, 1000);
+        let kept: Vec<usize> = slots.iter().map(Slot::bytes).collect();
+        assert_eq!(kept, [0, 5000, 0, 0]);
+        let mut slots = vec![slot(0, 300), slot(0, 600), slot(0, 200)];
+        apply_response_limit(&mut slots, 1000);
+        assert_eq!(slots.iter().map(Slot::bytes).collect::<Vec<_>>(), [300, 600, 0]);
+    }
+
+    #[test]
+    fn topics_group_consecutive_slots() {
+        assert_eq!(
+            group_topics(&["a", "a", "b", "a"]),
+            [("a".to_string(), 2), ("b".to_string(), 1), ("a".to_string(), 1)]
+        );
+        assert!(group_topics(&[]).is_empty());
+    }
+
+    #[test]
+    fn records_lengths_fit_i32() {
+        assert_eq!(records_len(0), Some(0));
+        assert_eq!(records_len(i32::MAX as usize - 1), Some(i32::MAX - 1));
+        assert_eq!(records_len(i32::MAX as usize), None, "compact length + 1 would pass i32");
+        assert_eq!(records_len(3 << 30), None);
+    }
+}
