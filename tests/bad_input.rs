@@ -7,12 +7,16 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::{temp_dir, TestBroker};
-use kafka_protocol::messages::ApiVersionsResponse;
-use kafka_protocol::protocol::Decodable;
-use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::messages::{
+    fetch_request, ApiKey, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, RequestHeader, ResponseHeader,
+    TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
 use spate::client::{new_record, Client};
+use spate::handlers::fetch::FETCH_MAX_BYTES;
 
 fn raw(addr: &str) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap();
@@ -41,14 +45,13 @@ fn frame(api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
 }
 
 fn batch(n: usize, value_bytes: usize) -> BytesMut {
+    encoded_batch(n, value_bytes, Compression::None)
+}
+
+fn encoded_batch(n: usize, value_bytes: usize, compression: Compression) -> BytesMut {
     let records: Vec<_> = (0..n).map(|i| new_record(i as i64, 1, None, Bytes::from(vec![b'x'; value_bytes]))).collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions { version: 2, compression: Compression::None },
-    )
-    .unwrap();
+    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression }).unwrap();
     buf
 }
 
@@ -195,10 +198,9 @@ fn random_frames_never_take_the_broker_down() {
     broker.stop();
 }
 
-/// A real one-record batch whose header claims `count` records (records are
-/// not decompressed, so only the header's word counts), CRC fixed up.
-fn claiming(count: i32) -> BytesMut {
-    let mut b = batch(1, 10);
+/// `b` with its header claiming `count` records (lastOffsetDelta to match)
+/// and its CRC fixed up: only the record bytes tell the lie.
+fn claiming(mut b: BytesMut, count: i32) -> BytesMut {
     b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
     b[57..61].copy_from_slice(&count.to_be_bytes());
     let crc = crc32c::crc32c(&b[21..]);
@@ -206,32 +208,194 @@ fn claiming(count: i32) -> BytesMut {
     b
 }
 
-#[test]
-fn huge_claimed_record_counts_roll_segments_instead_of_overflowing() {
-    let (broker, mut client) = setup("huge-counts");
-    for i in 0..3i64 {
-        assert_eq!(client.produce_raw("good", 0, claiming(1 << 30).freeze(), 1).unwrap(), i << 30);
-    }
-    let mut two = claiming(i32::MAX);
-    two.extend_from_slice(&claiming(i32::MAX));
-    let err = client.produce_raw("good", 0, two.freeze(), 1).unwrap_err().to_string();
-    assert!(err.contains("InvalidRecord"), "a payload past 2^31 offsets: {err}");
-    let base = client.produce_raw("good", 0, batch(5, 10).freeze(), 1).unwrap();
-    assert_eq!(base, 3 << 30);
-    let segments = std::fs::read_dir(broker.dir.join("data/good-0"))
+/// The `.log` segment files of a partition directory.
+fn segment_files(broker: &TestBroker, partition_dir: &str) -> usize {
+    std::fs::read_dir(broker.dir.join("data").join(partition_dir))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
-        .count();
-    assert!(segments >= 2, "the segment rolled before its relative offsets overflowed");
+        .count()
+}
+
+#[test]
+fn false_record_counts_are_corrupt_and_store_nothing() {
+    let (broker, mut client) = setup("false-counts");
+    let stored = healthy_round_trip(&mut client, 0);
+    let end = client.list_offset("good", 0, -1).unwrap();
+    let lies = [
+        ("one record claiming two", claiming(batch(1, 10), 2)),
+        ("three records claiming one", claiming(batch(3, 10), 1)),
+        ("one record claiming 2^31 - 1", claiming(batch(1, 10), i32::MAX)),
+        ("gzip batch claiming 2^31 - 1", claiming(encoded_batch(1, 10, Compression::Gzip), i32::MAX)),
+    ];
+    for (what, lie) in lies {
+        let err = client.produce_raw("good", 0, lie.freeze(), 1).unwrap_err().to_string();
+        assert!(err.contains("CorruptMessage") && err.contains("error code 2"), "{what}: {err}");
+        assert_eq!(client.list_offset("good", 0, -1).unwrap(), end, "{what}: the log end did not move");
+    }
+    // The flood that used to roll a segment per batch.
+    for _ in 0..200 {
+        assert!(client.produce_raw("good", 0, claiming(batch(1, 10), i32::MAX).freeze(), 1).is_err());
+    }
+    assert_eq!(client.list_offset("good", 0, -1).unwrap(), end);
+    assert_eq!(segment_files(&broker, "good-0"), 1, "refused batches roll no segment");
+
+    let mut other = broker.client();
+    let stored = healthy_round_trip(&mut other, stored);
+    healthy_round_trip(&mut client, stored);
+    broker.stop();
+}
+
+#[test]
+fn huge_compressed_counts_roll_segments_instead_of_overflowing() {
+    let (broker, mut client) = setup("huge-counts");
+    // Compressed counts are bounded by max.message.bytes (records are never
+    // decompressed): a topic allowing 2 GiB batches may claim 2^30 records.
+    client.create_topic("big", 1, &[("max.message.bytes".into(), i32::MAX.to_string())]).unwrap();
+    let gzip_claiming = |count| claiming(encoded_batch(1, 10, Compression::Gzip), count);
+    for i in 0..3i64 {
+        assert_eq!(client.produce_raw("big", 0, gzip_claiming(1 << 30).freeze(), 1).unwrap(), i << 30);
+    }
+    let mut two = gzip_claiming(i32::MAX);
+    two.extend_from_slice(&gzip_claiming(i32::MAX));
+    let err = client.produce_raw("big", 0, two.freeze(), 1).unwrap_err().to_string();
+    assert!(err.contains("InvalidRecord"), "a payload past 2^31 offsets: {err}");
+    let base = client.produce_raw("big", 0, batch(5, 10).freeze(), 1).unwrap();
+    assert_eq!(base, 3 << 30);
+    assert!(segment_files(&broker, "big-0") >= 2, "the segment rolled before its relative offsets overflowed");
     let dir = broker.dir.clone();
     broker.stop();
     let broker = TestBroker::start(&dir, &[]);
     let mut client = broker.client();
-    assert_eq!(client.list_offset("good", 0, -1).unwrap(), (3 << 30) + 5);
+    assert_eq!(client.list_offset("big", 0, -1).unwrap(), (3 << 30) + 5);
     assert_eq!(
-        client.fetch_all("good", 0, 3 << 30).unwrap().len(),
+        client.fetch_all("big", 0, 3 << 30).unwrap().len(),
         5,
         "reads after the rolled segments work after restart"
     );
+    broker.stop();
+}
+
+/// A Fetch v12 naming partition 0 of `topic` `times` times.
+fn repeated_fetch(topic: &str, times: usize, max_bytes: i32, partition_max_bytes: i32) -> FetchRequest {
+    let mut p = fetch_request::FetchPartition::default();
+    p.partition = 0;
+    p.fetch_offset = 0;
+    p.partition_max_bytes = partition_max_bytes;
+    p.current_leader_epoch = -1;
+    p.log_start_offset = -1;
+    let mut t = fetch_request::FetchTopic::default();
+    t.topic = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partitions = vec![p; times];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = 0;
+    req.min_bytes = 1;
+    req.max_bytes = max_bytes;
+    req.session_epoch = -1;
+    req.topics = vec![t];
+    req
+}
+
+/// Sends a Fetch v12 on its own connection; reads the response only if its
+/// frame is at most `limit_bytes` (a runaway response fails the test rather
+/// than the test process). Returns (frame bytes, response).
+fn bounded_fetch(addr: &str, request: &FetchRequest, limit_bytes: usize) -> (usize, FetchResponse) {
+    let version = 12;
+    let mut header = RequestHeader::default();
+    header.request_api_key = ApiKey::Fetch as i16;
+    header.request_api_version = version;
+    header.correlation_id = 42;
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, ApiKey::Fetch.request_header_version(version)).unwrap();
+    request.encode(&mut buf, version).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    let mut stream = raw(addr);
+    stream.write_all(&buf).unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let frame_bytes = i32::from_be_bytes(len);
+    assert!(frame_bytes > 0, "a negative or empty response length: {frame_bytes}");
+    let frame_bytes = frame_bytes as usize;
+    assert!(frame_bytes <= limit_bytes, "response of {frame_bytes} bytes, limit {limit_bytes}");
+    let mut body = vec![0u8; frame_bytes];
+    stream.read_exact(&mut body).unwrap();
+    let mut body = Bytes::from(body);
+    let header = ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, 42);
+    let response = FetchResponse::decode(&mut body, version).unwrap();
+    assert!(!body.has_remaining(), "the response parses to its last byte");
+    (frame_bytes, response)
+}
+
+/// The record bytes of each partition answered, in order.
+fn answered(response: &FetchResponse) -> Vec<(i32, i16, Bytes)> {
+    let partitions = response.responses.iter().flat_map(|t| t.partitions.iter());
+    partitions.map(|p| (p.partition_index, p.error_code, p.records.clone().unwrap_or_default())).collect()
+}
+
+fn batches_in(mut records: Bytes) -> usize {
+    let mut n = 0;
+    while records.len() >= 61 {
+        RecordBatchDecoder::decode(&mut records).unwrap();
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn fetch_naming_a_partition_many_times_answers_it_once() {
+    let (broker, mut client) = setup("fetch-repeats");
+    for _ in 0..8 {
+        client.produce_raw("good", 0, batch(100, 600).freeze(), 1).unwrap(); // ~63 KB each
+    }
+    // max_bytes 0: Kafka's "one batch" (KIP-74), once per response.
+    let (frame_bytes, response) = bounded_fetch(&broker.addr, &repeated_fetch("good", 8, 0, i32::MAX), 4 << 20);
+    let parts = answered(&response);
+    assert_eq!(parts.len(), 1, "one partition named 8 times is answered once");
+    assert_eq!(parts[0].1, 0);
+    assert_eq!(batches_in(parts[0].2.clone()), 1, "max_bytes 0 gets exactly one batch");
+    assert!(frame_bytes < 100_000, "{frame_bytes} bytes for one ~63 KB batch");
+
+    // A real budget: all eight batches, once.
+    let (_, response) = bounded_fetch(&broker.addr, &repeated_fetch("good", 8, 1 << 20, 1 << 20), 4 << 20);
+    let parts = answered(&response);
+    assert_eq!(parts.len(), 1);
+    assert_eq!(batches_in(parts[0].2.clone()), 8, "each stored batch once");
+
+    // Two topics interleaved keep their order; an unknown one is answered once too.
+    let mut mixed = repeated_fetch("good", 2, 1 << 20, 1 << 20);
+    let mut unknown = mixed.topics[0].clone();
+    unknown.topic = TopicName(StrBytes::from_static_str("no-such-topic"));
+    mixed.topics.push(unknown.clone());
+    mixed.topics.push(mixed.topics[0].clone());
+    mixed.topics.push(unknown);
+    let (_, response) = bounded_fetch(&broker.addr, &mixed, 4 << 20);
+    let names: Vec<_> = response.responses.iter().map(|t| t.topic.0.to_string()).collect();
+    assert_eq!(names, ["good", "no-such-topic"], "each topic-partition once, at its first mention");
+    assert_eq!(answered(&response)[1].1, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+
+    healthy_round_trip(&mut client, 8 * 100);
+    broker.stop();
+}
+
+#[test]
+fn fetch_max_bytes_is_capped_by_the_broker() {
+    let (broker, mut client) = setup("fetch-cap");
+    let batch_bytes = batch(1000, 1000).len();
+    let batches = FETCH_MAX_BYTES / batch_bytes + 4;
+    for _ in 0..batches {
+        client.produce_raw("good", 0, batch(1000, 1000).freeze(), 1).unwrap(); // ~1 MB each
+    }
+    let request = repeated_fetch("good", 8, i32::MAX, i32::MAX);
+    let (frame_bytes, response) = bounded_fetch(&broker.addr, &request, FETCH_MAX_BYTES + (1 << 20));
+    let parts = answered(&response);
+    assert_eq!(parts.len(), 1);
+    let record_bytes = parts[0].2.len();
+    assert!(record_bytes <= FETCH_MAX_BYTES, "{record_bytes} record bytes, cap {FETCH_MAX_BYTES}");
+    assert!(record_bytes > FETCH_MAX_BYTES - 2 * batch_bytes, "the cap, not less: {record_bytes}");
+    assert!(frame_bytes < record_bytes + 1024);
+    healthy_round_trip(&mut client, batches * 1000);
     broker.stop();
 }

@@ -2,20 +2,38 @@
 //! `min_bytes` arrive or `max_wait_ms` passes, and answers with a response
 //! encoded by hand so that stored batches are sent by reference, not copied.
 //!
-//! Byte limits follow KIP-74: `partition_max_bytes` per partition and
-//! `max_bytes` for the response, except that the first partition with data
-//! always returns at least one whole batch.
+//! Byte limits follow KIP-74: `partition_max_bytes` per partition and a
+//! response budget of the request's `max_bytes` capped by the broker's
+//! [`FETCH_MAX_BYTES`], except that the first partition with data always
+//! returns at least one whole batch — once per response, not per partition.
+//!
+//! A partition named more than once is answered once, as Kafka does (its
+//! request is read into a map keyed by topic-partition): at the position of
+//! its first mention, with the fetch offset and limits of its last.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::FetchRequest;
 
 use super::{check_leader_epoch, decode_body, error_code, FrameError};
-use crate::broker::{Broker, PartitionOk, PartitionOp, TopicPartition};
+use crate::broker::{Broker, ClusterMeta, PartitionOk, PartitionOp, TopicMeta, TopicPartition};
 use crate::protocol::{PartsWriter, Reply, Request};
+
+/// The broker's cap on a response's record bytes, whatever the request's
+/// `max_bytes` (Kafka's `fetch.max.bytes`, default 55 MiB). It should become
+/// a config value; it is a constant until config.rs grows `fetch_max_bytes`.
+pub const FETCH_MAX_BYTES: usize = 55 << 20;
+
+/// Partitions read at once while the budget is spent and no data has been
+/// found yet: each may return one whole batch (KIP-74), so this bounds the
+/// memory such a read can take to this many batches.
+const ZERO_BUDGET_READS_AT_ONCE: usize = 16;
 
 /// One requested partition and what was read for it.
 pub struct Slot {
@@ -44,39 +62,12 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     }
     let wait_ms = (body.max_wait_ms.max(0) as u64).min(broker.config.fetch_max_wait_cap_ms);
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
-    let min_bytes = body.min_bytes.max(0) as usize;
-    let response_max_bytes = if body.max_bytes <= 0 { usize::MAX } else { body.max_bytes as usize };
-
-    let meta = broker.meta();
-    let mut topics = Vec::with_capacity(body.topics.len());
-    let mut slots = Vec::new();
-    for topic in &body.topics {
-        let known = meta.topic(topic.topic.0.as_str());
-        topics.push((topic.topic.0.to_string(), topic.partitions.len()));
-        for p in &topic.partitions {
-            let mut slot = Slot {
-                partition: p.partition,
-                tp: None,
-                fetch_offset: p.fetch_offset,
-                max_bytes: p.partition_max_bytes.max(0) as usize,
-                error: 0,
-                high_watermark: -1,
-                log_start_offset: -1,
-                parts: Vec::new(),
-            };
-            match known.filter(|t| p.partition >= 0 && p.partition < t.partitions) {
-                None => slot.error = ResponseError::UnknownTopicOrPartition.code(),
-                Some(t) => match check_leader_epoch(p.current_leader_epoch, t.leader_epoch) {
-                    Ok(()) => slot.tp = Some(t.tp(p.partition)),
-                    Err(code) => slot.error = code,
-                },
-            }
-            slots.push(slot);
-        }
-    }
+    let min_bytes = usize::try_from(body.min_bytes).unwrap_or(0);
+    let budget_bytes = response_budget_bytes(body.max_bytes);
+    let (mut slots, topics) = requested_slots(&broker.meta(), &body);
 
     loop {
-        read_all(broker, &mut slots).await;
+        read_all(broker, &mut slots, budget_bytes).await;
         let total: usize = slots.iter().map(Slot::bytes).sum();
         let now = Instant::now();
         let any_error = slots.iter().any(|s| s.error != 0);
@@ -86,15 +77,130 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
         let waits = slots.iter().filter_map(|s| Some((s.tp?, s.high_watermark))).collect();
         broker.wait_for_data(waits, deadline - now).await;
     }
-    apply_response_limit(&mut slots, response_max_bytes);
+    apply_response_limit(&mut slots, budget_bytes);
     Ok(encode(request, 0, &topics, &slots))
 }
 
-/// Reads every healthy slot, concurrently across shards.
-async fn read_all(broker: &Broker, slots: &mut [Slot]) {
-    let reads = slots.iter().map(|slot| async move {
+/// The response's record-byte budget: the request's `max_bytes` within the
+/// broker's cap. Zero or negative means zero, as in Kafka: only the one
+/// batch KIP-74 always allows.
+pub fn response_budget_bytes(request_max_bytes: i32) -> usize {
+    usize::try_from(request_max_bytes).unwrap_or(0).min(FETCH_MAX_BYTES)
+}
+
+/// One slot per distinct topic-partition of the request, and the response's
+/// topics: each name with how many consecutive slots are its.
+fn requested_slots(meta: &ClusterMeta, body: &FetchRequest) -> (Vec<Slot>, Vec<(String, usize)>) {
+    let mut index: HashMap<(&str, i32), usize> = HashMap::new();
+    let mut slots = Vec::new();
+    let mut slot_topics: Vec<&str> = Vec::new();
+    for topic in &body.topics {
+        let name = topic.topic.0.as_str();
+        let known = meta.topic(name);
+        for p in &topic.partitions {
+            let slot = new_slot(known, p);
+            match index.entry((name, p.partition)) {
+                // Kafka's map keeps the first position and the last request.
+                Entry::Occupied(at) => slots[*at.get()] = slot,
+                Entry::Vacant(at) => {
+                    at.insert(slots.len());
+                    slots.push(slot);
+                    slot_topics.push(name);
+                }
+            }
+        }
+    }
+    (slots, group_topics(&slot_topics))
+}
+
+/// Runs of equal consecutive names: a topic named again after another one
+/// gets a second entry, as Kafka's response does.
+fn group_topics(slot_topics: &[&str]) -> Vec<(String, usize)> {
+    let mut topics: Vec<(String, usize)> = Vec::new();
+    for name in slot_topics {
+        match topics.last_mut() {
+            Some((last, n)) if last == name => *n += 1,
+            _ => topics.push((name.to_string(), 1)),
+        }
+    }
+    topics
+}
+
+fn new_slot(known: Option<&std::sync::Arc<TopicMeta>>, p: &FetchPartition) -> Slot {
+    let mut slot = Slot {
+        partition: p.partition,
+        tp: None,
+        fetch_offset: p.fetch_offset,
+        max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
+        error: 0,
+        high_watermark: -1,
+        log_start_offset: -1,
+        parts: Vec::new(),
+    };
+    match known.filter(|t| p.partition >= 0 && p.partition < t.partitions) {
+        None => slot.error = ResponseError::UnknownTopicOrPartition.code(),
+        Some(t) => match check_leader_epoch(p.current_leader_epoch, t.leader_epoch) {
+            Ok(()) => slot.tp = Some(t.tp(p.partition)),
+            Err(code) => slot.error = code,
+        },
+    }
+    slot
+}
+
+/// Reads every healthy slot within `budget_bytes`, in waves: the slots of a
+/// wave are read concurrently (across shards), each granted its share of
+/// what is left, so that what is held in memory stays near the budget
+/// instead of every partition's `partition_max_bytes`. Once the budget is
+/// spent and some data found, the rest only learn their offsets.
+async fn read_all(broker: &Broker, slots: &mut [Slot], budget_bytes: usize) {
+    let mut remaining_bytes = budget_bytes;
+    let mut have_data = false;
+    let mut start = 0;
+    while start < slots.len() {
+        if remaining_bytes == 0 && have_data {
+            read_offsets(broker, &mut slots[start..]).await;
+            return;
+        }
+        let grants = wave_grants(&slots[start..], remaining_bytes);
+        let wave = &mut slots[start..start + grants.len()];
+        read_wave(broker, wave, &grants).await;
+        let got_bytes: usize = wave.iter().map(Slot::bytes).sum();
+        have_data |= got_bytes > 0;
+        remaining_bytes = remaining_bytes.saturating_sub(got_bytes);
+        start += grants.len();
+    }
+}
+
+/// The byte grants of the next wave, one per slot from the first of `slots`:
+/// each slot gets its `max_bytes` within what is left of `remaining_bytes`;
+/// the wave ends where the budget does, and holds at most
+/// [`ZERO_BUDGET_READS_AT_ONCE`] slots granted nothing (each of those may
+/// still return one batch). Never empty if `slots` is not.
+fn wave_grants(slots: &[Slot], mut remaining_bytes: usize) -> Vec<usize> {
+    let mut grants = Vec::new();
+    let mut zero_grants = 0;
+    for slot in slots {
+        let grant = slot.max_bytes.min(remaining_bytes);
+        if grant == 0 {
+            if zero_grants == ZERO_BUDGET_READS_AT_ONCE {
+                break;
+            }
+            zero_grants += 1;
+        }
+        grants.push(grant);
+        remaining_bytes -= grant;
+        if remaining_bytes == 0 && grant > 0 {
+            break; // the budget is planned out: what is read next depends on what this wave finds
+        }
+    }
+    grants
+}
+
+/// Reads the healthy slots of one wave concurrently, each within its grant.
+async fn read_wave(broker: &Broker, slots: &mut [Slot], grants: &[usize]) {
+    let reads = slots.iter().zip(grants).map(|(slot, &max_bytes)| async move {
         let tp = slot.tp.filter(|_| slot.error == 0)?;
-        Some(broker.on_partition(tp, PartitionOp::Read { offset: slot.fetch_offset, max_bytes: slot.max_bytes }).await)
+        Some(broker.on_partition(tp, PartitionOp::Read { offset: slot.fetch_offset, max_bytes }).await)
     });
     let results = futures::future::join_all(reads).await;
     for (slot, result) in slots.iter_mut().zip(results) {
@@ -114,8 +220,34 @@ async fn read_all(broker: &Broker, slots: &mut [Slot]) {
     }
 }
 
+/// For slots past the spent budget: their offsets (and whether the fetch
+/// offset is in range, by the same rule as a read), without reading data.
+async fn read_offsets(broker: &Broker, slots: &mut [Slot]) {
+    let reads = slots.iter().map(|slot| async move {
+        let tp = slot.tp.filter(|_| slot.error == 0)?;
+        Some(broker.on_partition(tp, PartitionOp::Offsets).await)
+    });
+    let results = futures::future::join_all(reads).await;
+    for (slot, result) in slots.iter_mut().zip(results) {
+        slot.parts.clear();
+        match result {
+            None => {}
+            Some(Ok(PartitionOk::Offsets { log_start_offset, high_watermark })) => {
+                slot.high_watermark = high_watermark;
+                slot.log_start_offset = log_start_offset;
+                // PartitionLog::plan_read's rule: the log end itself is readable (empty).
+                if slot.fetch_offset < log_start_offset || slot.fetch_offset > high_watermark {
+                    slot.error = ResponseError::OffsetOutOfRange.code();
+                }
+            }
+            Some(Ok(other)) => unreachable!("offsets answered with {other:?}"),
+            Some(Err(e)) => slot.error = error_code(e),
+        }
+    }
+}
+
 /// Drops data past the response's `max_bytes`, keeping the first non-empty
-/// partition whole (KIP-74).
+/// partition whole (KIP-74): the only slot that may pass the budget.
 fn apply_response_limit(slots: &mut [Slot], max_bytes: usize) {
     let mut total = 0usize;
     for slot in slots.iter_mut() {
@@ -123,16 +255,30 @@ fn apply_response_limit(slots: &mut [Slot], max_bytes: usize) {
         if bytes == 0 {
             continue;
         }
-        if total > 0 && total + bytes > max_bytes {
+        if total > 0 && total.saturating_add(bytes) > max_bytes {
             slot.parts.clear();
             continue;
         }
-        total += bytes;
+        total = total.saturating_add(bytes);
     }
 }
 
+/// Encodes the response; one whose frame would not fit the i32 length field
+/// closes the connection instead of sending a negative length. (Unreachable
+/// with the budget capped at [`FETCH_MAX_BYTES`]; checked all the same.)
 fn encode(request: &Request, top_error: i16, topics: &[(String, usize)], slots: &[Slot]) -> Reply {
-    Reply::Send(encode_response(request.version(), request.header.correlation_id, top_error, topics, slots))
+    let parts = encode_response(request.version(), request.header.correlation_id, top_error, topics, slots);
+    let frame_bytes = parts.iter().fold(0usize, |sum, p| sum.saturating_add(p.len()));
+    if i32::try_from(frame_bytes.saturating_sub(4)).is_err() {
+        return Reply::Close(format!("Fetch response of {frame_bytes} bytes does not fit a Kafka frame"));
+    }
+    Reply::Send(parts)
+}
+
+/// The records field's length if it fits the wire: an i32, or a compact
+/// length (u32 varint of length + 1) kept within i32 as Kafka's is.
+fn records_len(bytes: usize) -> Option<i32> {
+    i32::try_from(bytes).ok().filter(|&n| n < i32::MAX)
 }
 
 /// Encodes a Fetch response (v4..=v12) with the records as shared parts:
@@ -191,16 +337,89 @@ fn put_partition(w: &mut PartsWriter, slot: &Slot, version: i16, flexible: bool)
     if version >= 11 {
         w.buf().put_i32(-1); // preferred_read_replica
     }
-    let bytes = slot.bytes();
-    if flexible {
-        w.put_unsigned_varint(bytes as u32 + 1);
-    } else {
-        w.buf().put_i32(bytes as i32);
+    // Records too long for the length field are left out rather than sent
+    // with a wrapped length (the response budget keeps this from happening).
+    let len = records_len(slot.bytes());
+    if len.is_none() {
+        tracing::warn!(partition = slot.partition, bytes = slot.bytes(), "fetched records too long for a response");
     }
-    for part in &slot.parts {
-        w.put_shared(part.clone());
+    let len = len.unwrap_or(0);
+    if flexible {
+        w.put_unsigned_varint(len.unsigned_abs() + 1);
+    } else {
+        w.buf().put_i32(len);
+    }
+    if len > 0 {
+        for part in &slot.parts {
+            w.put_shared(part.clone());
+        }
     }
     if flexible {
         w.put_no_tags();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(max_bytes: usize, data_bytes: usize) -> Slot {
+        Slot {
+            partition: 0,
+            tp: None,
+            fetch_offset: 0,
+            max_bytes,
+            error: 0,
+            high_watermark: 0,
+            log_start_offset: 0,
+            parts: if data_bytes > 0 { vec![Bytes::from(vec![0u8; data_bytes])] } else { Vec::new() },
+        }
+    }
+
+    #[test]
+    fn budget_is_capped_and_never_negative() {
+        assert_eq!(response_budget_bytes(i32::MAX), FETCH_MAX_BYTES);
+        assert_eq!(response_budget_bytes(1000), 1000);
+        assert_eq!(response_budget_bytes(0), 0);
+        assert_eq!(response_budget_bytes(-5), 0);
+    }
+
+    #[test]
+    fn waves_share_out_the_budget() {
+        let slots: Vec<Slot> = [400, 400, 400, 400].iter().map(|&m| slot(m, 0)).collect();
+        assert_eq!(wave_grants(&slots, 1000), [400, 400, 200], "the wave ends where the budget does");
+        assert_eq!(wave_grants(&slots[3..], 1000), [400]);
+        let many: Vec<Slot> = (0..40).map(|_| slot(1 << 20, 0)).collect();
+        assert_eq!(wave_grants(&many, 0), vec![0; ZERO_BUDGET_READS_AT_ONCE], "bounded reads of one batch each");
+        let zero_max: Vec<Slot> = (0..40).map(|_| slot(0, 0)).collect();
+        assert_eq!(wave_grants(&zero_max, 1000).len(), ZERO_BUDGET_READS_AT_ONCE);
+    }
+
+    #[test]
+    fn only_the_first_partition_with_data_may_pass_the_budget() {
+        let mut slots = vec![slot(0, 0), slot(0, 5000), slot(0, 10), slot(0, 0)];
+        apply_response_limit(&mut slots, 1000);
+        let kept: Vec<usize> = slots.iter().map(Slot::bytes).collect();
+        assert_eq!(kept, [0, 5000, 0, 0]);
+        let mut slots = vec![slot(0, 300), slot(0, 600), slot(0, 200)];
+        apply_response_limit(&mut slots, 1000);
+        assert_eq!(slots.iter().map(Slot::bytes).collect::<Vec<_>>(), [300, 600, 0]);
+    }
+
+    #[test]
+    fn topics_group_consecutive_slots() {
+        assert_eq!(
+            group_topics(&["a", "a", "b", "a"]),
+            [("a".to_string(), 2), ("b".to_string(), 1), ("a".to_string(), 1)]
+        );
+        assert!(group_topics(&[]).is_empty());
+    }
+
+    #[test]
+    fn records_lengths_fit_i32() {
+        assert_eq!(records_len(0), Some(0));
+        assert_eq!(records_len(i32::MAX as usize - 1), Some(i32::MAX - 1));
+        assert_eq!(records_len(i32::MAX as usize), None, "compact length + 1 would pass i32");
+        assert_eq!(records_len(3 << 30), None);
     }
 }

@@ -26,11 +26,20 @@ const RECORD_COUNT_AT: usize = 57;
 const TRANSACTIONAL_BIT: i16 = 1 << 4;
 const CONTROL_BIT: i16 = 1 << 5;
 const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
+/// Attributes bits 0..3: the compression codec, 0 for none.
+const CODEC_MASK: i16 = 0b111;
+/// Smallest uncompressed record: a 1-byte length, then attributes,
+/// timestampDelta, offsetDelta, key length, value length and header count,
+/// one byte each.
+pub const MIN_RECORD_BYTES: usize = 7;
+/// Smallest record body (what a record's length prefix counts).
+const MIN_RECORD_BODY_BYTES: i64 = MIN_RECORD_BYTES as i64 - 1;
 
 /// Why a batch was refused. Each maps to one Kafka error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchError {
-    /// Truncated header or a length that runs past the data (CORRUPT_MESSAGE).
+    /// Truncated header, a length that runs past the data, or records that do
+    /// not fill the batch as its record count claims (CORRUPT_MESSAGE).
     Truncated,
     /// Magic other than 2: the pre-0.11 message formats (INVALID_RECORD).
     OldMagic(i8),
@@ -61,6 +70,8 @@ pub struct BatchInfo {
     pub base_sequence: i32,
     /// Transactional or control batch: spate does not support transactions yet.
     pub transactional: bool,
+    /// Compression codec id (attributes bits 0..3); 0 is uncompressed.
+    pub codec: u8,
 }
 
 impl BatchInfo {
@@ -119,11 +130,13 @@ pub fn peek(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
         producer_epoch: be_i16(bytes, PRODUCER_EPOCH_AT),
         base_sequence: be_i32(bytes, BASE_SEQUENCE_AT),
         transactional: be_i16(bytes, ATTRIBUTES_AT) & (TRANSACTIONAL_BIT | CONTROL_BIT) != 0,
+        codec: (be_i16(bytes, ATTRIBUTES_AT) & CODEC_MASK) as u8,
     })
 }
 
 /// Full check of the batch at the start of `bytes`: framing, magic, CRC32C,
-/// record count, and size against `max_batch_bytes`.
+/// size against `max_batch_bytes`, and the record count against the bytes
+/// (see [`check_record_count`]).
 pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
     let info = peek(bytes)?;
     if info.total_bytes > max_batch_bytes {
@@ -133,10 +146,74 @@ pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, Batch
     if crc32c::crc32c(&bytes[ATTRIBUTES_AT..info.total_bytes]) != stored_crc {
         return Err(BatchError::BadCrc);
     }
+    // Kafka refuses magic-2 batches whose offset range and count disagree.
     if info.record_count < 1 || info.last_offset_delta != info.record_count - 1 {
         return Err(BatchError::BadCount);
     }
+    check_record_count(&info, &bytes[HEADER_BYTES..info.total_bytes], max_batch_bytes)?;
     Ok(info)
+}
+
+/// Checks the claimed record count against the record bytes without
+/// decompressing: a false count would make the broker hand out offsets (and
+/// roll segments) for records that do not exist.
+///
+/// - Uncompressed: the records are walked by their length prefixes; exactly
+///   `record_count` records must fill the batch to its last byte.
+/// - Compressed: the records cannot be counted without decompressing, and a
+///   compressor can squeeze a run of identical records to well under a byte
+///   each, so no bound from the compressed size is sound. The bound used is
+///   one record per byte of `max_batch_bytes`: an uncompressed record takes
+///   at least [`MIN_RECORD_BYTES`], so a producer's batch (built uncompressed
+///   up to its batch size, itself meant to fit max.message.bytes) holds at
+///   most a seventh of that. It stops claims of 2^31 - 1 records from a few
+///   bytes (default max.message.bytes: about a million records at most).
+///
+/// A count the bytes cannot hold is refused as [`BatchError::Truncated`]
+/// (CORRUPT_MESSAGE).
+fn check_record_count(info: &BatchInfo, records: &[u8], max_batch_bytes: usize) -> Result<(), BatchError> {
+    let count = usize::try_from(info.record_count).map_err(|_| BatchError::BadCount)?;
+    if info.codec != 0 {
+        return if count <= max_batch_bytes { Ok(()) } else { Err(BatchError::Truncated) };
+    }
+    // Cheap refusal before the walk: each record takes at least 7 bytes.
+    if count > records.len() / MIN_RECORD_BYTES {
+        return Err(BatchError::Truncated);
+    }
+    let mut at = 0usize;
+    for _ in 0..count {
+        let (body_bytes, prefix_bytes) = read_zigzag_varint(&records[at..]).ok_or(BatchError::Truncated)?;
+        if body_bytes < MIN_RECORD_BODY_BYTES {
+            return Err(BatchError::Truncated);
+        }
+        // body_bytes fits in i32, so the sum cannot overflow usize.
+        at += prefix_bytes + body_bytes as usize;
+        if at > records.len() {
+            return Err(BatchError::Truncated);
+        }
+    }
+    if at == records.len() {
+        Ok(())
+    } else {
+        Err(BatchError::Truncated)
+    }
+}
+
+/// Reads a zigzag-encoded varint of at most 5 bytes (an i32) from the start
+/// of `bytes`: (value, bytes used), or None if cut short or too long.
+fn read_zigzag_varint(bytes: &[u8]) -> Option<(i64, usize)> {
+    let mut raw = 0u32;
+    for (i, &byte) in bytes.iter().take(5).enumerate() {
+        if i == 4 && byte > 0x0f {
+            return None; // more than 32 bits
+        }
+        raw |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let value = ((raw >> 1) as i32) ^ -((raw & 1) as i32);
+            return Some((i64::from(value), i + 1));
+        }
+    }
+    None
 }
 
 /// The 16-byte prefix a stored batch carries: its assigned base offset, its
@@ -209,6 +286,66 @@ pub mod tests {
         old[MAGIC_AT] = 1;
         assert_eq!(validate(&old, 1 << 20), Err(BatchError::OldMagic(1)));
         assert_eq!(validate(&batch, 10), Err(BatchError::TooLarge { batch_bytes: batch.len() }));
+    }
+
+    /// Rewrites the header's count, lastOffsetDelta and attributes of
+    /// `batch`, then fixes its CRC: only the record bytes can tell the lie.
+    fn relabel(mut batch: Vec<u8>, count: i32, last_delta: i32, attributes: i16) -> Vec<u8> {
+        batch[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
+        batch[LAST_DELTA_AT..LAST_DELTA_AT + 4].copy_from_slice(&last_delta.to_be_bytes());
+        batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
+        batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        batch
+    }
+
+    #[test]
+    fn uncompressed_record_count_must_match_the_records() {
+        let three = sample_batch(3, 5);
+        assert!(validate(&relabel(three.clone(), 3, 2, 0), 1 << 20).is_ok(), "relabel keeps a true batch valid");
+        let more = relabel(three.clone(), 4, 3, 0);
+        assert_eq!(validate(&more, 1 << 20), Err(BatchError::Truncated), "claims more records than present");
+        let fewer = relabel(three.clone(), 2, 1, 0);
+        assert_eq!(validate(&fewer, 1 << 20), Err(BatchError::Truncated), "bytes left after the claimed records");
+        let huge = relabel(three.clone(), i32::MAX, i32::MAX - 1, 0);
+        assert_eq!(validate(&huge, 1 << 20), Err(BatchError::Truncated), "2^31 - 1 records in 21 bytes");
+        let inconsistent = relabel(three, 3, 5, 0);
+        assert_eq!(validate(&inconsistent, 1 << 20), Err(BatchError::BadCount), "lastOffsetDelta != count - 1");
+    }
+
+    #[test]
+    fn record_lengths_are_checked() {
+        let mut negative = sample_batch(2, 5);
+        negative[HEADER_BYTES] = 0x01; // zigzag -1
+        let negative = relabel(negative, 2, 1, 0);
+        assert_eq!(validate(&negative, 1 << 20), Err(BatchError::Truncated));
+        let mut past_end = sample_batch(2, 5);
+        past_end[HEADER_BYTES + 7] = 0x7e; // second record claims 63 bytes
+        let past_end = relabel(past_end, 2, 1, 0);
+        assert_eq!(validate(&past_end, 1 << 20), Err(BatchError::Truncated));
+    }
+
+    #[test]
+    fn compressed_counts_are_bounded_by_max_batch_bytes() {
+        // A gzip-flagged batch: its bytes are not decompressed, only bounded.
+        let batch = sample_batch(1, 5);
+        let plausible = relabel(batch.clone(), 1000, 999, 1);
+        assert_eq!(validate(&plausible, 1 << 20).map(|i| i.record_count), Ok(1000));
+        let huge = relabel(batch.clone(), i32::MAX, i32::MAX - 1, 1);
+        assert_eq!(validate(&huge, 1 << 20), Err(BatchError::Truncated));
+        let just_over = relabel(batch, (1 << 20) + 1, 1 << 20, 4);
+        assert_eq!(validate(&just_over, 1 << 20), Err(BatchError::Truncated));
+    }
+
+    #[test]
+    fn zigzag_varints() {
+        assert_eq!(read_zigzag_varint(&[0x0c]), Some((6, 1)));
+        assert_eq!(read_zigzag_varint(&[0x01]), Some((-1, 1)));
+        assert_eq!(read_zigzag_varint(&[0xfe, 0xff, 0xff, 0xff, 0x0f]), Some((i32::MAX as i64, 5)));
+        assert_eq!(read_zigzag_varint(&[0xff, 0xff, 0xff, 0xff, 0x0f]), Some((i32::MIN as i64, 5)));
+        assert_eq!(read_zigzag_varint(&[0x80, 0x80]), None, "cut short");
+        assert_eq!(read_zigzag_varint(&[0xff, 0xff, 0xff, 0xff, 0x1f]), None, "more than 32 bits");
+        assert_eq!(read_zigzag_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00]), None, "more than 5 bytes");
     }
 
     #[test]
