@@ -95,7 +95,7 @@ impl PartsWriter {
     /// Patches the frame length and returns the parts.
     pub fn finish(mut self) -> Vec<Bytes> {
         self.flush_scratch();
-        let len = (self.total - 4) as i32;
+        let len = i32::try_from(self.total - 4).expect("responses are capped below 2 GiB (fetch_max_bytes)");
         let mut first = BytesMut::from(&self.parts[0][..]);
         first[..4].copy_from_slice(&len.to_be_bytes());
         self.parts[0] = first.freeze();

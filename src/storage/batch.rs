@@ -134,10 +134,10 @@ pub fn peek(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
     })
 }
 
-/// Full check of the batch at the start of `bytes`: framing, magic, CRC32C,
-/// size against `max_batch_bytes`, and the record count against the bytes
-/// (see [`check_record_count`]).
-pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
+/// Recovery's check of a stored batch: framing, magic, size and CRC32C,
+/// nothing stricter. What a producer's batch must also satisfy may grow over
+/// versions; a batch already stored (and acknowledged) is kept.
+pub fn check_stored(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
     let info = peek(bytes)?;
     if info.total_bytes > max_batch_bytes {
         return Err(BatchError::TooLarge { batch_bytes: info.total_bytes });
@@ -146,6 +146,14 @@ pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, Batch
     if crc32c::crc32c(&bytes[ATTRIBUTES_AT..info.total_bytes]) != stored_crc {
         return Err(BatchError::BadCrc);
     }
+    Ok(info)
+}
+
+/// Full check of the batch at the start of `bytes`: framing, magic, CRC32C,
+/// size against `max_batch_bytes`, and the record count against the bytes
+/// (see [`check_record_count`]).
+pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
+    let info = check_stored(bytes, max_batch_bytes)?;
     // Kafka refuses magic-2 batches whose offset range and count disagree.
     if info.record_count < 1 || info.last_offset_delta != info.record_count - 1 {
         return Err(BatchError::BadCount);

@@ -20,8 +20,16 @@ use super::{open_log, Durability, LogConfig, Partition};
 #[derive(Debug, Clone)]
 enum Step {
     /// Concurrent produces; the first `dropped` of them are cancelled after one poll.
-    Produce { sizes: Vec<(u8, u16)>, acks: u8, dropped: usize },
-    Fail { op: Op, fault: Fault, times: u64 },
+    Produce {
+        sizes: Vec<(u8, u16)>,
+        acks: u8,
+        dropped: usize,
+    },
+    Fail {
+        op: Op,
+        fault: Fault,
+        times: u64,
+    },
     Crash,
     Restart,
 }

@@ -193,7 +193,7 @@ async fn scan(segment: &mut Segment, from: u64, config: &LogConfig, found: &mut 
         }
         let mut at = 0;
         while at < chunk.len() {
-            let Ok(info) = batch::validate(&chunk[at..], max_batch_bytes) else { break };
+            let Ok(info) = batch::check_stored(&chunk[at..], max_batch_bytes) else { break };
             let next = info.base_offset + info.last_offset_delta as i64 + 1;
             segment.track(
                 position + at as u64,
