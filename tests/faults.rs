@@ -27,19 +27,19 @@ fn values(n: usize, tag: &str) -> Vec<(Option<Bytes>, Bytes)> {
     (0..n).map(|i| (None, Bytes::from(format!("{tag}-{i}")))).collect()
 }
 
-/// Produces batches of `n` records to `topic`/`partition` with `acks` until
-/// `stop` is set or the broker goes away, recording every acknowledged one.
-/// Refused batches (storage errors) are not recorded.
-fn producer(
-    addr: String,
+/// What one producer thread sends: batches of `records` records to
+/// `topic`/`partition` with `acks`, values tagged with `tag`.
+struct Load {
     topic: &'static str,
     partition: i32,
-    n: usize,
+    records: usize,
     acks: i16,
     tag: String,
-    stop: Arc<AtomicBool>,
-    acked: Acked,
-) -> std::thread::JoinHandle<usize> {
+}
+
+/// Produces `load` until `stop` is set or the broker goes away, recording
+/// every acknowledged batch; returns how many were refused (storage errors).
+fn producer(addr: String, load: Load, stop: Arc<AtomicBool>, acked: Acked) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let mut refused = 0;
         let Ok(mut client) = Client::connect(&addr) else { return refused };
@@ -47,11 +47,11 @@ fn producer(
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let batch = values(n, &format!("{tag}-b{i}"));
-            match client.produce(topic, partition, &batch, acks, Compression::None) {
+            let batch = values(load.records, &format!("{}-b{i}", load.tag));
+            match client.produce(load.topic, load.partition, &batch, load.acks, Compression::None) {
                 Ok(base) => {
                     let vals = batch.iter().map(|(_, v)| String::from_utf8(v.to_vec()).unwrap()).collect();
-                    acked.lock().unwrap().push((partition, base, vals));
+                    acked.lock().unwrap().push((load.partition, base, vals));
                 }
                 Err(e) if e.to_string().contains("error code") => refused += 1,
                 Err(_) => {
@@ -166,7 +166,8 @@ fn rude_disconnects_never_lose_another_producers_records() {
     let broker = TestBroker::start(&dir, &["segment_bytes=262144"]);
     broker.client().create_topic("shared", 1, &[]).unwrap();
     let (stop, acked) = (Arc::new(AtomicBool::new(false)), Acked::default());
-    let good = producer(broker.addr.clone(), "shared", 0, 10, -1, "good".into(), stop.clone(), acked.clone());
+    let load = Load { topic: "shared", partition: 0, records: 10, acks: -1, tag: "good".into() };
+    let good = producer(broker.addr.clone(), load, stop.clone(), acked.clone());
     // 300 clients, as the report had, each resetting its connection
     // with 8 pipelined produces in flight.
     let rude: Vec<_> = (0..4)
@@ -202,16 +203,14 @@ fn tiny_segments_under_concurrent_producers_survive_kill9() {
     let (stop, acked) = (Arc::new(AtomicBool::new(false)), Acked::default());
     let producers: Vec<_> = (0..6)
         .map(|i| {
-            producer(
-                broker.addr.clone(),
-                "tiny",
-                i % 2,
-                25,
-                if i % 3 == 0 { 1 } else { -1 },
-                format!("p{i}"),
-                stop.clone(),
-                acked.clone(),
-            )
+            let load = Load {
+                topic: "tiny",
+                partition: i % 2,
+                records: 25,
+                acks: if i % 3 == 0 { 1 } else { -1 },
+                tag: format!("p{i}"),
+            };
+            producer(broker.addr.clone(), load, stop.clone(), acked.clone())
         })
         .collect();
     std::thread::sleep(Duration::from_millis(2500));
@@ -240,16 +239,14 @@ fn survive_injected_faults(name: &str, faults: &str, expect_refusals: bool) {
     let (stop, acked) = (Arc::new(AtomicBool::new(false)), Acked::default());
     let producers: Vec<_> = (0..4)
         .map(|i| {
-            producer(
-                broker.addr.clone(),
-                "faulty",
-                i % 2,
-                20,
-                if i == 3 { 1 } else { -1 },
-                format!("p{i}"),
-                stop.clone(),
-                acked.clone(),
-            )
+            let load = Load {
+                topic: "faulty",
+                partition: i % 2,
+                records: 20,
+                acks: if i == 3 { 1 } else { -1 },
+                tag: format!("p{i}"),
+            };
+            producer(broker.addr.clone(), load, stop.clone(), acked.clone())
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(3);

@@ -133,7 +133,11 @@ fn run_case(steps: Vec<Step>, case: usize) {
     executor.run(async {
         let case = run_steps(&dir, &steps);
         let limit = std::time::Duration::from_secs(60);
-        if glommio::timer::timeout(limit, async { Ok(case.await) }).await.is_err() {
+        let bounded = glommio::timer::timeout(limit, async {
+            case.await;
+            Ok(())
+        });
+        if bounded.await.is_err() {
             panic!("case hung for {limit:?}: {steps:?}");
         }
     });

@@ -455,12 +455,13 @@ impl Partition {
             return Ok(());
         }
         let (file, size) = self.log.borrow().active_file_and_size();
-        let (dir, end, snapshot) = {
+        let (dir, end, snapshot, path) = {
             let log = self.log.borrow();
-            (log.dir.clone(), log.end_offset(), log.producer_snapshot())
+            let path = super::segment::log_path(&log.dir, log.active_base_offset());
+            (log.dir.clone(), log.end_offset(), log.producer_snapshot(), path)
         };
         file.truncate(size).await?;
-        fdatasync(&file, &super::segment::log_path(&dir, self.log.borrow().active_base_offset())).await?;
+        fdatasync(&file, &path).await?;
         write_producer_snapshot(dir, end, snapshot).await;
         Ok(())
     }
