@@ -142,8 +142,9 @@ fn start_broker(config: Arc<Config>) -> Result<shards::ShardRuntime> {
         spin_before_park_us: config.spin_before_park_us,
     };
     let shard_config = config.clone();
+    let barrier = Arc::new(spate::server::ShutdownBarrier::default());
     let runtime = shards::ShardRuntime::start(&runtime_config, move |shard| {
-        spate::server::run_shard(shard, shard_config.clone())
+        spate::server::run_shard(shard, shard_config.clone(), barrier.clone())
     })
     .context("starting shards")?;
     info!(shards = runtime.shard_count(), "shards started");
