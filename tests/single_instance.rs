@@ -1,6 +1,7 @@
-//! One broker per data directory and per port: a second `spate serve` on
-//! either exits at once with a message saying who holds it, and the first
-//! keeps serving.
+//! A broker's life as a process: one broker per data directory and per
+//! port (a second `spate serve` on either exits at once with a message
+//! saying who holds it, and the first keeps serving), and a SIGTERM that
+//! lets in-flight requests finish before it exits.
 
 mod common;
 
@@ -89,4 +90,22 @@ fn meta_properties_pins_the_node_id() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("belongs to node 0"), "{stderr}");
+}
+
+#[test]
+fn sigterm_answers_requests_in_flight() {
+    let broker = TestBroker::start(&temp_dir("drain"), &[]);
+    let mut client = broker.client();
+    client.create_topic("quiet", 1, &[]).unwrap();
+    // A long-polling fetch on an empty partition is in flight when the stop comes.
+    let poller = std::thread::spawn(move || {
+        let started = Instant::now();
+        let answer = client.fetch("quiet", 0, 0, 3000);
+        (answer.map(|(records, _)| records.len()), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    broker.stop(); // SIGTERM; asserts a clean exit
+    let (answer, waited) = poller.join().unwrap();
+    assert_eq!(answer.expect("the in-flight fetch is answered, not cut off"), 0);
+    assert!(waited >= Duration::from_millis(2500), "answered after its wait, not early: {waited:?}");
 }
