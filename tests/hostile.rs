@@ -93,6 +93,7 @@ fn silent_50_mib_headers_hold_almost_no_memory() {
 
     let grown = rss_bytes(broker.pid()).saturating_sub(rss_before);
     let announced = 60 * ANNOUNCED_BYTES as u64;
+    eprintln!("RSS grew by {} KiB for {} MiB announced", grown >> 10, announced / MIB);
     assert!(grown < 100 * MIB, "60 headers announcing {} MiB grew the broker by {} MiB", announced / MIB, grown / MIB);
     assert!(hostile.iter_mut().all(|s| !closed_by_broker(s, Duration::from_millis(10))), "still waiting for them");
     round_trip(&mut client, "good", stored);
@@ -176,6 +177,7 @@ fn request_budget_stops_reading_instead_of_allocating() {
         .collect();
     let streams: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
     let grown = rss_bytes(broker.pid()).saturating_sub(rss_before);
+    eprintln!("RSS grew by {} KiB for 160 MiB offered", grown >> 10);
     assert!(grown < 64 * MIB, "160 MiB offered against a 2 × 8 MiB budget grew the broker by {} MiB", grown / MIB);
     // Once the stalled frames time out, their budget returns and reading resumes.
     round_trip(&mut client, "good", stored);
