@@ -14,6 +14,7 @@ mod wait;
 
 use std::cell::Cell;
 use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -172,6 +173,9 @@ async fn accept_loop(net: Rc<Net>, listener: TcpListener) {
 /// One connection's state shared by its reader, its writer and its requests.
 struct Conn {
     peer: String,
+    /// The socket, to ask how many bytes have arrived (the stream lives as
+    /// long as the connection's reader).
+    fd: RawFd,
     /// Requests read and not yet answered.
     unanswered: Cell<usize>,
     /// When a request was last read or a response last written.
@@ -199,6 +203,7 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let conn = Rc::new(Conn {
         peer,
+        fd: stream.as_raw_fd(),
         unanswered: Cell::new(0),
         last_active: Cell::new(Instant::now()),
         unsent: ByteBudget::new(config.max_unsent_response_bytes),
@@ -334,7 +339,8 @@ async fn read_frame_body(net: &Net, conn: &Conn, reader: &mut Reader, len: usize
                     Woke::TimedOut | Woke::Stopping => return frame_timed_out(conn, filled, len),
                 }
             }
-            let target = next_frame_capacity(filled, len, reader.buffer().len());
+            let arrived = reader.buffer().len() + queued_in_kernel(conn.fd);
+            let target = next_frame_capacity(filled, len, arrived);
             // The wait for the budget counts against the frame's time too:
             // otherwise half-sent frames holding all of it would wedge the shard.
             if let Woke::TimedOut = race(charge.grow(target - frame.len()), left(deadline), never()).await {
@@ -358,16 +364,29 @@ async fn read_frame_body(net: &Net, conn: &Conn, reader: &mut Reader, len: usize
     Some((Bytes::from(frame), charge))
 }
 
-/// The frame buffer's next size: what has arrived (read or buffered) at
-/// least doubles it, never past the frame. Growing by doubling keeps the
-/// copies of a large frame under its size in total.
-fn next_frame_capacity(filled: usize, len: usize, buffered: usize) -> usize {
-    let step = filled.max(buffered).max(MIN_FRAME_STEP_BYTES);
+/// The frame buffer's next size: room for every byte that has arrived
+/// (buffered here or queued in the kernel), and at least double, never past
+/// the frame. A frame arriving fast is one allocation; one trickling in
+/// holds at most twice what it sent.
+fn next_frame_capacity(filled: usize, len: usize, arrived: usize) -> usize {
+    let step = filled.max(arrived).max(MIN_FRAME_STEP_BYTES);
     filled.saturating_add(step).min(len)
 }
 
 fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
+}
+
+/// Bytes received on `fd` and not yet read (SIOCINQ); 0 if unknown.
+fn queued_in_kernel(fd: RawFd) -> usize {
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int; fd is the open socket of this connection.
+    let ok = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut bytes) } == 0;
+    if ok {
+        bytes.max(0) as usize
+    } else {
+        0
+    }
 }
 
 async fn never() {
