@@ -215,13 +215,17 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
     // Bytes of requests in flight on this connection; reading waits when spent.
     let budget_bytes = config.max_inflight_request_bytes;
     let budget = Rc::new(Semaphore::new(budget_bytes as u64));
-    while let Some(len) = read_frame_len(net, &conn, &mut reader).await {
+    loop {
         // A client that does not read its responses gets no more served.
         conn.unsent.wait_available().await;
+        let Some((len, deadline)) = read_frame_len(net, &conn, &mut reader).await else { break };
         // A frame larger than the whole budget takes all of it.
         let cost = len.min(budget_bytes) as u64;
+        let waited_since = Instant::now();
         let Ok(permit) = budget.clone().acquire_static_permit(cost).await else { break };
-        let Some((frame, charge)) = read_frame_body(net, &conn, &mut reader, len).await else { break };
+        // Waiting for this connection's earlier requests is not the client's delay.
+        let deadline = deadline + waited_since.elapsed();
+        let Some((frame, charge)) = read_frame_body(net, &conn, &mut reader, len, deadline).await else { break };
         let request = match handlers::parse_request(frame) {
             Ok(request) => request,
             Err(FrameError(reason)) => {
@@ -275,11 +279,15 @@ async fn race<T>(work: impl Future<Output = T>, timeout: Duration, stop: impl Fu
 
 type Reader = BufReader<futures::io::ReadHalf<TcpStream>>;
 
-/// Waits for the next frame header and returns the frame's length; None when
-/// the connection should close (client gone, idle, bad length, stopping).
-async fn read_frame_len(net: &Net, conn: &Conn, reader: &mut Reader) -> Option<usize> {
+/// Waits for the next frame header; returns the frame's length and the
+/// deadline for the rest of it (socket_request_read_timeout_ms from its first
+/// byte). None when the connection should close (client gone, idle, bad
+/// length, stopping).
+async fn read_frame_len(net: &Net, conn: &Conn, reader: &mut Reader) -> Option<(usize, Instant)> {
+    let read_timeout = Duration::from_millis(net.broker.config.socket_request_read_timeout_ms);
     let mut header = [0u8; 4];
     let mut got = 0;
+    let mut deadline = None; // set by the frame's first byte
     while got < header.len() {
         if net.stop.is_raised() {
             return None; // take no new request; the writer finishes the others
@@ -287,11 +295,16 @@ async fn read_frame_len(net: &Net, conn: &Conn, reader: &mut Reader) -> Option<u
         let read = if reader.buffer().len() >= header.len() - got {
             Woke::Done(reader.read(&mut header[got..]).await) // no wait: already here
         } else {
-            race(reader.read(&mut header[got..]), idle_left(net, conn), net.stop.raised()).await
+            let wait = deadline.map_or_else(|| idle_left(net, conn), left);
+            race(reader.read(&mut header[got..]), wait, net.stop.raised()).await
         };
         match read {
             Woke::Done(Ok(0)) | Woke::Done(Err(_)) | Woke::Stopping => return None,
-            Woke::Done(Ok(n)) => got += n,
+            Woke::Done(Ok(n)) => {
+                got += n;
+                deadline.get_or_insert_with(|| Instant::now() + read_timeout);
+            }
+            Woke::TimedOut if deadline.is_some() => return frame_timed_out(conn, got, header.len()),
             Woke::TimedOut if is_idle(net, conn) => {
                 info!(peer = %conn.peer, "closing idle connection (connections_max_idle_ms)");
                 return None;
@@ -305,7 +318,7 @@ async fn read_frame_len(net: &Net, conn: &Conn, reader: &mut Reader) -> Option<u
         warn!(peer = %conn.peer, len, max_bytes, "closing connection: frame length out of bounds (socket_request_max_bytes)");
         return None;
     }
-    Some(len as usize)
+    Some((len as usize, deadline.unwrap_or_else(|| Instant::now() + read_timeout)))
 }
 
 fn idle_left(net: &Net, conn: &Conn) -> Duration {
@@ -323,9 +336,13 @@ fn is_idle(net: &Net, conn: &Conn) -> bool {
 /// Reads a frame body of `len` bytes into a buffer that grows only with the
 /// bytes that have arrived (a header announcing 50 MiB costs nothing until
 /// they come), charging the shard's request budget as it grows.
-async fn read_frame_body(net: &Net, conn: &Conn, reader: &mut Reader, len: usize) -> Option<(Bytes, Charge)> {
-    let timeout = Duration::from_millis(net.broker.config.socket_request_read_timeout_ms);
-    let deadline = Instant::now() + timeout;
+async fn read_frame_body(
+    net: &Net,
+    conn: &Conn,
+    reader: &mut Reader,
+    len: usize,
+    deadline: Instant,
+) -> Option<(Bytes, Charge)> {
     let mut charge = Charge::new(net.request_budget.clone());
     let mut frame: Vec<u8> = Vec::new();
     let mut filled = 0;
