@@ -182,6 +182,9 @@ struct Conn {
     last_active: Cell<Instant>,
     /// Answered but unsent response bytes (`max_unsent_response_bytes`).
     unsent: Rc<ByteBudget>,
+    /// Raised when the writer ends: the reader must not wait for budgets
+    /// that only the writer gives back.
+    writer_gone: StopSignal,
 }
 
 impl Conn {
@@ -207,6 +210,7 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
         unanswered: Cell::new(0),
         last_active: Cell::new(Instant::now()),
         unsent: ByteBudget::new(config.max_unsent_response_bytes),
+        writer_gone: StopSignal::default(),
     });
     let (reader, writer) = stream.split();
     let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(config.max_inflight_requests);
@@ -217,37 +221,57 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
     let budget = Rc::new(Semaphore::new(budget_bytes as u64));
     loop {
         // A client that does not read its responses gets no more served.
-        conn.unsent.wait_available().await;
+        if unless(conn.unsent.wait_available(), conn.writer_gone.raised()).await.is_none() {
+            break;
+        }
         let Some((len, deadline)) = read_frame_len(net, &conn, &mut reader).await else { break };
         // A frame larger than the whole budget takes all of it.
         let cost = len.min(budget_bytes) as u64;
         let waited_since = Instant::now();
-        let Ok(permit) = budget.clone().acquire_static_permit(cost).await else { break };
+        let acquire = budget.acquire_static_permit(cost);
+        let Some(Ok(permit)) = unless(acquire, conn.writer_gone.raised()).await else { break };
         // Waiting for this connection's earlier requests is not the client's delay.
         let deadline = deadline + waited_since.elapsed();
         let Some((frame, charge)) = read_frame_body(net, &conn, &mut reader, len, deadline).await else { break };
-        let request = match handlers::parse_request(frame) {
-            Ok(request) => request,
-            Err(FrameError(reason)) => {
-                warn!(peer = %conn.peer, "closing connection: {reason}");
-                break;
-            }
-        };
-        conn.unanswered.set(conn.unanswered.get() + 1);
-        let (handler_broker, handler_conn) = (net.broker.clone(), conn.clone());
-        let reply = glommio::spawn_local(async move {
-            let reply = handlers::handle(&handler_broker, request).await;
-            if let Ok(Reply::Send(parts)) = &reply {
-                handler_conn.unsent.take(parts.iter().map(Bytes::len).sum());
-            }
-            reply
-        });
+        let Some(reply) = dispatch(net, &conn, frame) else { break };
         if pending_tx.send(Pending { reply, held: (permit, charge) }).await.is_err() {
             break; // the writer gave up on this connection
         }
     }
     drop(pending_tx);
     let _ = writer_task.await;
+}
+
+/// Parses a frame and starts its handler; None if the frame is not a request.
+fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<glommio::Task<Result<Reply, FrameError>>> {
+    let request = match handlers::parse_request(frame) {
+        Ok(request) => request,
+        Err(FrameError(reason)) => {
+            warn!(peer = %conn.peer, "closing connection: {reason}");
+            return None;
+        }
+    };
+    conn.unanswered.set(conn.unanswered.get() + 1);
+    let (broker, conn) = (net.broker.clone(), conn.clone());
+    Some(glommio::spawn_local(async move {
+        let reply = handlers::handle(&broker, request).await;
+        if let Ok(Reply::Send(parts)) = &reply {
+            conn.unsent.take(parts.iter().map(Bytes::len).sum());
+        }
+        reply
+    }))
+}
+
+/// Runs `work` unless `stop` resolves first.
+async fn unless<T>(work: impl Future<Output = T>, stop: impl Future<Output = ()>) -> Option<T> {
+    let (mut work, mut stop) = (pin!(work), pin!(stop));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(value));
+        }
+        stop.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// How a wait for the client ended.
@@ -431,12 +455,27 @@ async fn write_responses<W: futures::io::AsyncWrite + Unpin>(
     conn: Rc<Conn>,
 ) {
     let mut writer = BufWriter::with_capacity(SOCKET_BUFFER_BYTES, writer);
+    send_in_order(&pending, &mut writer, &conn).await;
+    // Wake a reader waiting to queue a request or for a budget only the
+    // writer gives back.
+    drop(pending);
+    conn.writer_gone.raise();
+    let _ = writer.close().await;
+}
+
+/// Writes each response once its handler is done, in request order, until
+/// the reader is done or the connection fails.
+async fn send_in_order<W: futures::io::AsyncWrite + Unpin>(
+    pending: &local_channel::LocalReceiver<Pending>,
+    writer: &mut W,
+    conn: &Conn,
+) {
     while let Some(request) = pending.recv().await {
         let Pending { reply, held } = request;
         match reply.await {
             Ok(Reply::Send(parts)) => {
                 let bytes = parts.iter().map(Bytes::len).sum();
-                if write_parts(&mut writer, &parts).await.is_err() {
+                if write_parts(writer, &parts).await.is_err() {
                     return;
                 }
                 conn.unsent.give_back(bytes);
@@ -444,7 +483,7 @@ async fn write_responses<W: futures::io::AsyncWrite + Unpin>(
             Ok(Reply::Nothing) => {}
             Ok(Reply::Close(reason)) | Err(FrameError(reason)) => {
                 warn!(peer = %conn.peer, "closing connection: {reason}");
-                break;
+                return;
             }
         }
         // Only now are the request's bytes released: a slow reader holds its
@@ -453,7 +492,6 @@ async fn write_responses<W: futures::io::AsyncWrite + Unpin>(
         conn.unanswered.set(conn.unanswered.get() - 1);
         conn.touch();
     }
-    let _ = writer.close().await;
 }
 
 async fn write_parts<W: futures::io::AsyncWrite + Unpin>(writer: &mut W, parts: &[Bytes]) -> std::io::Result<()> {

@@ -190,3 +190,48 @@ fn request_budget_stops_reading_instead_of_allocating() {
     drop(streams);
     broker.stop();
 }
+
+/// An ApiVersions v0 request frame (v1 request header, client id "t").
+fn api_versions_frame(correlation_id: i32) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(15);
+    frame.extend_from_slice(&11i32.to_be_bytes());
+    frame.extend_from_slice(&18i16.to_be_bytes());
+    frame.extend_from_slice(&0i16.to_be_bytes());
+    frame.extend_from_slice(&correlation_id.to_be_bytes());
+    frame.extend_from_slice(&1i16.to_be_bytes());
+    frame.push(b't');
+    frame
+}
+
+/// Ignored: it finds a leak this branch does not fix. The broker does stop
+/// reading the client, but after the client resets the connection the
+/// broker's blocked response write fails only seconds later and the
+/// connection's descriptor stays open (the same happens on main before
+/// this branch, where the reader waits on the full request queue).
+#[test]
+#[ignore = "known leak: a reset under a blocked response write keeps the connection's fd"]
+fn a_client_that_never_reads_stops_being_read_and_leaks_nothing() {
+    let broker = TestBroker::start(&temp_dir("hostile-no-read"), &["max_unsent_response_bytes=65536"]);
+    let mut client = broker.client();
+    client.create_topic("good", 1, &[]).unwrap();
+    let stored = round_trip(&mut client, "good", 0);
+    let fds_before = open_fds(broker.pid());
+
+    // 2,000,000 pipelined requests (30 MB) whose answers are never read: far more
+    // response bytes than the socket buffers hold.
+    let requests: Vec<u8> = (0..2_000_000).flat_map(api_versions_frame).collect();
+    let mut greedy = TcpStream::connect(&broker.addr).unwrap();
+    greedy.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let sent = greedy.write_all(&requests);
+    assert!(sent.is_err(), "the broker stopped reading a client that does not read its answers");
+    round_trip(&mut client, "good", stored);
+    // Closing with answers unread resets the connection: the broker must let
+    // go of it even though its reader was waiting for the writer.
+    drop(greedy);
+    assert!(
+        eventually(Duration::from_secs(5), || open_fds(broker.pid()) <= fds_before),
+        "descriptors back to {fds_before}, now {:?}",
+        fd_targets(broker.pid())
+    );
+    broker.stop();
+}
