@@ -38,8 +38,27 @@ pub struct Config {
     pub socket_request_max_bytes: usize,
     /// Requests read ahead per connection while earlier ones are answered.
     pub max_inflight_requests: usize,
-    /// Bytes of those requests a connection may hold at once (Kafka's queued.max.request.bytes).
+    /// Bytes of those requests a connection may hold at once, until answered.
     pub max_inflight_request_bytes: usize,
+    /// Bytes of requests a shard holds in memory, from their first byte read
+    /// until their response is written (Kafka's queued.max.request.bytes).
+    /// When spent, the shard stops reading sockets; one read step may overdraw
+    /// it, so that no request ever waits for more than the whole budget.
+    pub queued_max_request_bytes: usize,
+    /// Bytes of answered but unsent responses per connection above which the
+    /// connection reads no new request (a client that does not read its
+    /// responses stops being served; requests already in flight still finish).
+    pub max_unsent_response_bytes: usize,
+    /// connections.max.idle.ms: a connection with no request and no response
+    /// for this long is closed.
+    pub connections_max_idle_ms: u64,
+    /// A frame whose body has not fully arrived this long after its header
+    /// closes the connection (waiting for the shard's request budget counts
+    /// too, so that half-sent frames holding all of it cannot wedge a shard).
+    pub socket_request_read_timeout_ms: u64,
+    /// On SIGTERM, how long open connections may take to finish their
+    /// in-flight requests before the partitions are closed anyway.
+    pub shutdown_drain_timeout_ms: u64,
     /// Connections per shard; more are refused.
     pub max_connections_per_shard: usize,
     /// Upper bound on a fetch's max_wait_ms.
@@ -80,6 +99,11 @@ impl Default for Config {
             socket_request_max_bytes: 100 << 20,
             max_inflight_requests: 128,
             max_inflight_request_bytes: 256 << 20,
+            queued_max_request_bytes: 256 << 20,
+            max_unsent_response_bytes: 64 << 20,
+            connections_max_idle_ms: 600_000,
+            socket_request_read_timeout_ms: 30_000,
+            shutdown_drain_timeout_ms: 10_000,
             max_connections_per_shard: 10_000,
             fetch_max_wait_cap_ms: 30_000,
             segment_bytes: log.segment_bytes,
@@ -134,7 +158,13 @@ impl Config {
             bail!("segment_bytes must be between 16 KiB and 2 GiB (index positions are 32-bit)");
         }
         if self.max_inflight_requests == 0 || self.mailbox_capacity == 0 || self.max_inflight_request_bytes == 0 {
-            bail!("max_inflight_requests and mailbox_capacity must be positive");
+            bail!("max_inflight_requests, max_inflight_request_bytes and mailbox_capacity must be positive");
+        }
+        if self.queued_max_request_bytes == 0 || self.max_unsent_response_bytes == 0 {
+            bail!("queued_max_request_bytes and max_unsent_response_bytes must be positive");
+        }
+        if self.connections_max_idle_ms == 0 || self.socket_request_read_timeout_ms == 0 {
+            bail!("connections_max_idle_ms and socket_request_read_timeout_ms must be positive");
         }
         Ok(())
     }

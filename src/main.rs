@@ -1,6 +1,8 @@
 //! The `spate` binary: `serve` runs the broker; the other commands are a
 //! small rpk-style client for topics, producing and consuming.
 
+mod data_dir;
+
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use spate::cli::{self, ConsumeArgs, ProduceArgs, TopicCommand};
 use spate::config::Config;
-use tracing::info;
+use tracing::{error, info};
 
 #[derive(Parser, Debug)]
 #[command(name = "spate", version, about = "A Kafka-compatible message broker")]
@@ -95,8 +97,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         sets.push(format!("shards={shards}"));
     }
     let config = Arc::new(Config::load(args.config.as_ref(), &sets)?);
+    abort_on_panic();
     spate::storage::faults::init_from_env().map_err(anyhow::Error::msg)?;
-    let runtime = start_broker(config)?;
+    let (runtime, _lock) = start_broker(config)?;
     let stop = runtime.stop_flag();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     std::thread::spawn(move || {
@@ -108,6 +111,20 @@ fn serve(args: ServeArgs) -> Result<()> {
     runtime.join()?;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// A panic on any thread ends the whole process, after logging it with a
+/// backtrace. A shard that died alone would leave the broker half alive:
+/// its partitions unanswered, its connections hanging, its port still open.
+/// A hook rather than `panic = "abort"`: the panic reaches the log through
+/// tracing like every other line, and `cargo test` keeps unwinding.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        error!(thread = thread.name().unwrap_or("?"), "panic, aborting the broker: {info}\n{backtrace}");
+        std::process::abort();
+    }));
 }
 
 fn brokers_or_default(brokers: &Option<String>) -> String {
@@ -129,10 +146,16 @@ fn keep_freed_memory_for_reuse() {
     }
 }
 
-/// Starts the shards of a broker for `config`; returns once they are launched.
-fn start_broker(config: Arc<Config>) -> Result<shards::ShardRuntime> {
+/// Starts the shards of a broker for `config`; returns once they are
+/// launched, with the data directory's lock (hold it until they are joined).
+fn start_broker(config: Arc<Config>) -> Result<(shards::ShardRuntime, data_dir::DirLock)> {
     keep_freed_memory_for_reuse();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Before anything in the directory is opened: a second broker on it
+    // would hand out the same offsets.
+    let lock = data_dir::lock(&config.data_dir)?;
+    data_dir::check_meta(&config.data_dir, config.node_id)?;
+    data_dir::check_port_free(&config.listen)?;
     info!(listen = %config.listen, data_dir = %config.data_dir.display(), node_id = config.node_id, "starting spate");
     let runtime_config = shards::RuntimeConfig {
         shard_count: config.shards,
@@ -143,12 +166,13 @@ fn start_broker(config: Arc<Config>) -> Result<shards::ShardRuntime> {
         spin_before_park_us: config.spin_before_park_us,
     };
     let shard_config = config.clone();
+    let barrier = Arc::new(spate::server::ShutdownBarrier::default());
     let runtime = shards::ShardRuntime::start(&runtime_config, move |shard| {
-        spate::server::run_shard(shard, shard_config.clone())
+        spate::server::run_shard(shard, shard_config.clone(), barrier.clone())
     })
     .context("starting shards")?;
     info!(shards = runtime.shard_count(), "shards started");
-    Ok(runtime)
+    Ok((runtime, lock))
 }
 
 /// `spate bench`: against `--brokers`, or an embedded broker on a temporary
@@ -162,7 +186,7 @@ fn bench(args: spate_bench::BenchArgs, brokers: Option<String>) -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let sets = [format!("listen=127.0.0.1:{port}"), format!("data_dir={}", dir.display())];
     let config = Arc::new(Config::load(None, &sets)?);
-    let runtime = start_broker(config)?;
+    let (runtime, lock) = start_broker(config)?;
     let addr = format!("127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(&addr).is_err() {
@@ -173,6 +197,7 @@ fn bench(args: spate_bench::BenchArgs, brokers: Option<String>) -> Result<()> {
     let result = spate_bench::run(&args, &addr);
     runtime.stop();
     runtime.join()?;
+    drop(lock);
     let _ = std::fs::remove_dir_all(&dir);
     result.map(|_| ())
 }

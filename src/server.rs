@@ -2,29 +2,66 @@
 //! pair per connection — a reader that frames and dispatches requests (many
 //! in flight, up to `max_inflight_requests`) and a writer that sends the
 //! responses back in request order.
+//!
+//! Memory a client can make the shard hold is bounded: a frame's buffer grows
+//! only with bytes that have arrived, every request byte is charged to the
+//! shard's `queued_max_request_bytes` until its response is written, unsent
+//! responses stop a connection's reading, and silent or half-sent frames are
+//! closed by `connections_max_idle_ms` and `socket_request_read_timeout_ms`.
+//! On stop, connections take no new requests and finish the ones in flight.
 
+mod wait;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use bytes::Bytes;
+use futures::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
-use glommio::sync::Semaphore;
+use glommio::sync::{Semaphore, StaticPermit};
 use tracing::{debug, error, info, warn};
 
 use crate::broker::{Broker, ShardMsg};
 use crate::config::Config;
 use crate::handlers::{self, FrameError};
 use crate::protocol::Reply;
+use wait::{ByteBudget, Charge, StopSignal};
 
 /// Socket read and write buffer sizes.
 const SOCKET_BUFFER_BYTES: usize = 256 << 10;
+/// Smallest growth of a frame buffer: small enough that a trickling client
+/// holds little, large enough that a frame arriving fast needs few steps.
+const MIN_FRAME_STEP_BYTES: usize = 16 << 10;
+/// How often a stopping shard looks at its open connections.
+const DRAIN_POLL_MS: u64 = 10;
+
+/// What the shards share for a clean stop: how many have drained their
+/// connections, so that none closes its partitions while another may still
+/// forward requests to them.
+#[derive(Default)]
+pub struct ShutdownBarrier {
+    drained_shards: AtomicUsize,
+}
+
+/// A shard's network state, shared by its connections.
+struct Net {
+    broker: Rc<Broker>,
+    /// Request bytes held on this shard (`queued_max_request_bytes`).
+    request_budget: Rc<ByteBudget>,
+    stop: StopSignal,
+}
 
 /// The body every shard runs: join the broker, bind, serve until stopped,
-/// then flush and sync every partition it owns.
-pub async fn run_shard(mut shard: shards::Shard<ShardMsg>, config: Arc<Config>) {
+/// drain the connections, then flush and sync every partition it owns.
+pub async fn run_shard(mut shard: shards::Shard<ShardMsg>, config: Arc<Config>, barrier: Arc<ShutdownBarrier>) {
     let broker = Rc::new(Broker::new(shard.id, shard.count, config.clone(), shard.mailbox.clone()));
     if let Err(e) = crate::storage::segment::probe_device(&config.data_dir, shard.id).await {
         error!("data directory {} is not usable: {e}", config.data_dir.display());
@@ -49,13 +86,38 @@ pub async fn run_shard(mut shard: shards::Shard<ShardMsg>, config: Arc<Config>) 
         }
     };
     info!(shard = shard.id, listen = %config.listen, "listening");
+    let request_budget = ByteBudget::new(config.queued_max_request_bytes);
+    let net = Rc::new(Net { broker: broker.clone(), request_budget, stop: StopSignal::default() });
     let flusher = start_periodic_tasks(&broker);
-    let acceptor = glommio::spawn_local(accept_loop(broker.clone(), listener));
+    let acceptor = glommio::spawn_local(accept_loop(net.clone(), listener));
     shard.stopped().await;
+    // Dropping the task cancels the accept loop, which closes the listener.
+    drop(acceptor);
+    drain(&net, shard.count, &barrier).await;
     info!(shard = shard.id, "stopping: flushing partitions");
-    drop(acceptor.cancel());
     drop(flusher);
     broker.close_all().await;
+}
+
+/// Lets open connections finish their in-flight requests, then waits for the
+/// other shards to do the same, within `shutdown_drain_timeout_ms` in all.
+async fn drain(net: &Net, shard_count: usize, barrier: &ShutdownBarrier) {
+    let deadline = Instant::now() + Duration::from_millis(net.broker.config.shutdown_drain_timeout_ms);
+    info!(connections = net.broker.connections.get(), "stopping: draining connections");
+    net.stop.raise();
+    while net.broker.connections.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+    }
+    if net.broker.connections.get() > 0 {
+        warn!(
+            connections = net.broker.connections.get(),
+            "connections still busy after shutdown_drain_timeout_ms; closing partitions anyway"
+        );
+    }
+    barrier.drained_shards.fetch_add(1, Ordering::AcqRel);
+    while barrier.drained_shards.load(Ordering::Acquire) < shard_count && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+    }
 }
 
 fn start_periodic_tasks(broker: &Rc<Broker>) -> Vec<glommio::Task<()>> {
@@ -80,7 +142,8 @@ fn start_periodic_tasks(broker: &Rc<Broker>) -> Vec<glommio::Task<()>> {
     ]
 }
 
-async fn accept_loop(broker: Rc<Broker>, listener: TcpListener) {
+async fn accept_loop(net: Rc<Net>, listener: TcpListener) {
+    let broker = &net.broker;
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -98,60 +161,80 @@ async fn accept_loop(broker: Rc<Broker>, listener: TcpListener) {
             continue;
         }
         broker.connections.set(broker.connections.get() + 1);
-        let broker = broker.clone();
+        let net = net.clone();
         glommio::spawn_local(async move {
-            serve_connection(&broker, stream).await;
-            broker.connections.set(broker.connections.get() - 1);
+            serve_connection(&net, stream).await;
+            net.broker.connections.set(net.broker.connections.get() - 1);
         })
         .detach();
     }
 }
 
-type Pending = glommio::Task<Result<Reply, FrameError>>;
+/// One connection's state shared by its reader, its writer and its requests.
+struct Conn {
+    peer: String,
+    /// The socket, to ask how many bytes have arrived (the stream lives as
+    /// long as the connection's reader).
+    fd: RawFd,
+    /// Requests read and not yet answered.
+    unanswered: Cell<usize>,
+    /// When a request was last read or a response last written.
+    last_active: Cell<Instant>,
+    /// Answered but unsent response bytes (`max_unsent_response_bytes`).
+    unsent: Rc<ByteBudget>,
+    /// Raised when the writer ends: the reader must not wait for budgets
+    /// that only the writer gives back.
+    writer_gone: StopSignal,
+}
 
-async fn serve_connection(broker: &Rc<Broker>, stream: TcpStream) {
+impl Conn {
+    fn touch(&self) {
+        self.last_active.set(Instant::now());
+    }
+}
+
+/// A dispatched request: its handler, and the request bytes it holds in the
+/// budgets until its response is written.
+struct Pending {
+    reply: glommio::Task<Result<Reply, FrameError>>,
+    held: (StaticPermit, Charge),
+}
+
+async fn serve_connection(net: &Net, stream: TcpStream) {
+    let config = &net.broker.config;
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let _ = stream.set_nodelay(true);
+    let conn = Rc::new(Conn {
+        peer,
+        fd: stream.as_raw_fd(),
+        unanswered: Cell::new(0),
+        last_active: Cell::new(Instant::now()),
+        unsent: ByteBudget::new(config.max_unsent_response_bytes),
+        writer_gone: StopSignal::default(),
+    });
     let (reader, writer) = stream.split();
-    let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(broker.config.max_inflight_requests);
-    let writer_task = glommio::spawn_local(write_responses(pending_rx, writer, peer.clone()));
+    let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(config.max_inflight_requests);
+    let writer_task = glommio::spawn_local(write_responses(pending_rx, writer, conn.clone()));
     let mut reader = BufReader::with_capacity(SOCKET_BUFFER_BYTES, reader);
-    let max_bytes = broker.config.socket_request_max_bytes;
     // Bytes of requests in flight on this connection; reading waits when spent.
-    let budget_bytes = broker.config.max_inflight_request_bytes;
+    let budget_bytes = config.max_inflight_request_bytes;
     let budget = Rc::new(Semaphore::new(budget_bytes as u64));
     loop {
-        let mut len = [0u8; 4];
-        if reader.read_exact(&mut len).await.is_err() {
-            break; // closed by the client
-        }
-        let len = i32::from_be_bytes(len);
-        if len < 0 || len as usize > max_bytes {
-            warn!(%peer, len, max_bytes, "closing connection: frame length out of bounds (socket_request_max_bytes)");
+        // A client that does not read its responses gets no more served.
+        if unless(conn.unsent.wait_available(), conn.writer_gone.raised()).await.is_none() {
             break;
         }
+        let Some((len, deadline)) = read_frame_len(net, &conn, &mut reader).await else { break };
         // A frame larger than the whole budget takes all of it.
-        let cost = (len as usize).min(budget_bytes) as u64;
-        let Ok(permit) = budget.clone().acquire_static_permit(cost).await else { break };
-        let mut frame = BytesMut::zeroed(len as usize);
-        if reader.read_exact(&mut frame).await.is_err() {
-            debug!(%peer, "connection closed mid-frame");
-            break;
-        }
-        let request = match handlers::parse_request(frame.freeze()) {
-            Ok(request) => request,
-            Err(FrameError(reason)) => {
-                warn!(%peer, "closing connection: {reason}");
-                break;
-            }
-        };
-        let handler_broker = broker.clone();
-        let task = glommio::spawn_local(async move {
-            let reply = handlers::handle(&handler_broker, request).await;
-            drop(permit);
-            reply
-        });
-        if pending_tx.send(task).await.is_err() {
+        let cost = len.min(budget_bytes) as u64;
+        let waited_since = Instant::now();
+        let acquire = budget.acquire_static_permit(cost);
+        let Some(Ok(permit)) = unless(acquire, conn.writer_gone.raised()).await else { break };
+        // Waiting for this connection's earlier requests is not the client's delay.
+        let deadline = deadline + waited_since.elapsed();
+        let Some((frame, charge)) = read_frame_body(net, &conn, &mut reader, len, deadline).await else { break };
+        let Some(reply) = dispatch(net, &conn, frame) else { break };
+        if pending_tx.send(Pending { reply, held: (permit, charge) }).await.is_err() {
             break; // the writer gave up on this connection
         }
     }
@@ -159,30 +242,275 @@ async fn serve_connection(broker: &Rc<Broker>, stream: TcpStream) {
     let _ = writer_task.await;
 }
 
+/// Parses a frame and starts its handler; None if the frame is not a request.
+fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<glommio::Task<Result<Reply, FrameError>>> {
+    let request = match handlers::parse_request(frame) {
+        Ok(request) => request,
+        Err(FrameError(reason)) => {
+            warn!(peer = %conn.peer, "closing connection: {reason}");
+            return None;
+        }
+    };
+    conn.unanswered.set(conn.unanswered.get() + 1);
+    let (broker, conn) = (net.broker.clone(), conn.clone());
+    Some(glommio::spawn_local(async move {
+        let reply = handlers::handle(&broker, request).await;
+        if let Ok(Reply::Send(parts)) = &reply {
+            conn.unsent.take(parts.iter().map(Bytes::len).sum());
+        }
+        reply
+    }))
+}
+
+/// Runs `work` unless `stop` resolves first.
+async fn unless<T>(work: impl Future<Output = T>, stop: impl Future<Output = ()>) -> Option<T> {
+    let (mut work, mut stop) = (pin!(work), pin!(stop));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(value));
+        }
+        stop.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// How a wait for the client ended.
+enum Woke<T> {
+    Done(T),
+    TimedOut,
+    Stopping,
+}
+
+/// Runs `work` until it completes, `timeout` passes, or `stop` resolves.
+/// `work` must keep its progress outside itself: it is dropped when it loses.
+async fn race<T>(work: impl Future<Output = T>, timeout: Duration, stop: impl Future<Output = ()>) -> Woke<T> {
+    let (mut work, mut stop) = (pin!(work), pin!(stop));
+    let mut timer = pin!(glommio::timer::sleep(timeout));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = work.as_mut().poll(cx) {
+            return Poll::Ready(Woke::Done(value));
+        }
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Woke::Stopping);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Woke::TimedOut);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+type Reader = BufReader<futures::io::ReadHalf<TcpStream>>;
+
+/// Waits for the next frame header; returns the frame's length and the
+/// deadline for the rest of it (socket_request_read_timeout_ms from its first
+/// byte). None when the connection should close (client gone, idle, bad
+/// length, stopping).
+async fn read_frame_len(net: &Net, conn: &Conn, reader: &mut Reader) -> Option<(usize, Instant)> {
+    let read_timeout = Duration::from_millis(net.broker.config.socket_request_read_timeout_ms);
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    let mut deadline = None; // set by the frame's first byte
+    while got < header.len() {
+        if net.stop.is_raised() {
+            return None; // take no new request; the writer finishes the others
+        }
+        let read = if reader.buffer().len() >= header.len() - got {
+            Woke::Done(reader.read(&mut header[got..]).await) // no wait: already here
+        } else {
+            let wait = deadline.map_or_else(|| idle_left(net, conn), left);
+            race(reader.read(&mut header[got..]), wait, net.stop.raised()).await
+        };
+        match read {
+            Woke::Done(Ok(0)) | Woke::Done(Err(_)) | Woke::Stopping => return None,
+            Woke::Done(Ok(n)) => {
+                got += n;
+                deadline.get_or_insert_with(|| Instant::now() + read_timeout);
+            }
+            Woke::TimedOut if deadline.is_some() => return frame_timed_out(conn, got, header.len()),
+            Woke::TimedOut if is_idle(net, conn) => {
+                info!(peer = %conn.peer, "closing idle connection (connections_max_idle_ms)");
+                return None;
+            }
+            Woke::TimedOut => {}
+        }
+    }
+    let len = i32::from_be_bytes(header);
+    let max_bytes = net.broker.config.socket_request_max_bytes;
+    if len < 0 || len as usize > max_bytes {
+        warn!(peer = %conn.peer, len, max_bytes, "closing connection: frame length out of bounds (socket_request_max_bytes)");
+        return None;
+    }
+    Some((len as usize, deadline.unwrap_or_else(|| Instant::now() + read_timeout)))
+}
+
+fn idle_left(net: &Net, conn: &Conn) -> Duration {
+    let idle = Duration::from_millis(net.broker.config.connections_max_idle_ms);
+    idle.saturating_sub(conn.last_active.get().elapsed()).max(Duration::from_millis(1))
+}
+
+/// Idle: nothing read or written for connections_max_idle_ms and no request
+/// being served (a long-polling Fetch is not idleness).
+fn is_idle(net: &Net, conn: &Conn) -> bool {
+    let idle = Duration::from_millis(net.broker.config.connections_max_idle_ms);
+    conn.unanswered.get() == 0 && conn.last_active.get().elapsed() >= idle
+}
+
+/// Reads a frame body of `len` bytes into a buffer that grows only with the
+/// bytes that have arrived (a header announcing 50 MiB costs nothing until
+/// they come), charging the shard's request budget as it grows.
+async fn read_frame_body(
+    net: &Net,
+    conn: &Conn,
+    reader: &mut Reader,
+    len: usize,
+    deadline: Instant,
+) -> Option<(Bytes, Charge)> {
+    let mut charge = Charge::new(net.request_budget.clone());
+    let mut frame: Vec<u8> = Vec::new();
+    let mut filled = 0;
+    while filled < len {
+        if filled == frame.len() {
+            if reader.buffer().is_empty() {
+                // Wait for bytes in the socket buffer before allocating for them.
+                match race(reader.fill_buf(), left(deadline), never()).await {
+                    Woke::Done(Ok([])) | Woke::Done(Err(_)) => return closed_mid_frame(conn),
+                    Woke::Done(Ok(_)) => {}
+                    Woke::TimedOut | Woke::Stopping => return frame_timed_out(conn, filled, len),
+                }
+            }
+            let arrived = reader.buffer().len() + queued_in_kernel(conn.fd);
+            let target = next_frame_capacity(filled, len, arrived);
+            // The wait for the budget counts against the frame's time too:
+            // otherwise half-sent frames holding all of it would wedge the shard.
+            if let Woke::TimedOut = race(charge.grow(target - frame.len()), left(deadline), never()).await {
+                return frame_timed_out(conn, filled, len);
+            }
+            frame.reserve_exact(target - frame.len());
+            frame.resize(target, 0);
+        }
+        let read = if reader.buffer().is_empty() {
+            race(reader.read(&mut frame[filled..]), left(deadline), never()).await
+        } else {
+            Woke::Done(reader.read(&mut frame[filled..]).await)
+        };
+        match read {
+            Woke::Done(Ok(0)) | Woke::Done(Err(_)) => return closed_mid_frame(conn),
+            Woke::Done(Ok(n)) => filled += n,
+            Woke::TimedOut | Woke::Stopping => return frame_timed_out(conn, filled, len),
+        }
+    }
+    conn.touch();
+    Some((Bytes::from(frame), charge))
+}
+
+/// The frame buffer's next size: room for every byte that has arrived
+/// (buffered here or queued in the kernel), and at least double, never past
+/// the frame. A frame arriving fast is one allocation; one trickling in
+/// holds at most twice what it sent.
+fn next_frame_capacity(filled: usize, len: usize, arrived: usize) -> usize {
+    let step = filled.max(arrived).max(MIN_FRAME_STEP_BYTES);
+    filled.saturating_add(step).min(len)
+}
+
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Bytes received on `fd` and not yet read (SIOCINQ); 0 if unknown.
+fn queued_in_kernel(fd: RawFd) -> usize {
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int; fd is the open socket of this connection.
+    let ok = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut bytes) } == 0;
+    if ok {
+        bytes.max(0) as usize
+    } else {
+        0
+    }
+}
+
+async fn never() {
+    std::future::pending::<()>().await
+}
+
+fn closed_mid_frame<T>(conn: &Conn) -> Option<T> {
+    debug!(peer = %conn.peer, "connection closed mid-frame");
+    None
+}
+
+fn frame_timed_out<T>(conn: &Conn, filled: usize, len: usize) -> Option<T> {
+    warn!(
+        peer = %conn.peer,
+        received_bytes = filled,
+        frame_bytes = len,
+        "closing connection: frame not received within socket_request_read_timeout_ms"
+    );
+    None
+}
+
 async fn write_responses<W: futures::io::AsyncWrite + Unpin>(
     pending: local_channel::LocalReceiver<Pending>,
     writer: W,
-    peer: String,
+    conn: Rc<Conn>,
 ) {
     let mut writer = BufWriter::with_capacity(SOCKET_BUFFER_BYTES, writer);
-    while let Some(task) = pending.recv().await {
-        match task.await {
+    send_in_order(&pending, &mut writer, &conn).await;
+    // Wake a reader waiting to queue a request or for a budget only the
+    // writer gives back.
+    drop(pending);
+    conn.writer_gone.raise();
+    let _ = writer.close().await;
+}
+
+/// Writes each response once its handler is done, in request order, until
+/// the reader is done or the connection fails.
+async fn send_in_order<W: futures::io::AsyncWrite + Unpin>(
+    pending: &local_channel::LocalReceiver<Pending>,
+    writer: &mut W,
+    conn: &Conn,
+) {
+    while let Some(request) = pending.recv().await {
+        let Pending { reply, held } = request;
+        match reply.await {
             Ok(Reply::Send(parts)) => {
-                for part in parts {
-                    if writer.write_all(&part).await.is_err() {
-                        return;
-                    }
-                }
-                if writer.flush().await.is_err() {
+                let bytes = parts.iter().map(Bytes::len).sum();
+                if write_parts(writer, &parts).await.is_err() {
                     return;
                 }
+                conn.unsent.give_back(bytes);
             }
             Ok(Reply::Nothing) => {}
             Ok(Reply::Close(reason)) | Err(FrameError(reason)) => {
-                warn!(%peer, "closing connection: {reason}");
-                break;
+                warn!(peer = %conn.peer, "closing connection: {reason}");
+                return;
             }
         }
+        // Only now are the request's bytes released: a slow reader holds its
+        // budgets and so stops its own reading.
+        drop(held);
+        conn.unanswered.set(conn.unanswered.get() - 1);
+        conn.touch();
     }
-    let _ = writer.close().await;
+}
+
+async fn write_parts<W: futures::io::AsyncWrite + Unpin>(writer: &mut W, parts: &[Bytes]) -> std::io::Result<()> {
+    for part in parts {
+        writer.write_all(part).await?;
+    }
+    writer.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_frame_capacity;
+
+    #[test]
+    fn frame_buffer_grows_with_arrived_bytes() {
+        let mib = 1 << 20;
+        assert_eq!(next_frame_capacity(0, 50 * mib, 4), 16 << 10, "a few bytes cost one small step");
+        assert_eq!(next_frame_capacity(0, 100, 100), 100, "a frame already buffered is one allocation");
+        assert_eq!(next_frame_capacity(256 << 10, 50 * mib, 0), 512 << 10);
+        assert_eq!(next_frame_capacity(32 * mib, 50 * mib, 0), 50 * mib, "never past the frame");
+    }
 }

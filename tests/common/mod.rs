@@ -73,6 +73,11 @@ impl TestBroker {
         self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
     }
 
+    /// The broker process's id (for /proc measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker running").id()
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(&self.addr).unwrap()
     }

@@ -1,0 +1,164 @@
+//! Claiming a data directory and a listen address before a broker starts
+//! (part of the `spate` binary, not the library): one broker per directory
+//! (an exclusive `flock` on `.lock` holding the owner's pid), one process
+//! per port (a plain bind, which fails while any socket listens there), and
+//! `meta.properties` naming the node and cluster the directory belongs to.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+const LOCK_FILE: &str = ".lock";
+const META_FILE: &str = "meta.properties";
+const META_VERSION: &str = "1";
+
+/// Holds the data directory's lock for as long as it lives (the kernel
+/// releases it when the process ends, however it ends).
+pub struct DirLock {
+    _file: File,
+}
+
+/// Takes the exclusive lock on `<dir>/.lock` without waiting, and writes our
+/// pid into it; fails naming the pid of the broker that holds it.
+pub fn lock(dir: &Path) -> Result<DirLock> {
+    let path = dir.join(LOCK_FILE);
+    // Not truncated before the lock is ours: the holder's pid must stay readable.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        bail!(
+            "data directory {} is in use by another spate broker (pid {}); one broker per data directory",
+            dir.display(),
+            holder.trim()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(DirLock { _file: file })
+}
+
+/// Fails if another process listens on `listen`. Our shards bind with
+/// SO_REUSEPORT, so a second broker would otherwise share the port silently;
+/// a bind without SO_REUSEPORT fails with EADDRINUSE while any socket,
+/// SO_REUSEPORT or not, listens on the address.
+pub fn check_port_free(listen: &str) -> Result<()> {
+    match std::net::TcpListener::bind(listen) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("listen address {listen} is already served by another process ({e}); one broker per port")
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {listen}")),
+    }
+}
+
+/// Checks `meta.properties` against our node id, or writes it on first start.
+pub fn check_meta(dir: &Path, node_id: i32) -> Result<()> {
+    let path = dir.join(META_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => check_meta_text(&text, node_id).with_context(|| format!("checking {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_meta(dir, node_id),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn check_meta_text(text: &str, node_id: i32) -> Result<()> {
+    let value = |key: &str| {
+        text.lines().filter_map(|line| line.split_once('=')).find(|(k, _)| k.trim() == key).map(|(_, v)| v.trim())
+    };
+    match value("version") {
+        Some(META_VERSION) => {}
+        other => bail!("unsupported meta.properties version {other:?} (this spate reads version {META_VERSION})"),
+    }
+    if value("cluster.id").is_none_or(str::is_empty) {
+        bail!("meta.properties has no cluster.id");
+    }
+    let stored = value("node.id").context("meta.properties has no node.id")?;
+    if stored != node_id.to_string() {
+        bail!("this data directory belongs to node {stored}, but node_id is {node_id}; refusing to start");
+    }
+    Ok(())
+}
+
+/// Writes meta.properties crash-safely: temporary file, fsync, rename, fsync
+/// of the directory, so it is either absent or complete.
+fn write_meta(dir: &Path, node_id: i32) -> Result<()> {
+    let text = format!("version={META_VERSION}\nnode.id={node_id}\ncluster.id={}\n", random_uuid()?);
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(META_FILE))?;
+    File::open(dir)?.sync_all().with_context(|| format!("syncing {}", dir.display()))?;
+    tracing::info!(node_id, "wrote {}", dir.join(META_FILE).display());
+    Ok(())
+}
+
+fn random_uuid() -> Result<uuid::Uuid> {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most bytes.len() bytes into our buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err(std::io::Error::last_os_error()).context("getrandom");
+    }
+    Ok(uuid::Builder::from_random_bytes(bytes).into_uuid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_checks_version_node_and_cluster() {
+        let good = "version=1\nnode.id=3\ncluster.id=abc\n";
+        assert!(check_meta_text(good, 3).is_ok());
+        let err = check_meta_text(good, 4).unwrap_err().to_string();
+        assert!(err.contains("belongs to node 3"), "{err}");
+        assert!(check_meta_text("version=2\nnode.id=3\ncluster.id=abc\n", 3).is_err());
+        assert!(check_meta_text("version=1\nnode.id=3\n", 3).is_err());
+    }
+
+    #[test]
+    fn second_lock_names_the_holder() {
+        let dir = std::env::temp_dir().join(format!("spate-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let held = lock(&dir).unwrap();
+        // flock conflicts between open file descriptions, even in one process.
+        let err = lock(&dir).err().expect("a second lock fails").to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(held);
+        assert!(lock(&dir).is_ok(), "released with its holder");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn meta_is_written_once_and_then_checked() {
+        let dir = std::env::temp_dir().join(format!("spate-meta-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        check_meta(&dir, 7).unwrap();
+        let first = std::fs::read_to_string(dir.join(META_FILE)).unwrap();
+        check_meta(&dir, 7).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join(META_FILE)).unwrap(), first, "the cluster id stays");
+        assert!(check_meta(&dir, 8).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,237 @@
+//! Hostile or broken clients cannot exhaust the broker: frame headers that
+//! announce 50 MiB and then go silent (or close) hold almost no memory,
+//! half-sent frames and idle connections are closed by their timeouts, the
+//! shard's request budget stops reading instead of allocating, and a normal
+//! client keeps producing and fetching throughout. Memory and descriptors are
+//! measured on the broker process (/proc/<pid>/status and /proc/<pid>/fd).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{temp_dir, TestBroker};
+use kafka_protocol::records::Compression;
+use spate::client::Client;
+
+const ANNOUNCED_BYTES: i32 = 50 << 20;
+const MIB: u64 = 1 << 20;
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc status");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// What the open descriptors are, for failure messages.
+fn fd_targets(pid: u32) -> Vec<String> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok()).map(|t| t.display().to_string()).collect()
+}
+
+/// Waits until `done` holds, for at most `limit`; returns whether it did.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+/// A connection that announces a 50 MiB frame, sends `body_bytes` of it and
+/// goes silent.
+fn announce_and_stall(addr: &str, body_bytes: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(&ANNOUNCED_BYTES.to_be_bytes()).unwrap();
+    stream.write_all(&vec![0u8; body_bytes]).unwrap();
+    stream
+}
+
+/// A normal client's round trip: produce one batch, read everything back.
+fn round_trip(client: &mut Client, topic: &str, expected_before: usize) -> usize {
+    let records: Vec<_> = (0..10).map(|i| (None, Bytes::from(format!("record {i}")))).collect();
+    client.produce(topic, 0, &records, -1, Compression::None).unwrap();
+    let all = client.fetch_all(topic, 0, 0).unwrap();
+    assert_eq!(all.len(), expected_before + records.len(), "every acknowledged record is readable");
+    all.len()
+}
+
+/// True if the broker closes `stream` (EOF or reset) within `within`.
+fn closed_by_broker(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 1];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
+#[test]
+fn silent_50_mib_headers_hold_almost_no_memory() {
+    let broker = TestBroker::start(&temp_dir("hostile-rss"), &[]);
+    let mut client = broker.client();
+    client.create_topic("good", 1, &[]).unwrap();
+    let mut stored = round_trip(&mut client, "good", 0);
+    let rss_before = rss_bytes(broker.pid());
+
+    let mut hostile: Vec<TcpStream> = (0..60).map(|i| announce_and_stall(&broker.addr, i % 3 * 100)).collect();
+    // Some give up at once; the broker must not keep anything for them either.
+    hostile.truncate(45);
+    std::thread::sleep(Duration::from_millis(500));
+    stored = round_trip(&mut client, "good", stored);
+
+    let grown = rss_bytes(broker.pid()).saturating_sub(rss_before);
+    let announced = 60 * ANNOUNCED_BYTES as u64;
+    eprintln!("RSS grew by {} KiB for {} MiB announced", grown >> 10, announced / MIB);
+    assert!(grown < 100 * MIB, "60 headers announcing {} MiB grew the broker by {} MiB", announced / MIB, grown / MIB);
+    assert!(hostile.iter_mut().all(|s| !closed_by_broker(s, Duration::from_millis(10))), "still waiting for them");
+    round_trip(&mut client, "good", stored);
+    broker.stop();
+}
+
+#[test]
+fn half_sent_frames_are_closed_after_the_read_timeout() {
+    let broker = TestBroker::start(&temp_dir("hostile-timeout"), &["socket_request_read_timeout_ms=1000"]);
+    let mut client = broker.client();
+    client.create_topic("good", 1, &[]).unwrap();
+    let stored = round_trip(&mut client, "good", 0);
+    let fds_before = open_fds(broker.pid());
+
+    let mut hostile: Vec<TcpStream> = (0..50).map(|i| announce_and_stall(&broker.addr, i % 2 * 1000)).collect();
+    // Half a header is a half-sent frame too.
+    hostile.extend((0..10).map(|_| {
+        let mut stream = TcpStream::connect(&broker.addr).unwrap();
+        stream.write_all(&[0, 0]).unwrap();
+        stream
+    }));
+    assert!(eventually(Duration::from_secs(5), || open_fds(broker.pid()) >= fds_before + 60), "connections accepted");
+    let started = Instant::now();
+    for stream in &mut hostile {
+        assert!(closed_by_broker(stream, Duration::from_secs(10)), "a half-sent frame is closed by the broker");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "closed after about socket_request_read_timeout_ms");
+    assert!(
+        eventually(Duration::from_secs(5), || open_fds(broker.pid()) <= fds_before),
+        "descriptors back to {fds_before}, now {}",
+        open_fds(broker.pid())
+    );
+    assert!(broker.log().contains("socket_request_read_timeout_ms"), "the broker says why");
+    round_trip(&mut client, "good", stored);
+    broker.stop();
+}
+
+#[test]
+fn idle_connections_are_closed_and_busy_ones_kept() {
+    let broker = TestBroker::start(&temp_dir("hostile-idle"), &["connections_max_idle_ms=1000"]);
+    let mut busy = broker.client();
+    busy.create_topic("good", 1, &[]).unwrap();
+    let mut stored = round_trip(&mut busy, "good", 0);
+    let fds_before = open_fds(broker.pid()); // with the busy connection and the partition's files
+    let mut idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(&broker.addr).unwrap()).collect();
+    let started = Instant::now();
+    // A client that talks more often than the idle bound is never cut off.
+    while started.elapsed() < Duration::from_millis(2500) {
+        stored = round_trip(&mut busy, "good", stored);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for stream in &mut idle {
+        assert!(closed_by_broker(stream, Duration::from_secs(5)), "an idle connection is closed");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || open_fds(broker.pid()) <= fds_before),
+        "only the busy connection is left: {fds_before} descriptors expected, now {:?}",
+        fd_targets(broker.pid())
+    );
+    assert!(broker.log().contains("connections_max_idle_ms"), "the broker says why");
+    round_trip(&mut busy, "good", stored);
+    broker.stop();
+}
+
+#[test]
+fn request_budget_stops_reading_instead_of_allocating() {
+    let budget = "queued_max_request_bytes=8388608"; // 8 MiB per shard
+    let broker = TestBroker::start(&temp_dir("hostile-budget"), &[budget, "socket_request_read_timeout_ms=3000"]);
+    let mut client = broker.client();
+    client.create_topic("good", 1, &[]).unwrap();
+    let stored = round_trip(&mut client, "good", 0);
+    let rss_before = rss_bytes(broker.pid());
+
+    // 40 senders each push 4 MiB of a 50 MiB frame: 160 MiB offered.
+    let addr = broker.addr.clone();
+    let senders: Vec<_> = (0..40)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(&addr).unwrap();
+                stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                let _ = stream.write_all(&ANNOUNCED_BYTES.to_be_bytes());
+                let _ = stream.write_all(&vec![1u8; 4 << 20]);
+                stream // kept open: silent from now on
+            })
+        })
+        .collect();
+    let streams: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let grown = rss_bytes(broker.pid()).saturating_sub(rss_before);
+    eprintln!("RSS grew by {} KiB for 160 MiB offered", grown >> 10);
+    assert!(grown < 64 * MIB, "160 MiB offered against a 2 × 8 MiB budget grew the broker by {} MiB", grown / MIB);
+    // Once the stalled frames time out, their budget returns and reading resumes.
+    round_trip(&mut client, "good", stored);
+    drop(streams);
+    broker.stop();
+}
+
+/// An ApiVersions v0 request frame (v1 request header, client id "t").
+fn api_versions_frame(correlation_id: i32) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(15);
+    frame.extend_from_slice(&11i32.to_be_bytes());
+    frame.extend_from_slice(&18i16.to_be_bytes());
+    frame.extend_from_slice(&0i16.to_be_bytes());
+    frame.extend_from_slice(&correlation_id.to_be_bytes());
+    frame.extend_from_slice(&1i16.to_be_bytes());
+    frame.push(b't');
+    frame
+}
+
+/// Ignored: it finds a leak this branch does not fix. The broker does stop
+/// reading the client, but after the client resets the connection the
+/// broker's blocked response write fails only seconds later and the
+/// connection's descriptor stays open (the same happens on main before
+/// this branch, where the reader waits on the full request queue).
+#[test]
+#[ignore = "known leak: a reset under a blocked response write keeps the connection's fd"]
+fn a_client_that_never_reads_stops_being_read_and_leaks_nothing() {
+    let broker = TestBroker::start(&temp_dir("hostile-no-read"), &["max_unsent_response_bytes=65536"]);
+    let mut client = broker.client();
+    client.create_topic("good", 1, &[]).unwrap();
+    let stored = round_trip(&mut client, "good", 0);
+    let fds_before = open_fds(broker.pid());
+
+    // 2,000,000 pipelined requests (30 MB) whose answers are never read: far more
+    // response bytes than the socket buffers hold.
+    let requests: Vec<u8> = (0..2_000_000).flat_map(api_versions_frame).collect();
+    let mut greedy = TcpStream::connect(&broker.addr).unwrap();
+    greedy.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let sent = greedy.write_all(&requests);
+    assert!(sent.is_err(), "the broker stopped reading a client that does not read its answers");
+    round_trip(&mut client, "good", stored);
+    // Closing with answers unread resets the connection: the broker must let
+    // go of it even though its reader was waiting for the writer.
+    drop(greedy);
+    assert!(
+        eventually(Duration::from_secs(5), || open_fds(broker.pid()) <= fds_before),
+        "descriptors back to {fds_before}, now {:?}",
+        fd_targets(broker.pid())
+    );
+    broker.stop();
+}
