@@ -183,14 +183,28 @@ struct Conn {
     /// Answered but unsent response bytes (`max_unsent_response_bytes`).
     unsent: Rc<ByteBudget>,
     /// Raised when the writer ends: the reader must not wait for budgets
-    /// that only the writer gives back.
+    /// or queue slots that only the writer gives back.
     writer_gone: StopSignal,
+    /// Raised when the reader gives up on the connection (peer reset, bad or
+    /// late frame, idle): the writer drops the responses still owed instead
+    /// of waiting for them or for a client that may never read them.
+    abandoned: StopSignal,
 }
 
 impl Conn {
     fn touch(&self) {
         self.last_active.set(Instant::now());
     }
+}
+
+/// Why a connection's reader stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed between frames, or the shard is stopping: the
+    /// requests already read are still answered.
+    Drain,
+    /// The connection is given up: nothing more is sent on it.
+    Abort,
 }
 
 /// A dispatched request: its handler, and the request bytes it holds in the
@@ -211,6 +225,7 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
         last_active: Cell::new(Instant::now()),
         unsent: ByteBudget::new(config.max_unsent_response_bytes),
         writer_gone: StopSignal::default(),
+        abandoned: StopSignal::default(),
     });
     let (reader, writer) = stream.split();
     let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(config.max_inflight_requests);
@@ -219,25 +234,43 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
     // Bytes of requests in flight on this connection; reading waits when spent.
     let budget_bytes = config.max_inflight_request_bytes;
     let budget = Rc::new(Semaphore::new(budget_bytes as u64));
-    loop {
+    // Every wait below also ends when the writer does (write failed, or a
+    // handler closed the connection): nothing read from then on is answered.
+    let end = loop {
+        if conn.writer_gone.is_raised() {
+            break End::Abort;
+        }
         // A client that does not read its responses gets no more served.
         if unless(conn.unsent.wait_available(), conn.writer_gone.raised()).await.is_none() {
-            break;
+            break End::Abort;
         }
-        let Some((len, deadline)) = read_frame_len(net, &conn, &mut reader).await else { break };
+        let (len, deadline) = match read_frame_len(net, &conn, &mut reader).await {
+            Ok(header) => header,
+            Err(end) => break end,
+        };
         // A frame larger than the whole budget takes all of it.
         let cost = len.min(budget_bytes) as u64;
         let waited_since = Instant::now();
         let acquire = budget.acquire_static_permit(cost);
-        let Some(Ok(permit)) = unless(acquire, conn.writer_gone.raised()).await else { break };
+        let Some(Ok(permit)) = unless(acquire, conn.writer_gone.raised()).await else { break End::Abort };
         // Waiting for this connection's earlier requests is not the client's delay.
         let deadline = deadline + waited_since.elapsed();
-        let Some((frame, charge)) = read_frame_body(net, &conn, &mut reader, len, deadline).await else { break };
-        let Some(reply) = dispatch(net, &conn, frame) else { break };
-        if pending_tx.send(Pending { reply, held: (permit, charge) }).await.is_err() {
-            break; // the writer gave up on this connection
+        let Some((frame, charge)) = read_frame_body(net, &conn, &mut reader, len, deadline).await else {
+            break End::Abort;
+        };
+        let Some(reply) = dispatch(net, &conn, frame) else { break End::Abort };
+        // glommio's `send` waiting on a full queue does not notice that the
+        // receiver is gone (it waits for room forever), so watch the writer.
+        let queued = unless(pending_tx.send(Pending { reply, held: (permit, charge) }), conn.writer_gone.raised());
+        if !matches!(queued.await, Some(Ok(()))) {
+            break End::Abort; // the writer gave up on this connection
         }
+    };
+    if end == End::Abort {
+        conn.abandoned.raise();
     }
+    // Requests still queued are dropped with the queue once the writer is
+    // done with it, which cancels their handlers (storage owns its work).
     drop(pending_tx);
     let _ = writer_task.await;
 }
@@ -260,6 +293,11 @@ fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<glommio::Task<Re
         }
         reply
     }))
+}
+
+/// Resolves when either `a` or `b` does.
+async fn either(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    let _ = unless(a, b).await;
 }
 
 /// Runs `work` unless `stop` resolves first.
@@ -305,33 +343,37 @@ type Reader = BufReader<futures::io::ReadHalf<TcpStream>>;
 
 /// Waits for the next frame header; returns the frame's length and the
 /// deadline for the rest of it (socket_request_read_timeout_ms from its first
-/// byte). None when the connection should close (client gone, idle, bad
-/// length, stopping).
-async fn read_frame_len(net: &Net, conn: &Conn, reader: &mut Reader) -> Option<(usize, Instant)> {
+/// byte). An error when the connection should close: `Drain` if the client
+/// closed between frames or the shard is stopping, `Abort` otherwise (reset,
+/// idle, half-sent header, bad length, writer gone).
+async fn read_frame_len(net: &Net, conn: &Conn, reader: &mut Reader) -> Result<(usize, Instant), End> {
     let read_timeout = Duration::from_millis(net.broker.config.socket_request_read_timeout_ms);
     let mut header = [0u8; 4];
     let mut got = 0;
     let mut deadline = None; // set by the frame's first byte
     while got < header.len() {
         if net.stop.is_raised() {
-            return None; // take no new request; the writer finishes the others
+            return Err(End::Drain); // take no new request; the writer finishes the others
         }
         let read = if reader.buffer().len() >= header.len() - got {
             Woke::Done(reader.read(&mut header[got..]).await) // no wait: already here
         } else {
             let wait = deadline.map_or_else(|| idle_left(net, conn), left);
-            race(reader.read(&mut header[got..]), wait, net.stop.raised()).await
+            race(reader.read(&mut header[got..]), wait, either(net.stop.raised(), conn.writer_gone.raised())).await
         };
         match read {
-            Woke::Done(Ok(0)) | Woke::Done(Err(_)) | Woke::Stopping => return None,
+            Woke::Done(Ok(0)) if got == 0 => return Err(End::Drain),
+            Woke::Done(Ok(0)) | Woke::Done(Err(_)) => return Err(End::Abort),
+            Woke::Stopping if conn.writer_gone.is_raised() => return Err(End::Abort),
+            Woke::Stopping => return Err(End::Drain),
             Woke::Done(Ok(n)) => {
                 got += n;
                 deadline.get_or_insert_with(|| Instant::now() + read_timeout);
             }
-            Woke::TimedOut if deadline.is_some() => return frame_timed_out(conn, got, header.len()),
+            Woke::TimedOut if deadline.is_some() => return frame_timed_out(conn, got, header.len()).ok_or(End::Abort),
             Woke::TimedOut if is_idle(net, conn) => {
                 info!(peer = %conn.peer, "closing idle connection (connections_max_idle_ms)");
-                return None;
+                return Err(End::Abort);
             }
             Woke::TimedOut => {}
         }
@@ -340,9 +382,9 @@ async fn read_frame_len(net: &Net, conn: &Conn, reader: &mut Reader) -> Option<(
     let max_bytes = net.broker.config.socket_request_max_bytes;
     if len < 0 || len as usize > max_bytes {
         warn!(peer = %conn.peer, len, max_bytes, "closing connection: frame length out of bounds (socket_request_max_bytes)");
-        return None;
+        return Err(End::Abort);
     }
-    Some((len as usize, deadline.unwrap_or_else(|| Instant::now() + read_timeout)))
+    Ok((len as usize, deadline.unwrap_or_else(|| Instant::now() + read_timeout)))
 }
 
 fn idle_left(net: &Net, conn: &Conn) -> Duration {
@@ -359,7 +401,8 @@ fn is_idle(net: &Net, conn: &Conn) -> bool {
 
 /// Reads a frame body of `len` bytes into a buffer that grows only with the
 /// bytes that have arrived (a header announcing 50 MiB costs nothing until
-/// they come), charging the shard's request budget as it grows.
+/// they come), charging the shard's request budget as it grows. None when
+/// the connection should close (client gone, frame late, writer gone).
 async fn read_frame_body(
     net: &Net,
     conn: &Conn,
@@ -374,31 +417,35 @@ async fn read_frame_body(
         if filled == frame.len() {
             if reader.buffer().is_empty() {
                 // Wait for bytes in the socket buffer before allocating for them.
-                match race(reader.fill_buf(), left(deadline), never()).await {
+                match race(reader.fill_buf(), left(deadline), conn.writer_gone.raised()).await {
                     Woke::Done(Ok([])) | Woke::Done(Err(_)) => return closed_mid_frame(conn),
                     Woke::Done(Ok(_)) => {}
-                    Woke::TimedOut | Woke::Stopping => return frame_timed_out(conn, filled, len),
+                    Woke::TimedOut => return frame_timed_out(conn, filled, len),
+                    Woke::Stopping => return None,
                 }
             }
             let arrived = reader.buffer().len() + queued_in_kernel(conn.fd);
             let target = next_frame_capacity(filled, len, arrived);
             // The wait for the budget counts against the frame's time too:
             // otherwise half-sent frames holding all of it would wedge the shard.
-            if let Woke::TimedOut = race(charge.grow(target - frame.len()), left(deadline), never()).await {
-                return frame_timed_out(conn, filled, len);
+            match race(charge.grow(target - frame.len()), left(deadline), conn.writer_gone.raised()).await {
+                Woke::Done(()) => {}
+                Woke::TimedOut => return frame_timed_out(conn, filled, len),
+                Woke::Stopping => return None,
             }
             frame.reserve_exact(target - frame.len());
             frame.resize(target, 0);
         }
         let read = if reader.buffer().is_empty() {
-            race(reader.read(&mut frame[filled..]), left(deadline), never()).await
+            race(reader.read(&mut frame[filled..]), left(deadline), conn.writer_gone.raised()).await
         } else {
             Woke::Done(reader.read(&mut frame[filled..]).await)
         };
         match read {
             Woke::Done(Ok(0)) | Woke::Done(Err(_)) => return closed_mid_frame(conn),
             Woke::Done(Ok(n)) => filled += n,
-            Woke::TimedOut | Woke::Stopping => return frame_timed_out(conn, filled, len),
+            Woke::TimedOut => return frame_timed_out(conn, filled, len),
+            Woke::Stopping => return None,
         }
     }
     conn.touch();
@@ -430,10 +477,6 @@ fn queued_in_kernel(fd: RawFd) -> usize {
     }
 }
 
-async fn never() {
-    std::future::pending::<()>().await
-}
-
 fn closed_mid_frame<T>(conn: &Conn) -> Option<T> {
     debug!(peer = %conn.peer, "connection closed mid-frame");
     None
@@ -455,35 +498,51 @@ async fn write_responses<W: futures::io::AsyncWrite + Unpin>(
     conn: Rc<Conn>,
 ) {
     let mut writer = BufWriter::with_capacity(SOCKET_BUFFER_BYTES, writer);
-    send_in_order(&pending, &mut writer, &conn).await;
+    let flushed = send_in_order(&pending, &mut writer, &conn).await;
     // Wake a reader waiting to queue a request or for a budget only the
     // writer gives back.
     drop(pending);
     conn.writer_gone.raise();
-    let _ = writer.close().await;
+    // Everything sent is flushed, so closing cannot wait on the client;
+    // otherwise (write failed or abandoned) the socket is just dropped.
+    if flushed {
+        let _ = writer.close().await;
+    }
 }
 
 /// Writes each response once its handler is done, in request order, until
-/// the reader is done or the connection fails.
+/// the reader is done (true: all flushed), the connection fails or the
+/// reader abandons it (false).
 async fn send_in_order<W: futures::io::AsyncWrite + Unpin>(
     pending: &local_channel::LocalReceiver<Pending>,
     writer: &mut W,
     conn: &Conn,
-) {
-    while let Some(request) = pending.recv().await {
-        let Pending { reply, held } = request;
-        match reply.await {
+) -> bool {
+    loop {
+        if conn.abandoned.is_raised() {
+            return false;
+        }
+        let Some(next) = unless(pending.recv(), conn.abandoned.raised()).await else { return false };
+        let Some(Pending { reply, held }) = next else { return true };
+        // Dropping an abandoned handler cancels it.
+        let Some(reply) = unless(reply, conn.abandoned.raised()).await else { return false };
+        match reply {
             Ok(Reply::Send(parts)) => {
                 let bytes = parts.iter().map(Bytes::len).sum();
-                if write_parts(writer, &parts).await.is_err() {
-                    return;
+                match unless(write_parts(writer, &parts), conn.abandoned.raised()).await {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        debug!(peer = %conn.peer, "closing connection: {e}");
+                        return false;
+                    }
+                    None => return false,
                 }
                 conn.unsent.give_back(bytes);
             }
             Ok(Reply::Nothing) => {}
             Ok(Reply::Close(reason)) | Err(FrameError(reason)) => {
                 warn!(peer = %conn.peer, "closing connection: {reason}");
-                return;
+                return true;
             }
         }
         // Only now are the request's bytes released: a slow reader holds its
