@@ -3,27 +3,73 @@
 //! for new requests. Both live on one shard (no locks, no atomics).
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 /// Tasks parked until something changes; each is woken once per change.
+/// A wait that is dropped (it lost a race) takes its waker out with it:
+/// the shard's stop signal lives as long as the shard, and every
+/// connection ever served must not leave a waker (and so its task's
+/// memory) behind in it.
 #[derive(Default)]
-struct Waiters(RefCell<Vec<Waker>>);
+struct Waiters {
+    next_key: Cell<u64>,
+    parked: RefCell<BTreeMap<u64, Waker>>,
+}
+
+/// One wait's place among the [`Waiters`], removed when the wait ends.
+struct Parked<'a> {
+    waiters: &'a Waiters,
+    key: Option<u64>,
+}
+
+impl Parked<'_> {
+    fn park(&mut self, cx: &Context<'_>) {
+        let waiters = self.waiters;
+        let key = *self.key.get_or_insert_with(|| {
+            let key = waiters.next_key.get();
+            waiters.next_key.set(key + 1);
+            key
+        });
+        // Polled again while parked: the same entry, with the current waker.
+        waiters.parked.borrow_mut().insert(key, cx.waker().clone());
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.waiters.parked.borrow_mut().remove(&key);
+        }
+    }
+}
 
 impl Waiters {
-    fn park(&self, cx: &Context<'_>) {
-        let mut wakers = self.0.borrow_mut();
-        // A future polled again while parked must not pile up copies of itself.
-        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            wakers.push(cx.waker().clone());
-        }
+    /// Resolves once `ready` holds, checked on each wake.
+    async fn until(&self, ready: impl Fn() -> bool) {
+        let mut parked = Parked { waiters: self, key: None };
+        poll_fn(|cx| {
+            if ready() {
+                return Poll::Ready(());
+            }
+            parked.park(cx);
+            Poll::Pending
+        })
+        .await
     }
 
     fn wake_all(&self) {
-        for waker in self.0.take() {
+        let parked = std::mem::take(&mut *self.parked.borrow_mut());
+        for waker in parked.into_values() {
             waker.wake();
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.parked.borrow().len()
     }
 }
 
@@ -43,14 +89,7 @@ impl ByteBudget {
 
     /// Resolves once some budget is left.
     pub async fn wait_available(&self) {
-        poll_fn(|cx| {
-            if self.available_bytes.get() > 0 {
-                return Poll::Ready(());
-            }
-            self.waiters.park(cx);
-            Poll::Pending
-        })
-        .await
+        self.waiters.until(|| self.available_bytes.get() > 0).await
     }
 
     /// Takes `bytes` without waiting (an overdraft is allowed).
@@ -119,14 +158,7 @@ impl StopSignal {
     }
 
     pub async fn raised(&self) {
-        poll_fn(|cx| {
-            if self.raised.get() {
-                return Poll::Ready(());
-            }
-            self.waiters.park(cx);
-            Poll::Pending
-        })
-        .await
+        self.waiters.until(|| self.raised.get()).await
     }
 }
 
@@ -167,6 +199,23 @@ mod tests {
             stop.raise();
             task.await;
             assert!(stop.is_raised());
+        });
+    }
+
+    #[test]
+    fn waits_that_lose_a_race_leave_no_waker_behind() {
+        glommio::LocalExecutor::default().run(async {
+            let stop = StopSignal::default();
+            let budget = ByteBudget::new(0);
+            for _ in 0..3 {
+                let mut stopped = std::pin::pin!(stop.raised());
+                let mut available = std::pin::pin!(budget.wait_available());
+                assert!(futures::poll!(stopped.as_mut()).is_pending());
+                assert!(futures::poll!(stopped.as_mut()).is_pending());
+                assert!(futures::poll!(available.as_mut()).is_pending());
+                assert_eq!((stop.waiters.len(), budget.waiters.len()), (1, 1), "one entry per wait");
+            }
+            assert_eq!((stop.waiters.len(), budget.waiters.len()), (0, 0), "dropped waits are gone");
         });
     }
 }
