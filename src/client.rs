@@ -139,6 +139,18 @@ impl Client {
         Ok(part.base_offset)
     }
 
+    /// Deletes topics by name.
+    pub fn delete_topics(&mut self, names: &[&str]) -> Result<()> {
+        let mut req = DeleteTopicsRequest::default();
+        req.topic_names = names.iter().map(|n| TopicName(str_bytes(n))).collect();
+        req.timeout_ms = 30_000;
+        let resp: DeleteTopicsResponse = self.call(ApiKey::DeleteTopics, 4, &req)?;
+        for r in resp.responses {
+            check(r.error_code, &format!("delete topic {:?}", r.name))?;
+        }
+        Ok(())
+    }
+
     /// DeleteRecords: moves the partition's log start to `offset` (-1: the
     /// high watermark); returns the new low watermark.
     pub fn delete_records(&mut self, topic: &str, partition: i32, offset: i64) -> Result<i64> {

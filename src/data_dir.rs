@@ -5,8 +5,9 @@
 //! `meta.properties` naming the node and cluster the directory belongs to.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -47,9 +48,13 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
             holder.trim()
         );
     }
-    file.set_len(0)?;
-    file.rewind()?;
-    writeln!(file, "{}", std::process::id())?;
+    // Written in place at a fixed width: on a full disk an existing lock
+    // file's block is reused, and a broker must still start there.
+    let pid = format!("{:<20}\n", std::process::id());
+    let written = file.write_all_at(pid.as_bytes(), 0).and_then(|()| file.set_len(pid.len() as u64));
+    if let Err(e) = written {
+        tracing::warn!("cannot write our pid into {}: {e}", path.display());
+    }
     Ok(DirLock { _file: file })
 }
 

@@ -16,7 +16,59 @@ use std::path::{Path, PathBuf};
 /// Replaces `path` with `bytes` atomically and durably: the bytes go to
 /// `<path>.tmp`, which is synced, renamed over `path`, and the directory
 /// synced. A crash at any point leaves the old contents or the new, whole.
+///
+/// On a full disk it gives up the data directory's reserve file (see
+/// [`keep_reserve`]) and tries once more: deleting topics or records, which
+/// frees space, must be able to persist its metadata first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    match write_atomic_once(path, bytes) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && release_reserve() => {
+            tracing::warn!("disk full writing {}: released the reserve file and retrying", path.display());
+            write_atomic_once(path, bytes)
+        }
+        other => other,
+    }
+}
+
+/// Bytes kept allocated in the data directory for metadata writes on a full disk.
+pub const RESERVE_BYTES: u64 = 4 << 20;
+
+static RESERVE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Names the reserve file (`<data_dir>/.reserve`) and creates it if space allows.
+pub fn keep_reserve(path: PathBuf) {
+    let _ = RESERVE.set(path);
+    if let Err(e) = ensure_reserve() {
+        tracing::warn!("cannot allocate the {RESERVE_BYTES}-byte reserve file: {e}");
+    }
+}
+
+/// Re-creates the reserve file after it was released, once space allows.
+pub fn ensure_reserve() -> io::Result<()> {
+    let Some(path) = RESERVE.get() else { return Ok(()) };
+    if path.exists() {
+        return Ok(());
+    }
+    let tmp = tmp_path(path);
+    let file = File::create(&tmp)?;
+    // SAFETY: fallocate on a descriptor we own; no pointers are passed.
+    let allocated = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, RESERVE_BYTES as i64) };
+    if allocated != 0 {
+        let e = io::Error::last_os_error();
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    file.sync_all()?;
+    drop(file);
+    rename_durable(&tmp, path)
+}
+
+fn release_reserve() -> bool {
+    RESERVE.get().is_some_and(|path| std::fs::remove_file(path).is_ok())
+}
+
+fn write_atomic_once(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = tmp_path(path);
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;

@@ -155,6 +155,7 @@ fn start_broker(config: Arc<Config>) -> Result<(shards::ShardRuntime, data_dir::
     // would hand out the same offsets.
     let lock = data_dir::lock(&config.data_dir)?;
     data_dir::check_meta(&config.data_dir, config.node_id)?;
+    spate::fsutil::keep_reserve(config.data_dir.join(".reserve"));
     data_dir::check_port_free(&config.listen)?;
     info!(listen = %config.listen, data_dir = %config.data_dir.display(), node_id = config.node_id, "starting spate");
     let runtime_config = shards::RuntimeConfig {

@@ -303,6 +303,10 @@ impl Broker {
     }
 
     pub async fn enforce_retention(&self) {
+        if self.shard_id == admin::CONTROLLER_SHARD {
+            // Space freed since the disk filled: take the metadata reserve back.
+            let _ = glommio::executor().spawn_blocking(crate::fsutil::ensure_reserve).await;
+        }
         let now = storage::now_ms();
         for partition in self.local_partitions() {
             if let Err(e) = partition.enforce_retention(now).await {

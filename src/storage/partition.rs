@@ -614,12 +614,28 @@ async fn run_owned<T: 'static>(work: impl Future<Output = T> + 'static) -> T {
     glommio::spawn_local(work).detach().await.expect("an owned storage task is never cancelled")
 }
 
-/// Errors that say the device failed, not that it is full or we ran out of
-/// something: the partition then goes offline, as Kafka takes a failed log
-/// directory offline.
+/// Errors that say the device failed (EIO and the like), not that it is
+/// full or that we ran out of something: the partition then goes offline, as
+/// Kafka takes a failed log directory offline. The rest refuse the batches
+/// they hit and leave the partition appending.
 fn is_device_failure(e: &std::io::Error) -> bool {
-    !matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM))
-        && e.kind() != std::io::ErrorKind::Other
+    let transient = matches!(
+        errno_of(e),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+    );
+    let ours = e.raw_os_error().is_none() && errno_of(e).is_none(); // e.g. a short write
+    !(transient || ours)
+}
+
+/// The errno behind `e`: its own, or the one glommio folded into its message
+/// ("... (os error 28) ...") when it added the operation and path.
+fn errno_of(e: &std::io::Error) -> Option<i32> {
+    if let Some(errno) = e.raw_os_error() {
+        return Some(errno);
+    }
+    let text = e.to_string();
+    let at = text.find("(os error ")? + "(os error ".len();
+    text[at..].split(')').next()?.parse().ok()
 }
 
 /// Writes the producer-state snapshot as of `offset` and removes older ones;

@@ -152,7 +152,11 @@ async fn recover_sealed(segment: &mut Segment, config: &LogConfig, found: &mut F
     }
     segment.flushed_bytes = end;
     if from == 0 || end < file_bytes {
-        segment.seal_job().run().await?;
+        // Rewriting the index is an optimisation for the next start; a full
+        // disk must not stop this one.
+        if let Err(e) = segment.seal_job().run().await {
+            warn!(dir = %segment.dir.display(), base = segment.base_offset, "cannot rewrite segment index: {e}");
+        }
     }
     Ok(())
 }

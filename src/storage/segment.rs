@@ -355,13 +355,21 @@ impl Segment {
 /// at EOF and "succeeds", so the device is wrongly taken as pollable and every
 /// later read fails with EOPNOTSUPP on devices without poll queues (virtio).
 pub async fn probe_device(dir: &Path, shard: usize) -> std::io::Result<()> {
+    // Kept between runs: a broker must start on a full disk, where a new
+    // probe file could not be written.
     let path = dir.join(format!(".iopoll-probe-{shard}"));
     let probe_path = path.clone();
-    glommio::executor().spawn_blocking(move || std::fs::write(&probe_path, vec![0u8; BLOCK_BYTES as usize])).await?;
+    glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<()> {
+            if std::fs::metadata(&probe_path).is_ok_and(|m| m.len() >= BLOCK_BYTES) {
+                return Ok(());
+            }
+            std::fs::write(&probe_path, vec![0u8; BLOCK_BYTES as usize])
+        })
+        .await?;
     let file = DmaFile::open(&path).await?;
     let read = file.read_at(0, BLOCK_BYTES as usize).await.map(|_| ());
     let _ = file.close().await;
-    let _ = std::fs::remove_file(&path);
     read.map_err(|e| std::io::Error::other(format!("cannot read {} with O_DIRECT: {e}", path.display())))
 }
 
@@ -390,8 +398,15 @@ impl FlushJob {
     pub async fn run(self) -> std::io::Result<Flushed> {
         let file = &self.file;
         if let Some(size) = self.allocate_to {
-            faults::fail(Op::Fallocate, &self.path)?;
-            file.pre_allocate(size, false).await?;
+            // Only an optimisation (writes inside the file complete inline);
+            // near a full disk the writes themselves may still fit.
+            let allocated = match faults::fail(Op::Fallocate, &self.path) {
+                Ok(()) => file.pre_allocate(size, false).await.map_err(std::io::Error::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = allocated {
+                tracing::debug!(path = %self.path.display(), "preallocation failed: {e}");
+            }
         }
         let path = &self.path;
         let writes = self.writes.into_iter().map(|(pos, buf)| write_whole(file, path, buf, pos));

@@ -37,6 +37,11 @@ impl TestBroker {
         Self::start_full(dir, port, extra, &[])
     }
 
+    /// Starts with its data directory at `data` (the log stays in `dir`).
+    pub fn start_in(dir: &Path, data: &Path, extra: &[&str]) -> TestBroker {
+        Self::start_full(dir, free_port(), extra, &[("SPATE_TEST_DATA_DIR", data.to_str().unwrap())])
+    }
+
     /// Starts with extra environment variables (e.g. `SPATE_FAULTS`).
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestBroker {
         Self::start_full(dir, free_port(), extra, env)
@@ -46,7 +51,8 @@ impl TestBroker {
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
-        cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(dir.join("data"));
+        let data = env.iter().find(|(k, _)| *k == "SPATE_TEST_DATA_DIR").map_or(dir.join("data"), |(_, v)| v.into());
+        cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(data);
         cmd.args(["--shards", "2", "--set", "pin_shards=false"]);
         for arg in extra {
             cmd.args(["--set", arg]);
