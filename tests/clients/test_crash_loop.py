@@ -30,8 +30,11 @@ def test_restart_on_same_port_after_kill9(tmp_path):
         assert len(crash_loop.produce_few(broker.addr, "restart", 5, "v")) == 5
         client = socket.create_connection(("127.0.0.1", broker.port))  # open as a client's would be
         client.sendall(struct.pack(">ihhih", 10, 18, 0, 1, -1))  # ApiVersions v0...
-        assert len(client.recv(4)) == 4  # ...answered, so the broker has accepted it
+        client.makefile("rb").read(struct.unpack(">i", client.recv(4, socket.MSG_WAITALL))[0])  # ...answered:
+        # the broker has accepted it
         broker.kill()  # the broker's side of the connection closes first...
+        client.settimeout(10)
+        assert client.recv(1) == b""  # (its FIN arrives once the kernel has closed it)
         client.close()  # ...so it waits in TIME_WAIT, as after any kill under load
         broker.start(1)  # raises Violation if refused
         assert crash_loop.watermarks(broker.addr, "restart", 0) == (0, 5)
