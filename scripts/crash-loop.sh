@@ -5,7 +5,9 @@
 # each acknowledged record is verified at its offset (tests/clients/crash_loop.py).
 # Exits non-zero at the first violation, leaving the data in /tmp/crashloop-failure-<round>.
 #
-#   scripts/crash-loop.sh [N] [crash_loop.py options, e.g. --seconds 3 --seed 42 --workdir DIR]
+#   scripts/crash-loop.sh [N] [crash_loop.py options, e.g. --seconds 3 --seed 42 --workdir DIR --port-retry]
+# (--port-retry: restart on a new port when spate's port check refuses the
+# killed broker's port, instead of stopping there; see crash_loop.py.)
 #   SPATE_BIN=/path/to/spate scripts/crash-loop.sh 100   # use this binary, build nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."

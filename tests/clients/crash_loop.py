@@ -27,7 +27,11 @@ One data directory is used for every round. Each round:
      and the most recently deleted one, created again, is empty.
 
 The loop stops at the first violation (raising `Violation`, after copying the
-data directory and broker log to /tmp/crashloop-failure-<round>).
+work directory, with data/, acks/ and broker.log, to
+/tmp/crashloop-failure-<round>). A broker that fails to start is a violation
+too; that includes spate's start-up port check refusing the port of the
+broker just killed (its connections linger in TIME_WAIT) unless `port_retry`
+(`--port-retry`) is given, which counts those refusals and moves to a new port.
 
     python tests/clients/crash_loop.py --rounds 100 --seconds 3 --spate-bin target/release/spate
 """
@@ -507,11 +511,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds of load per round")
     parser.add_argument("--spate-bin", default=os.environ.get("SPATE_BIN", root / "target/release/spate"))
-    parser.add_argument("--workdir", default=None, help="default: a new /tmp/spate-crashloop-* dir")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--workdir", default=None,
+                        help="default: a new /tmp/spate-crashloop-* dir, removed if the loop passes")
+    parser.add_argument("--seed", type=int, default=None, help="for the random choices (timing still varies)")
     parser.add_argument("--port-retry", action="store_true",
-                        help="when spate's port check refuses a port nothing listens on, count it and "
-                             "restart on a new port instead of failing")
+                        help="when spate's start-up port check refuses the port of our killed (reaped) "
+                             "broker, count it and restart on a new port instead of failing")
     args = parser.parse_args()
     import tempfile
     workdir = args.workdir or tempfile.mkdtemp(prefix="spate-crashloop-")
@@ -521,6 +526,8 @@ def main():
     except Violation as e:
         print(f"VIOLATION: {e}", flush=True)
         sys.exit(1)
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)  # passed: nothing to inspect
 
 
 if __name__ == "__main__":
