@@ -63,16 +63,40 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
 /// a bind without SO_REUSEPORT fails with EADDRINUSE while any socket,
 /// SO_REUSEPORT or not, listens on the address.
 pub fn check_port_free(listen: &str) -> Result<()> {
-    match std::net::TcpListener::bind(listen) {
-        Ok(probe) => {
-            drop(probe);
-            Ok(())
+    let deadline = std::time::Instant::now() + PORT_CHECK_WAIT;
+    loop {
+        let in_use = match std::net::TcpListener::bind(listen) {
+            Ok(_probe) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => e,
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {listen}")),
+        };
+        // In use by a live listener, or only by what a broker killed a moment
+        // ago left behind: connections in TIME_WAIT, or its listening socket
+        // still being torn down. Only a listener that answers counts.
+        if !answers(listen) {
+            return Ok(());
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            bail!("listen address {listen} is already served by another process ({e}); one broker per port")
+        if std::time::Instant::now() >= deadline {
+            bail!("listen address {listen} is already served by another process ({in_use}); one broker per port");
         }
-        Err(e) => Err(e).with_context(|| format!("cannot listen on {listen}")),
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// How long the port check waits for a dying broker's listener to go away.
+const PORT_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether something accepts connections on `listen` (a wildcard address is
+/// tried on loopback).
+fn answers(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(addrs) = listen.to_socket_addrs() else { return false };
+    addrs.into_iter().any(|mut addr| {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        }
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_ok()
+    })
 }
 
 /// Checks `meta.properties` against our node id, or writes it on first start.

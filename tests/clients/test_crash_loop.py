@@ -12,10 +12,8 @@ from conftest import SPATE, free_port
 
 
 def test_short_crash_loop(tmp_path):
-    # port_retry: a restart refused by the port check is retried on a new
-    # port here; test_restart_on_same_port_after_kill9 checks that on its own.
     verified = crash_loop.run(rounds=3, seconds_per_round=2.0, spate_bin=SPATE,
-                              workdir=tmp_path / "crash-loop", port_retry=True)
+                              workdir=tmp_path / "crash-loop")
     assert verified > 0, "the producers got acknowledgements to verify"
 
 
