@@ -65,8 +65,8 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
 pub fn check_port_free(listen: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + PORT_CHECK_WAIT;
     loop {
-        let in_use = match std::net::TcpListener::bind(listen) {
-            Ok(_probe) => return Ok(()),
+        let in_use = match probe_bind(listen) {
+            Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => e,
             Err(e) => return Err(e).with_context(|| format!("cannot listen on {listen}")),
         };
@@ -80,6 +80,51 @@ pub fn check_port_free(listen: &str) -> Result<()> {
             bail!("listen address {listen} is already served by another process ({in_use}); one broker per port");
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Binds a socket to `listen` without SO_REUSEPORT and without listening:
+/// it fails with EADDRINUSE while another socket listens there. SO_REUSEADDR
+/// lets connections left in TIME_WAIT pass, and never listening means no
+/// client connection can land on the probe and be reset when it closes.
+fn probe_bind(listen: &str) -> std::io::Result<()> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let addr: SocketAddr = listen
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    // SAFETY: plain socket calls on a descriptor we create and close here,
+    // with sockaddr structs that live across the calls that read them.
+    unsafe {
+        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        let opt_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), opt_len);
+        let bound = match addr {
+            SocketAddr::V4(v4) => {
+                let mut sa: libc::sockaddr_in = std::mem::zeroed();
+                sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                sa.sin_port = v4.port().to_be();
+                sa.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+                let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len)
+            }
+            SocketAddr::V6(v6) => {
+                let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sa.sin6_port = v6.port().to_be();
+                sa.sin6_addr.s6_addr = v6.ip().octets();
+                let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                libc::bind(fd, (&sa as *const libc::sockaddr_in6).cast(), len)
+            }
+        };
+        let result = if bound == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+        libc::close(fd);
+        result
     }
 }
 
