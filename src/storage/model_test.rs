@@ -132,7 +132,7 @@ fn run_case(steps: Vec<Step>, case: usize) {
     let executor = glommio::LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
     executor.run(async {
         let case = run_steps(&dir, &steps);
-        let limit = std::time::Duration::from_secs(60);
+        let limit = std::time::Duration::from_secs(20);
         let bounded = glommio::timer::timeout(limit, async {
             case.await;
             Ok(())
@@ -153,6 +153,10 @@ async fn run_steps(dir: &Path, steps: &[Step]) {
         let mut model = Model::new();
         let mut next_id = 0;
         for step in steps {
+            // MODEL_TRACE=1 (with --nocapture) shows the step a failing case stopped at.
+            if std::env::var("MODEL_TRACE").is_ok() {
+                eprintln!("step {step:?}");
+            }
             match step {
                 Step::Produce { .. } => produce_step(&partition, &mut model, &mut next_id, step).await,
                 Step::Fail { op, fault, times } => {
@@ -187,7 +191,7 @@ async fn run_steps(dir: &Path, steps: &[Step]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn acknowledged_batches_survive_faults_and_crashes(steps in proptest::collection::vec(step(), 1..40)) {

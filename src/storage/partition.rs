@@ -282,6 +282,7 @@ impl Partition {
     /// Writes everything appended so far; false if there was nothing to write.
     async fn write_round(&self) -> bool {
         if self.offline.borrow().is_some() {
+            self.drop_unwritten_while_offline();
             return false;
         }
         let (job, offset) = self.log.borrow_mut().begin_flush();
@@ -338,9 +339,28 @@ impl Partition {
         error!(dir = %self.log.borrow().dir.display(), "partition offline: {e}");
         let error = Rc::new(e);
         self.offline.replace(Some(error.clone()));
-        let mut waiters = self.waiters.borrow_mut();
-        Waiters::fail(&mut waiters.written, i64::MIN, &error);
-        Waiters::fail(&mut waiters.synced, i64::MIN, &error);
+        {
+            let mut waiters = self.waiters.borrow_mut();
+            Waiters::fail(&mut waiters.written, i64::MIN, &error);
+            Waiters::fail(&mut waiters.synced, i64::MIN, &error);
+        }
+        // Appends may have landed while the failure was handled: the write
+        // loop (the only one that may touch the buffers) drops them.
+        self.write_signal.notify();
+    }
+
+    /// Offline: batches appended but never written are dropped (their
+    /// producers were answered with the failure, or were acks=0), so the log
+    /// ends at the high watermark again. Runs only in the write loop.
+    fn drop_unwritten_while_offline(&self) {
+        let unwritten = {
+            let log = self.log.borrow();
+            log.end_offset() > log.high_watermark()
+        };
+        if unwritten {
+            let end = self.log.borrow_mut().roll_back_unwritten();
+            warn!(dir = %self.log.borrow().dir.display(), end, "offline: dropped batches appended after the failure");
+        }
     }
 
     /// Seals the active segment and starts the next one. Appends wait
@@ -409,7 +429,9 @@ impl Partition {
         loop {
             if self.sync_wanted() {
                 self.sync_round().await;
-            } else if self.stop.get().is_some() && self.log.borrow().high_watermark() == self.log.borrow().end_offset()
+            } else if self.stop.get().is_some()
+                && (self.offline.borrow().is_some()
+                    || self.log.borrow().high_watermark() == self.log.borrow().end_offset())
             {
                 return;
             } else {
