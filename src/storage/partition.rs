@@ -227,7 +227,9 @@ impl Partition {
             queue.push_back((offset, tx));
         }
         self.write_signal.notify();
-        self.sync_signal.notify();
+        if sync {
+            self.sync_signal.notify(); // acks=1 waits leave the sync loop asleep
+        }
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StorageError::Io(std::io::Error::new(e.kind(), e.to_string()))),
@@ -328,7 +330,7 @@ impl Partition {
         }
         let (file, size) = self.log.borrow().active_file_and_size();
         if let Err(cut) = file.truncate(size).await {
-            let cut = std::io::Error::from(cut);
+            let cut = super::segment::os_error(cut);
             self.go_offline(std::io::Error::new(cut.kind(), format!("cannot cut a failed write: {cut}")));
         } else if is_device_failure(&error) {
             self.go_offline(std::io::Error::new(error.kind(), error.to_string()));
@@ -639,25 +641,14 @@ async fn run_owned<T: 'static>(work: impl Future<Output = T> + 'static) -> T {
 /// Errors that say the device failed (EIO and the like), not that it is
 /// full or that we ran out of something: the partition then goes offline, as
 /// Kafka takes a failed log directory offline. The rest refuse the batches
-/// they hit and leave the partition appending.
+/// they hit and leave the partition appending. Storage keeps the errno of
+/// glommio's errors (`segment::os_error`), so it is read here directly.
 fn is_device_failure(e: &std::io::Error) -> bool {
-    let transient = matches!(
-        errno_of(e),
-        Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
-    );
-    let ours = e.raw_os_error().is_none() && errno_of(e).is_none(); // e.g. a short write
-    !(transient || ours)
-}
-
-/// The errno behind `e`: its own, or the one glommio folded into its message
-/// ("... (os error 28) ...") when it added the operation and path.
-fn errno_of(e: &std::io::Error) -> Option<i32> {
-    if let Some(errno) = e.raw_os_error() {
-        return Some(errno);
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN) => false,
+        Some(_) => true,
+        None => false, // ours, e.g. a short write: refuse the batches, keep going
     }
-    let text = e.to_string();
-    let at = text.find("(os error ")? + "(os error ".len();
-    text[at..].split(')').next()?.parse().ok()
 }
 
 /// Writes the producer-state snapshot as of `offset` and removes older ones;

@@ -401,7 +401,7 @@ impl FlushJob {
             // Only an optimisation (writes inside the file complete inline);
             // near a full disk the writes themselves may still fit.
             let allocated = match faults::fail(Op::Fallocate, &self.path) {
-                Ok(()) => file.pre_allocate(size, false).await.map_err(std::io::Error::from),
+                Ok(()) => file.pre_allocate(size, false).await.map_err(os_error),
                 Err(e) => Err(e),
             };
             if let Err(e) = allocated {
@@ -427,13 +427,13 @@ impl FlushJob {
 async fn write_whole(file: &DmaFile, path: &Path, buf: DmaBuffer, pos: u64) -> std::io::Result<()> {
     let want = buf.len();
     let written = match faults::check(Op::Write, path) {
-        None => file.write_at(buf, pos).await?,
+        None => file.write_at(buf, pos).await.map_err(os_error)?,
         Some(Fault::Errno(errno)) => return Err(faults::injected(errno)),
         Some(Fault::Short) => {
             let half = align_down(want as u64 / 2).max(BLOCK_BYTES.min(want as u64)) as usize;
             let mut short = file.alloc_dma_buffer(half);
             short.as_bytes_mut().copy_from_slice(&buf.as_bytes()[..half]);
-            file.write_at(short, pos).await?.min(want.saturating_sub(1))
+            file.write_at(short, pos).await.map_err(os_error)?.min(want.saturating_sub(1))
         }
     };
     if written != want {
@@ -445,7 +445,17 @@ async fn write_whole(file: &DmaFile, path: &Path, buf: DmaBuffer, pos: u64) -> s
 /// fdatasync through io_uring, with fault injection.
 pub async fn fdatasync(file: &DmaFile, path: &Path) -> std::io::Result<()> {
     faults::fail(Op::Fdatasync, path)?;
-    Ok(file.fdatasync().await?)
+    file.fdatasync().await.map_err(os_error)
+}
+
+/// glommio's error as an `io::Error` that keeps the OS errno (glommio's own
+/// conversion folds it into the message, and the writer decides by errno
+/// whether a failure takes the partition offline).
+pub fn os_error<T>(e: glommio::GlommioError<T>) -> std::io::Error {
+    match e {
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => other.into(),
+    }
 }
 
 /// What sealing a flushed segment persists.
