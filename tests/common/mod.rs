@@ -110,6 +110,13 @@ impl TestBroker {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
+        // The kernel tears the dead process's io_uring listeners down a few
+        // ms after it is reaped: until then a restart on this port would look
+        // ready to `wait_ready` while the new broker is not listening yet.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(&self.addr).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
