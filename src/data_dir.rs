@@ -132,15 +132,18 @@ fn probe_bind(listen: &str) -> std::io::Result<()> {
 const PORT_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether something accepts connections on `listen` (a wildcard address is
-/// tried on loopback).
-fn answers(listen: &str) -> bool {
+/// tried on loopback). Also how a broker started by us is seen to be up.
+pub fn answers(listen: &str) -> bool {
     use std::net::ToSocketAddrs;
     let Ok(addrs) = listen.to_socket_addrs() else { return false };
     addrs.into_iter().any(|mut addr| {
         if addr.ip().is_unspecified() {
             addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
         }
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_ok()
+        // A socket connected to itself (Linux allows it when it picks the
+        // port as its own source port) is not another broker.
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
     })
 }
 

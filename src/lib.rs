@@ -4,6 +4,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod data_dir;
 pub mod fsutil;
 pub mod handlers;
 pub mod protocol;

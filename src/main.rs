@@ -1,8 +1,6 @@
 //! The `spate` binary: `serve` runs the broker; the other commands are a
 //! small rpk-style client for topics, producing and consuming.
 
-mod data_dir;
-
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use spate::cli::{self, ConsumeArgs, ProduceArgs, TopicCommand};
 use spate::config::Config;
+use spate::data_dir;
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -190,7 +189,7 @@ fn bench(args: spate_bench::BenchArgs, brokers: Option<String>) -> Result<()> {
     let (runtime, lock) = start_broker(config)?;
     let addr = format!("127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(&addr).is_err() {
+    while !data_dir::answers(&addr) {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the embedded broker did not start");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

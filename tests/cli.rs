@@ -93,7 +93,7 @@ fn serve_reads_config_file_and_environment() {
         .unwrap();
     let addr = format!("127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(&addr).is_err() {
+    while !spate::data_dir::answers(&addr) {
         assert!(std::time::Instant::now() < deadline, "broker did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

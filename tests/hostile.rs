@@ -139,18 +139,24 @@ fn idle_connections_are_closed_and_busy_ones_kept() {
     let mut stored = round_trip(&mut busy, "good", 0);
     let fds_before = open_fds(broker.pid()); // with the busy connection and the partition's files
     let mut idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(&broker.addr).unwrap()).collect();
+    // The idle ones are closed and their descriptors freed (`closed_by_broker`
+    // answers at once for a closed stream).
+    let settled = |idle: &mut Vec<TcpStream>| {
+        idle.iter_mut().all(|s| closed_by_broker(s, Duration::from_millis(1))) && open_fds(broker.pid()) <= fds_before
+    };
+    // A client that talks more often than the idle bound is never cut off,
+    // however long the broker takes to close the others: the busy client
+    // keeps talking while we wait for them.
     let started = Instant::now();
-    // A client that talks more often than the idle bound is never cut off.
-    while started.elapsed() < Duration::from_millis(2500) {
+    while started.elapsed() < Duration::from_millis(2500)
+        || (started.elapsed() < Duration::from_secs(10) && !settled(&mut idle))
+    {
         stored = round_trip(&mut busy, "good", stored);
         std::thread::sleep(Duration::from_millis(300));
     }
-    for stream in &mut idle {
-        assert!(closed_by_broker(stream, Duration::from_secs(5)), "an idle connection is closed");
-    }
     assert!(
-        eventually(Duration::from_secs(5), || open_fds(broker.pid()) <= fds_before),
-        "only the busy connection is left: {fds_before} descriptors expected, now {:?}",
+        settled(&mut idle),
+        "idle connections closed and only the busy one left: {fds_before} descriptors expected, now {:?}",
         fd_targets(broker.pid())
     );
     assert!(broker.log().contains("connections_max_idle_ms"), "the broker says why");

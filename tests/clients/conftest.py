@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SPATE = Path(os.environ.get("SPATE_BIN", ROOT / "target" / "release" / "spate"))
 
 
+# Shards of every test broker: more than one, so cross-shard paths are tested.
+SHARDS = 2
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -27,17 +31,25 @@ class Broker:
         self.addr = f"127.0.0.1:{self.port}"
         self.log_path = self.dir / "broker.log"
         cmd = [str(SPATE), "serve", "--listen", self.addr, "--data-dir", str(self.dir / "data"),
-               "--shards", "2", "--set", "pin_shards=false"]
+               "--shards", str(SHARDS), "--set", "pin_shards=false"]
         for item in extra:
             cmd += ["--set", item]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
         deadline = time.time() + 30
         while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
+            # Every shard binds its own listener: ready once all of them have.
+            if self.log().count("listening") < SHARDS:
                 time.sleep(0.05)
+                continue
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    # A socket connected to itself (Linux allows it when the
+                    # source port it picks is ours) is not the broker.
+                    if s.getsockname() != s.getpeername():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
         raise RuntimeError(f"spate did not start:\n{self.log()}")
 
     def log(self):

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +23,9 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Shards of every test broker: more than one, so cross-shard paths are tested.
+const SHARDS: usize = 2;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -50,24 +53,31 @@ impl TestBroker {
     fn start_full(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> TestBroker {
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
+        let log_start = log.metadata().unwrap().len() as usize;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
         let data = env.iter().find(|(k, _)| *k == "SPATE_TEST_DATA_DIR").map_or(dir.join("data"), |(_, v)| v.into());
         cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(data);
-        cmd.args(["--shards", "2", "--set", "pin_shards=false"]);
+        cmd.args(["--shards", &SHARDS.to_string(), "--set", "pin_shards=false"]);
         for arg in extra {
             cmd.args(["--set", arg]);
         }
         cmd.envs(env.iter().copied());
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn spate");
         let broker = TestBroker { child: Some(child), addr, dir: dir.to_path_buf() };
-        broker.wait_ready();
+        broker.wait_ready(log_start);
         broker
     }
 
-    fn wait_ready(&self) {
+    /// Waits until this run (its log from `log_start` on) has every shard listening.
+    fn wait_ready(&self, log_start: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if TcpStream::connect(&self.addr).is_ok() {
+            // Every shard binds its own listener; until all have, descriptor
+            // counts and connection placement are not yet those of a running broker.
+            let log = self.log();
+            let this_run = log.get(log_start..).unwrap_or_default();
+            let shards_listening = this_run.lines().filter(|line| line.contains("listening")).count();
+            if shards_listening >= SHARDS && spate::data_dir::answers(&self.addr) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -85,7 +95,7 @@ impl TestBroker {
     }
 
     pub fn client(&self) -> Client {
-        Client::connect(&self.addr).unwrap()
+        Client::connect(&self.addr).unwrap_or_else(|e| panic!("{e:#}; broker log:\n{}", self.log()))
     }
 
     pub fn log(&self) -> String {
@@ -114,7 +124,7 @@ impl TestBroker {
         // ms after it is reaped: until then a restart on this port would look
         // ready to `wait_ready` while the new broker is not listening yet.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(&self.addr).is_ok() && Instant::now() < deadline {
+        while spate::data_dir::answers(&self.addr) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
