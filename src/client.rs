@@ -50,6 +50,13 @@ impl Client {
         version: i16,
         request: &Req,
     ) -> Result<Resp> {
+        let correlation_id = self.send(api_key, version, request)?;
+        self.receive(api_key, version, correlation_id)
+    }
+
+    /// Sends one request without waiting for its response (pipelining);
+    /// returns its correlation id. Responses come back in request order.
+    pub fn send<Req: Encodable>(&mut self, api_key: ApiKey, version: i16, request: &Req) -> Result<i32> {
         self.correlation_id += 1;
         let mut header = RequestHeader::default();
         header.request_api_key = api_key as i16;
@@ -63,15 +70,19 @@ impl Client {
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
         self.stream.write_all(&buf)?;
+        Ok(self.correlation_id)
+    }
 
+    /// Reads and decodes the response to the request sent as `correlation_id`.
+    pub fn receive<Resp: Decodable>(&mut self, api_key: ApiKey, version: i16, correlation_id: i32) -> Result<Resp> {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).context("reading response (did the broker close the connection?)")?;
         let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
         self.stream.read_exact(&mut body)?;
         let mut body = Bytes::from(body);
         let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))?;
-        if header.correlation_id != self.correlation_id {
-            bail!("response correlation id {} does not match request {}", header.correlation_id, self.correlation_id);
+        if header.correlation_id != correlation_id {
+            bail!("response correlation id {} does not match request {correlation_id}", header.correlation_id);
         }
         let response = Resp::decode(&mut body, version)?;
         if body.has_remaining() {
@@ -122,16 +133,7 @@ impl Client {
 
     /// Produces already-encoded batches as they are; returns the base offset.
     pub fn produce_raw(&mut self, topic: &str, partition: i32, records: Bytes, acks: i16) -> Result<i64> {
-        let mut pd = produce_request::PartitionProduceData::default();
-        pd.index = partition;
-        pd.records = Some(records);
-        let mut td = produce_request::TopicProduceData::default();
-        td.name = TopicName(str_bytes(topic));
-        td.partition_data = vec![pd];
-        let mut req = ProduceRequest::default();
-        req.acks = acks;
-        req.timeout_ms = 30_000;
-        req.topic_data = vec![td];
+        let req = produce_request(topic, partition, records, acks);
         let resp: ProduceResponse = self.call(ApiKey::Produce, 9, &req)?;
         let part = resp.responses.into_iter().next().and_then(|t| t.partition_responses.into_iter().next());
         let Some(part) = part else { bail!("empty Produce response") };
@@ -251,6 +253,21 @@ impl Client {
 }
 
 /// Turns a Kafka error code into an error naming `what` failed.
+/// A Produce request of one partition's batches.
+pub fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
+    let mut pd = produce_request::PartitionProduceData::default();
+    pd.index = partition;
+    pd.records = Some(records);
+    let mut td = produce_request::TopicProduceData::default();
+    td.name = TopicName(str_bytes(topic));
+    td.partition_data = vec![pd];
+    let mut req = ProduceRequest::default();
+    req.acks = acks;
+    req.timeout_ms = 30_000;
+    req.topic_data = vec![td];
+    req
+}
+
 pub fn check(code: i16, what: &str) -> Result<()> {
     match code.err() {
         None => Ok(()),

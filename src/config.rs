@@ -75,6 +75,9 @@ pub struct Config {
     pub preallocate_step_bytes: u64,
     /// Tail cache per shard, shared out over its partitions.
     pub cache_bytes_per_shard: usize,
+    /// Sealed segment files a shard keeps open for reads, the least recently
+    /// used closed first (active segments hold their own, one per partition).
+    pub max_open_segment_files_per_shard: usize,
     /// Period of the background write + fdatasync of every partition.
     pub flush_interval_ms: u64,
     pub retention_check_interval_ms: u64,
@@ -115,6 +118,7 @@ impl Default for Config {
             write_buffer_bytes: log.write_buffer_bytes,
             preallocate_step_bytes: log.preallocate_step_bytes,
             cache_bytes_per_shard: 64 << 20,
+            max_open_segment_files_per_shard: crate::storage::open_files::DEFAULT_MAX_OPEN_SEGMENT_FILES,
             flush_interval_ms: 500,
             retention_check_interval_ms: 30_000,
         }
@@ -162,6 +166,9 @@ impl Config {
         }
         if self.queued_max_request_bytes == 0 || self.max_unsent_response_bytes == 0 {
             bail!("queued_max_request_bytes and max_unsent_response_bytes must be positive");
+        }
+        if self.max_open_segment_files_per_shard == 0 {
+            bail!("max_open_segment_files_per_shard must be positive");
         }
         if self.connections_max_idle_ms == 0 || self.socket_request_read_timeout_ms == 0 {
             bail!("connections_max_idle_ms and socket_request_read_timeout_ms must be positive");

@@ -156,7 +156,14 @@ fn start_broker(config: Arc<Config>) -> Result<(shards::ShardRuntime, data_dir::
     data_dir::check_meta(&config.data_dir, config.node_id)?;
     spate::fsutil::keep_reserve(config.data_dir.join(".reserve"));
     data_dir::check_port_free(&config.listen)?;
-    info!(listen = %config.listen, data_dir = %config.data_dir.display(), node_id = config.node_id, "starting spate");
+    let open_files_limit = raise_open_file_limit();
+    info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        node_id = config.node_id,
+        open_files_limit,
+        "starting spate"
+    );
     let runtime_config = shards::RuntimeConfig {
         shard_count: config.shards,
         io_memory_bytes: config.io_memory_bytes,
@@ -172,7 +179,42 @@ fn start_broker(config: Arc<Config>) -> Result<(shards::ShardRuntime, data_dir::
     })
     .context("starting shards")?;
     info!(shards = runtime.shard_count(), "shards started");
+    check_open_file_bounds(&config, runtime.shard_count(), open_files_limit);
     Ok((runtime, lock))
+}
+
+/// Raises the soft limit on open descriptors to the hard one (as Kafka's and
+/// Redpanda's deployment guides ask of operators) and returns it.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Sealed segment files are bounded per shard; connections and active
+/// segments need descriptors beside them. Says so when the bound leaves
+/// them less than half of the process's limit.
+fn check_open_file_bounds(config: &Config, shards: usize, open_files_limit: u64) {
+    let sealed = (config.max_open_segment_files_per_shard * shards) as u64;
+    if sealed > open_files_limit / 2 {
+        tracing::warn!(
+            open_files_limit,
+            sealed_segment_files = sealed,
+            "max_open_segment_files_per_shard x shards takes more than half of the descriptor limit; \
+             raise the limit (ulimit -n) or lower the bound"
+        );
+    }
 }
 
 /// `spate bench`: against `--brokers`, or an embedded broker on a temporary

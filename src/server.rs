@@ -67,6 +67,7 @@ pub async fn run_shard(mut shard: shards::Shard<ShardMsg>, config: Arc<Config>, 
         error!("data directory {} is not usable: {e}", config.data_dir.display());
         std::process::exit(1);
     }
+    crate::storage::open_files::set_max_open(config.max_open_segment_files_per_shard);
     let inbox_broker = broker.clone();
     shard.serve_inbox(move |msg| inbox_broker.on_message(msg));
     if shard.id == crate::broker::admin::CONTROLLER_SHARD {
@@ -210,7 +211,7 @@ enum End {
 /// A dispatched request: its handler, and the request bytes it holds in the
 /// budgets until its response is written.
 struct Pending {
-    reply: glommio::Task<Result<Reply, FrameError>>,
+    reply: Handler,
     held: (StaticPermit, Charge),
 }
 
@@ -234,6 +235,7 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
     // Bytes of requests in flight on this connection; reading waits when spent.
     let budget_bytes = config.max_inflight_request_bytes;
     let budget = Rc::new(Semaphore::new(budget_bytes as u64));
+    let mut previous_applied = None;
     // Every wait below also ends when the writer does (write failed, or a
     // handler closed the connection): nothing read from then on is answered.
     let end = loop {
@@ -258,7 +260,15 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
         let Some((frame, charge)) = read_frame_body(net, &conn, &mut reader, len, deadline).await else {
             break End::Abort;
         };
-        let Some(reply) = dispatch(net, &conn, frame) else { break End::Abort };
+        // The previous request must have taken effect first: a connection's
+        // requests take effect in the order they arrived.
+        if let Some(previous) = previous_applied.take() {
+            if unless(previous, conn.writer_gone.raised()).await.is_none() {
+                break End::Abort;
+            }
+        }
+        let Some((reply, applied)) = dispatch(net, &conn, frame) else { break End::Abort };
+        previous_applied = Some(applied);
         // glommio's `send` waiting on a full queue does not notice that the
         // receiver is gone (it waits for room forever), so watch the writer.
         let queued = unless(pending_tx.send(Pending { reply, held: (permit, charge) }), conn.writer_gone.raised());
@@ -276,7 +286,8 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
 }
 
 /// Parses a frame and starts its handler; None if the frame is not a request.
-fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<glommio::Task<Result<Reply, FrameError>>> {
+/// Also returns what resolves once the request has taken effect.
+fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<(Handler, AppliedWait)> {
     let request = match handlers::parse_request(frame) {
         Ok(request) => request,
         Err(FrameError(reason)) => {
@@ -286,14 +297,21 @@ fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<glommio::Task<Re
     };
     conn.unanswered.set(conn.unanswered.get() + 1);
     let (broker, conn) = (net.broker.clone(), conn.clone());
-    Some(glommio::spawn_local(async move {
-        let reply = handlers::handle(&broker, request).await;
+    let (applied, applied_wait) = handlers::Applied::new();
+    let handler = glommio::spawn_local(async move {
+        let reply = handlers::handle(&broker, request, applied).await;
         if let Ok(Reply::Send(parts)) = &reply {
             conn.unsent.take(parts.iter().map(Bytes::len).sum());
         }
         reply
-    }))
+    });
+    Some((handler, applied_wait))
 }
+
+/// A request's handler task.
+type Handler = glommio::Task<Result<Reply, FrameError>>;
+/// Resolves (Ok or Canceled) once the request has taken effect.
+type AppliedWait = futures::channel::oneshot::Receiver<()>;
 
 /// Resolves when either `a` or `b` does.
 async fn either(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {

@@ -124,13 +124,13 @@ fn kill9_right_after_delete_never_resurrects() {
     broker.stop();
 }
 
-/// Kills the broker while it deletes a 200-partition topic: right after
+/// Kills the broker while it deletes a 1,000-partition topic: right after
 /// `topics.json` drops the topic (before or while the partition directories
 /// are renamed away) in the first rounds, at once after sending the request
 /// in the last (maybe before anything was persisted).
 #[test]
 fn kill9_during_delete_of_many_partitions_never_resurrects() {
-    const PARTITIONS: i32 = 200;
+    const PARTITIONS: i32 = 1000;
     const ROUNDS: usize = 3;
     let dir = temp_dir("meta-delete-many");
     let data_dir = dir.join("data");

@@ -239,3 +239,69 @@ fn a_client_that_never_reads_stops_being_read_and_leaks_nothing() {
     );
     broker.stop();
 }
+
+/// Descriptors the broker holds on segment files of the partition directory
+/// `dir_name` (also once renamed for deletion, or unlinked: "... (deleted)").
+fn segment_fds(pid: u32, dir_name: &str) -> usize {
+    let needle = format!("/{dir_name}");
+    fd_targets(pid).iter().filter(|t| t.contains(&needle) && t.contains(".log")).count()
+}
+
+/// However many segments a partition has, the broker keeps at most
+/// `max_open_segment_files_per_shard` sealed ones open (plus the active one),
+/// while producing, reading every segment, after a restart, and none once the
+/// topic is deleted.
+#[test]
+fn many_segments_hold_a_bounded_number_of_descriptors() {
+    const MAX_OPEN: usize = 8;
+    const BATCHES: usize = 400;
+    let dir = temp_dir("hostile-segments");
+    let settings = ["segment_bytes=16384", "max_open_segment_files_per_shard=8"];
+    let broker = TestBroker::start(&dir, &settings);
+    let mut client = broker.client();
+    client.create_topic("many", 1, &[]).unwrap();
+    // ~6 KiB batches: a new 16 KiB segment every two or three batches.
+    let value = Bytes::from(vec![b'v'; 600]);
+    for i in 0..BATCHES {
+        let records: Vec<_> = (0..10).map(|j| (Some(Bytes::from(format!("{i}-{j}"))), value.clone())).collect();
+        assert_eq!(client.produce("many", 0, &records, -1, Compression::None).unwrap(), (i * 10) as i64);
+    }
+    let segments = std::fs::read_dir(dir.join("data/many-0"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".log"))
+        .count();
+    assert!(segments > 100, "the test needs many segments, got {segments}");
+    // Sealed files the next sync has not covered yet may be open beside the set.
+    let bound = MAX_OPEN + 1 + 2;
+    let check = |broker: &TestBroker, when: &str| {
+        let open = segment_fds(broker.pid(), "many-0");
+        assert!(open <= bound, "{when}: {open} segment files open for {segments} segments, bound {bound}");
+    };
+    check(&broker, "after producing");
+
+    let read_all = |client: &mut Client| {
+        let records = client.fetch_all("many", 0, 0).unwrap();
+        assert_eq!(records.len(), BATCHES * 10, "every record is read back");
+        for (i, record) in records.iter().enumerate() {
+            assert_eq!(record.offset, i as i64);
+            assert_eq!(record.key.as_deref(), Some(format!("{}-{}", i / 10, i % 10).as_bytes()));
+        }
+    };
+    read_all(&mut client);
+    check(&broker, "after reading every segment");
+    broker.stop();
+
+    let broker = TestBroker::start(&dir, &settings);
+    check(&broker, "after a restart");
+    let mut client = broker.client();
+    read_all(&mut client);
+    check(&broker, "after reading every segment again");
+
+    client.delete_topics(&["many"]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || segment_fds(broker.pid(), "many-0") == 0),
+        "a deleted topic's files are all closed (their space freed): {:?}",
+        fd_targets(broker.pid())
+    );
+    broker.stop();
+}

@@ -13,13 +13,28 @@ use crate::storage::Durability;
 /// Work on one partition, run by its owning shard.
 #[derive(Debug)]
 pub enum PartitionOp {
-    Produce { records: Bytes, durability: Durability },
-    Read { offset: i64, max_bytes: usize },
+    /// `appended` is dropped once the batch has its offsets (or failed),
+    /// before the wait for `durability`: the connection may then go on.
+    Produce {
+        records: Bytes,
+        durability: Durability,
+        appended: futures::channel::oneshot::Sender<()>,
+    },
+    Read {
+        offset: i64,
+        max_bytes: usize,
+    },
     Offsets,
-    OffsetForTime { timestamp: i64 },
+    OffsetForTime {
+        timestamp: i64,
+    },
     MaxTimestamp,
-    DeleteRecords { offset: i64 },
-    EndOffsetForEpoch { epoch: i32 },
+    DeleteRecords {
+        offset: i64,
+    },
+    EndOffsetForEpoch {
+        epoch: i32,
+    },
 }
 
 #[derive(Debug)]

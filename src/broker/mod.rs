@@ -123,9 +123,11 @@ impl Broker {
         };
         let log_start = || partition.log.borrow().log_start_offset();
         match op {
-            PartitionOp::Produce { records, durability } => {
-                let info =
-                    partition.produce(records, durability, storage::now_ms()).await.map_err(PartitionError::from)?;
+            PartitionOp::Produce { records, durability, appended } => {
+                let appended_info = partition.append(records, storage::now_ms()).await;
+                drop(appended); // took effect: the request's connection may dispatch its next one
+                let info = appended_info.map_err(PartitionError::from)?;
+                partition.wait_durable(info.last_offset, durability).await.map_err(PartitionError::from)?;
                 Ok(PartitionOk::Produced {
                     base_offset: info.base_offset,
                     log_append_time_ms: info.log_append_time_ms,

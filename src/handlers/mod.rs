@@ -93,12 +93,46 @@ pub fn decode_body<T: Decodable>(request: &Request) -> Result<T, FrameError> {
     Ok(decoded)
 }
 
-/// Serves one request.
-pub async fn handle(broker: &Rc<Broker>, request: Request) -> Result<Reply, FrameError> {
+/// Fires once a request has taken effect; the connection dispatches its next
+/// request only then, so a connection's requests take effect in the order
+/// they arrived (as Kafka's one-request-at-a-time connections), while their
+/// waits for durability still overlap. Dropping it fires it.
+pub struct Applied(#[allow(dead_code)] futures::channel::oneshot::Sender<()>);
+
+impl Applied {
+    /// The signal, and what the connection waits on.
+    pub fn new() -> (Applied, futures::channel::oneshot::Receiver<()>) {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        (Applied(tx), rx)
+    }
+}
+
+/// Requests that change nothing: the next request need not wait for them
+/// (a long-polling Fetch must not hold up a Produce behind it).
+fn changes_nothing(api: ApiKey) -> bool {
+    matches!(
+        api,
+        ApiKey::ApiVersions
+            | ApiKey::Fetch
+            | ApiKey::ListOffsets
+            | ApiKey::DescribeConfigs
+            | ApiKey::OffsetForLeaderEpoch
+    )
+}
+
+/// Serves one request. `applied` fires when it has taken effect: a Produce
+/// once its batches have offsets, a request that changes nothing at once,
+/// any other when it is done.
+pub async fn handle(broker: &Rc<Broker>, request: Request, applied: Applied) -> Result<Reply, FrameError> {
+    if request.api_key == ApiKey::Produce {
+        return produce::handle(broker, &request, applied).await;
+    }
+    // Dropped (fired) now for a request that changes nothing, else on return.
+    let _applied = (!changes_nothing(request.api_key)).then_some(applied);
     match request.api_key {
         ApiKey::ApiVersions => Ok(api_versions::handle(&request)),
         ApiKey::Metadata => metadata::handle(broker, &request).await,
-        ApiKey::Produce => produce::handle(broker, &request).await,
+        ApiKey::Produce => unreachable!("served above"),
         ApiKey::Fetch => fetch::handle(broker, &request).await,
         ApiKey::ListOffsets => list_offsets::handle(broker, &request).await,
         ApiKey::CreateTopics => create_topics::handle(broker, &request).await,

@@ -8,18 +8,23 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
-use super::{decode_body, error_code, FrameError};
+use super::{decode_body, error_code, Applied, FrameError};
 use crate::broker::{durability_for_acks, Broker, PartitionError, PartitionOk, PartitionOp};
 use crate::protocol::{encode, Reply, Request};
 
-pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
+/// `applied` is dropped once every partition's batch has its offsets (or
+/// failed), before the waits for durability.
+pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) -> Result<Reply, FrameError> {
     let body: ProduceRequest = decode_body(request)?;
     let acks = body.acks;
     let meta = broker.meta();
     let mut pending = Vec::new();
+    let mut appends = Vec::new();
     for topic in &body.topic_data {
         let known = meta.topic(topic.name.0.as_str());
         for partition in &topic.partition_data {
+            let (appended, append_done) = futures::channel::oneshot::channel();
+            appends.push(append_done);
             let outcome = async move {
                 let Some(topic) = known.filter(|t| partition.index >= 0 && partition.index < t.partitions) else {
                     return Err(PartitionError::UnknownTopicOrPartition);
@@ -30,13 +35,18 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
                 if !matches!(acks, -1..=1) {
                     return Ok(None);
                 }
-                let op = PartitionOp::Produce { records, durability: durability_for_acks(acks) };
+                let op = PartitionOp::Produce { records, durability: durability_for_acks(acks), appended };
                 broker.on_partition(topic.tp(partition.index), op).await.map(Some)
             };
             pending.push(outcome);
         }
     }
-    let mut results = futures::future::join_all(pending).await.into_iter();
+    let took_effect = async move {
+        futures::future::join_all(appends).await;
+        drop(applied);
+    };
+    let (_, results) = futures::join!(took_effect, futures::future::join_all(pending));
+    let mut results = results.into_iter();
 
     let mut response = ProduceResponse::default();
     let mut failed = None;

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use glommio::io::DmaFile;
 
 use super::batch::{self, BatchError, BatchInfo};
+use super::open_files::SegmentFile;
 use super::partition::StorageError;
 use super::producers::{ProducerStates, SequenceCheck};
 use super::segment::{FlushJob, Flushed, SealJob, Segment};
@@ -87,7 +88,7 @@ pub enum ReadPlan {
     Cached(Vec<Bytes>),
     /// Read `len` bytes at `position` of a segment file, then keep batches
     /// ending at or after `offset`, cut to the byte budget.
-    Disk { file: Rc<DmaFile>, position: u64, len: usize, readable: u64, offset: i64, max_bytes: usize },
+    Disk { file: SegmentFile, position: u64, len: usize, readable: u64, offset: i64, max_bytes: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -348,7 +349,7 @@ impl PartitionLog {
     pub fn begin_sync(&self) -> (i64, Vec<(Rc<DmaFile>, PathBuf)>) {
         let mut files = self.unsynced_sealed.clone();
         let active = self.active();
-        files.push((active.file(), super::segment::log_path(&self.dir, active.base_offset)));
+        files.push((active.own_file(), super::segment::log_path(&self.dir, active.base_offset)));
         (self.flushed_offset, files)
     }
 
@@ -361,7 +362,7 @@ impl PartitionLog {
     }
 
     pub fn active_file_and_size(&self) -> (Rc<DmaFile>, u64) {
-        (self.active().file(), self.active().size_bytes)
+        (self.active().own_file(), self.active().size_bytes)
     }
 
     /// Makes `next` the active segment: the old one, fully written, becomes
@@ -374,7 +375,8 @@ impl PartitionLog {
         let old = self.active_mut();
         old.stop_appending();
         let seal = old.seal_job();
-        let old_file = (old.file(), super::segment::log_path(&dir, old.base_offset));
+        let old_file = (old.own_file(), super::segment::log_path(&dir, old.base_offset));
+        old.release_file();
         self.unsynced_sealed.push(old_file);
         self.segments.push(next);
         seal
@@ -428,7 +430,7 @@ impl PartitionLog {
 
     /// Segments from the one holding the first batch whose max timestamp is at
     /// least `timestamp`: (file, scan start, readable bytes), or None.
-    pub fn plan_time_lookup(&self, timestamp: i64) -> Option<(Rc<DmaFile>, u64, u64)> {
+    pub fn plan_time_lookup(&self, timestamp: i64) -> Option<(SegmentFile, u64, u64)> {
         let segment =
             self.segments.iter().find(|s| s.max_timestamp >= timestamp && s.next_offset > self.log_start_offset)?;
         let relative = segment.index.scan_start_for_time(timestamp);

@@ -8,6 +8,7 @@ pub mod index;
 pub mod log;
 #[cfg(test)]
 mod model_test;
+pub mod open_files;
 pub mod partition;
 pub mod producers;
 pub mod recovery;

@@ -168,6 +168,15 @@ impl Partition {
         durability: Durability,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
+        let info = self.append(records, now_ms).await?;
+        self.wait_durable(info.last_offset, durability).await?;
+        Ok(info)
+    }
+
+    /// Validates and appends `records`, once no roll is under way and the
+    /// unwritten bytes are within bound: the batch has its offsets when this
+    /// returns, but is not yet written (see [`Partition::wait_durable`]).
+    pub async fn append(&self, records: Bytes, now_ms: i64) -> Result<AppendInfo, StorageError> {
         let offsets = self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
         loop {
             self.check_online()?;
@@ -189,12 +198,16 @@ impl Partition {
         // Synchronous from the checks above: no roll can start in between.
         let info = self.log.borrow_mut().append(&records, now_ms)?;
         self.write_signal.notify();
-        match durability {
-            Durability::Buffered => {}
-            Durability::Written => self.wait_for(info.last_offset, false).await?,
-            Durability::Synced => self.wait_for(info.last_offset, true).await?,
-        }
         Ok(info)
+    }
+
+    /// Waits until the batch ending at `last_offset` is as durable as asked.
+    pub async fn wait_durable(&self, last_offset: i64, durability: Durability) -> Result<(), StorageError> {
+        match durability {
+            Durability::Buffered => Ok(()),
+            Durability::Written => self.wait_for(last_offset, false).await,
+            Durability::Synced => self.wait_for(last_offset, true).await,
+        }
     }
 
     fn check_online(&self) -> Result<(), StorageError> {
@@ -263,6 +276,9 @@ impl Partition {
             let _ = waiter.send(Err(Rc::new(std::io::Error::other("partition closed"))));
         }
         self.waiters.replace(Waiters::default());
+        // Closed, moved or deleted: the shard keeps no handle of its files
+        // (a deleted file's space is freed only once no descriptor is open).
+        super::open_files::forget_dir(&self.log.borrow().dir);
         self.writer_running.set(false);
     }
 
@@ -498,6 +514,11 @@ impl Partition {
             ReadPlan::OutOfRange => Err(StorageError::OffsetOutOfRange),
             ReadPlan::Cached(parts) => Ok(parts),
             ReadPlan::Disk { file, position, len, readable, offset, max_bytes } => {
+                let file = file.open().await.map_err(|e| match e.kind() {
+                    // Retention or DeleteRecords removed the segment since the plan.
+                    std::io::ErrorKind::NotFound => StorageError::OffsetOutOfRange,
+                    _ => StorageError::Io(e),
+                })?;
                 let kept = read_disk(&file, position, len, readable, offset, max_bytes).await?;
                 Ok(if kept.is_empty() { Vec::new() } else { vec![kept] })
             }
@@ -529,6 +550,7 @@ impl Partition {
     pub async fn offset_for_time(&self, timestamp: i64) -> std::io::Result<Option<(i64, i64)>> {
         let plan = self.log.borrow().plan_time_lookup(timestamp);
         if let Some((file, mut position, readable)) = plan {
+            let file = file.open().await?;
             while position < readable {
                 let chunk = read_at(&file, position, (readable - position).min(1 << 20) as usize).await?;
                 let mut at = 0;

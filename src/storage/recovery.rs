@@ -51,6 +51,8 @@ pub async fn open_log(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::
             segment.resume_appending(config.write_buffer_bytes, config.preallocate_step_bytes).await?;
         } else {
             recover_sealed(&mut segment, &config, &mut found).await?;
+            // Sealed: its handle goes to the shard's bounded set of open files.
+            segment.release_file();
         }
         segments.push(segment);
     }
@@ -104,7 +106,7 @@ async fn recover_producers(
 
 /// Every producer batch of a (recovered) sealed segment.
 async fn scan_producers(segment: &Segment, config: &LogConfig, found: &mut Found) -> std::io::Result<()> {
-    let file = segment.file();
+    let file = segment.file().open().await?;
     let mut position = 0;
     while position < segment.size_bytes {
         let want = SCAN_CHUNK_BYTES.max(config.max_message_bytes).min((segment.size_bytes - position) as usize);
@@ -148,7 +150,7 @@ async fn recover_sealed(segment: &mut Segment, config: &LogConfig, found: &mut F
         // A crash between the last write and sealing leaves zero padding (or
         // a torn batch) past the last whole batch.
         warn!(dir = %segment.dir.display(), base = segment.base_offset, valid_bytes = end, file_bytes, "sealed segment has a bad tail; truncating");
-        segment.file().truncate(end).await?;
+        segment.own_file().truncate(end).await?;
     }
     segment.flushed_bytes = end;
     if from == 0 || end < file_bytes {
@@ -176,7 +178,7 @@ async fn recover_active(segment: &mut Segment, config: &LogConfig, found: &mut F
 /// first incomplete or corrupt (CRC) batch. Returns the end of the last good
 /// batch, which is also the segment's new logical size.
 async fn scan(segment: &mut Segment, from: u64, config: &LogConfig, found: &mut Found) -> std::io::Result<u64> {
-    let file = segment.file();
+    let file = segment.own_file();
     let file_bytes = segment.size_bytes;
     let mut position = from;
     segment.size_bytes = from;

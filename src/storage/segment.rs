@@ -15,6 +15,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::faults::{self, Fault, Op};
 use super::index::SegmentIndex;
+use super::open_files::{self, SegmentFile};
 
 /// Alignment of O_DIRECT writes.
 pub const BLOCK_BYTES: u64 = 4096;
@@ -67,7 +68,9 @@ impl Appender {
 pub struct Segment {
     pub base_offset: i64,
     pub dir: PathBuf,
-    file: Rc<DmaFile>,
+    /// Held while the segment is active (or being recovered); a sealed
+    /// segment's file is opened through the shard's bounded set instead.
+    file: Option<Rc<DmaFile>>,
     /// Logical bytes: everything appended, flushed or not.
     pub size_bytes: u64,
     /// Bytes known written to the file (readable from disk).
@@ -107,7 +110,7 @@ impl Segment {
     pub async fn open(dir: &Path, base_offset: i64) -> std::io::Result<Segment> {
         let file = Self::open_file(&log_path(dir, base_offset)).await?;
         let mut segment = Segment::with_file(dir, base_offset, file);
-        segment.size_bytes = segment.file.file_size().await?;
+        segment.size_bytes = segment.own_file().file_size().await?;
         segment.flushed_bytes = segment.size_bytes;
         Ok(segment)
     }
@@ -116,7 +119,7 @@ impl Segment {
         Segment {
             base_offset,
             dir: dir.to_path_buf(),
-            file: Rc::new(file),
+            file: Some(Rc::new(file)),
             size_bytes: 0,
             flushed_bytes: 0,
             next_offset: base_offset,
@@ -131,17 +134,18 @@ impl Segment {
     /// Makes a recovered segment writable at its logical end: cuts the file to
     /// `size_bytes` and reloads the partial last block into the write buffer.
     pub async fn resume_appending(&mut self, buffer_bytes: usize, preallocate_step_bytes: u64) -> std::io::Result<()> {
-        self.file.truncate(self.size_bytes).await?;
+        let file = self.own_file();
+        file.truncate(self.size_bytes).await?;
         let block_start = align_down(self.size_bytes);
         let partial = (self.size_bytes - block_start) as usize;
-        let head = if partial > 0 { read_at(&self.file, block_start, partial).await?.to_vec() } else { Vec::new() };
+        let head = if partial > 0 { read_at(&file, block_start, partial).await?.to_vec() } else { Vec::new() };
         self.start_appending(buffer_bytes, preallocate_step_bytes, head);
         Ok(())
     }
 
     fn start_appending(&mut self, buffer_bytes: usize, preallocate_step_bytes: u64, head: Vec<u8>) {
         assert!((buffer_bytes as u64).is_multiple_of(BLOCK_BYTES) && buffer_bytes > 0, "write buffer is whole blocks");
-        let mut current = self.file.alloc_dma_buffer(buffer_bytes);
+        let mut current = self.own_file().alloc_dma_buffer(buffer_bytes);
         current.as_bytes_mut()[..head.len()].copy_from_slice(&head);
         let current_pos = align_down(self.size_bytes);
         self.appender = Some(Appender {
@@ -177,8 +181,8 @@ impl Segment {
     ) {
         let position = self.size_bytes;
         let batch_bytes: usize = parts.iter().map(|p| p.len()).sum();
-        let file = self.file.clone();
         let appender = self.appender.as_mut().expect("append to a sealed segment");
+        let file = self.file.as_ref().expect("an appending segment holds its file");
         for part in parts {
             let mut rest: &[u8] = part;
             while !rest.is_empty() {
@@ -246,7 +250,8 @@ impl Segment {
             // partial block. No buffer-sized allocation per flush.
             let len = appender.current_len;
             let padded = align_up(len as u64) as usize;
-            let mut out = self.file.alloc_dma_buffer(padded);
+            let file = self.file.as_ref().expect("an appending segment holds its file");
+            let mut out = file.alloc_dma_buffer(padded);
             out.as_bytes_mut()[..len].copy_from_slice(&appender.current.as_bytes()[..len]);
             out.as_bytes_mut()[len..].fill(0);
             writes.push((appender.current_pos, out));
@@ -265,7 +270,7 @@ impl Segment {
         let tail = (appender.current_pos, appender.current.as_bytes()[..appender.current_len].to_vec());
         debug_assert_eq!(tail.0 + tail.1.len() as u64, self.size_bytes, "the buffer ends at the logical size");
         Some(FlushJob {
-            file: self.file.clone(),
+            file: self.own_file(),
             path: self.path(),
             writes,
             flushed_to: self.size_bytes,
@@ -313,14 +318,32 @@ impl Segment {
         self.appender = None;
     }
 
-    pub fn file(&self) -> Rc<DmaFile> {
-        self.file.clone()
+    /// The segment's own handle: the active segment and one being recovered
+    /// hold one (writable); a sealed segment does not.
+    pub fn own_file(&self) -> Rc<DmaFile> {
+        self.file.clone().expect("only an active or recovering segment holds its file")
+    }
+
+    /// Where reads find this segment's bytes.
+    pub fn file(&self) -> SegmentFile {
+        match &self.file {
+            Some(file) => SegmentFile::Own(file.clone()),
+            None => SegmentFile::Sealed(self.path()),
+        }
+    }
+
+    /// Gives up the segment's own handle (it is sealed): the shard's set of
+    /// open sealed files keeps it for readers, within its bound.
+    pub fn release_file(&mut self) {
+        if let Some(file) = self.file.take() {
+            open_files::keep(self.path(), file);
+        }
     }
 
     /// What sealing must persist: the logical size and the encoded indexes.
     pub fn seal_job(&self) -> SealJob {
         SealJob {
-            file: self.file.clone(),
+            file: self.own_file(),
             path: self.path(),
             size_bytes: self.size_bytes,
             index: (index_path(&self.dir, self.base_offset), self.index.encode_offsets()),
@@ -331,7 +354,8 @@ impl Segment {
     /// Deletes the segment's files.
     pub async fn remove(self) -> std::io::Result<()> {
         let (dir, base) = (self.dir.clone(), self.base_offset);
-        if let Ok(file) = Rc::try_unwrap(self.file) {
+        open_files::forget(&self.path());
+        if let Some(Ok(file)) = self.file.map(Rc::try_unwrap) {
             let _ = file.close().await;
         }
         glommio::executor()
