@@ -1,8 +1,8 @@
 //! Order is a promise: produce requests pipelined on one connection take
 //! effect and are answered in the order they were sent, also when one of
-//! them waits for a segment roll or for the writer to catch up (1 MB batches,
-//! 4 MiB segments: a roll every few requests), and whether its partition is
-//! on the connection's shard or another one.
+//! them waits for a segment roll or for the writer to catch up (batches of
+//! 1 byte to ~1 MB, 4 MiB segments: a roll every few requests), and whether
+//! its partition is on the connection's shard or another one.
 
 mod common;
 
@@ -13,20 +13,19 @@ use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptio
 use spate::client::{new_record, produce_request, Client};
 
 const PARTITIONS: i32 = 2;
-const REQUESTS_PER_ROUND: usize = 24;
-const RECORDS_PER_BATCH: usize = 100;
-const VALUE_BYTES: usize = 9_000;
+const REQUESTS_PER_ROUND: usize = 60;
+const ROUNDS: usize = 6;
+/// (records, value bytes) of request i's batch: `BATCH_SHAPES[i % len]`,
+/// from 1 byte to ~1 MB.
+const BATCH_SHAPES: [(usize, usize); 6] = [(1, 1), (3, 100), (10, 1_000), (30, 10_000), (1, 300_000), (100, 9_000)];
 
-/// A ~900 KB batch whose records say which request carried them.
+/// A batch whose records' keys say which request carried them.
 fn batch(request: usize) -> Bytes {
     let now = spate::storage::now_ms();
-    let records: Vec<_> = (0..RECORDS_PER_BATCH)
-        .map(|i| {
-            let mut value = format!("request {request} record {i} ").into_bytes();
-            value.resize(VALUE_BYTES, b'.');
-            new_record(i as i64, now, None, Bytes::from(value))
-        })
-        .collect();
+    let (count, value_bytes) = BATCH_SHAPES[request % BATCH_SHAPES.len()];
+    let key = Bytes::from(format!("request {request}"));
+    let value = Bytes::from(vec![b'.'; value_bytes]);
+    let records: Vec<_> = (0..count).map(|i| new_record(i as i64, now, Some(key.clone()), value.clone())).collect();
     let mut out = BytesMut::new();
     let options = RecordEncodeOptions { version: 2, compression: Compression::None };
     RecordBatchEncoder::encode(&mut out, records.iter(), &options).unwrap();
@@ -39,9 +38,8 @@ fn stored_request_order(client: &mut Client, topic: &str, partition: i32) -> Vec
     let mut order: Vec<usize> = Vec::new();
     for (i, record) in records.iter().enumerate() {
         assert_eq!(record.offset, i as i64, "offsets are dense");
-        let value = record.value.as_ref().unwrap();
-        let text = std::str::from_utf8(&value[..32.min(value.len())]).unwrap();
-        let request: usize = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let key = std::str::from_utf8(record.key.as_ref().unwrap()).unwrap();
+        let request: usize = key.strip_prefix("request ").unwrap().parse().unwrap();
         if order.last() != Some(&request) {
             order.push(request);
         }
@@ -56,7 +54,7 @@ fn pipelined_produces_keep_their_order(acks: i16) {
     client.create_topic("ordered", PARTITIONS, &[]).unwrap();
     let mut sent: Vec<Vec<usize>> = vec![Vec::new(); PARTITIONS as usize];
     let mut request = 0;
-    for _round in 0..10 {
+    for _round in 0..ROUNDS {
         let mut in_flight = Vec::new();
         for _ in 0..REQUESTS_PER_ROUND {
             let partition = (request % PARTITIONS as usize) as i32;
