@@ -222,15 +222,20 @@ def admin_client(addr):
     return AdminClient({"bootstrap.servers": addr})
 
 
-def create_topic(addr, name, partitions):
+# Admin calls of the load phase wait less: the broker is often killed under
+# them, and their outcome is then decided by the next verification anyway.
+LOAD_TIMEOUT_S = 6
+
+
+def create_topic(addr, name, partitions, timeout=15):
     from confluent_kafka.admin import NewTopic
     admin = admin_client(addr)  # kept referenced: a collected client cancels its futures
-    admin.create_topics([NewTopic(name, num_partitions=partitions)])[name].result(timeout=15)
+    admin.create_topics([NewTopic(name, num_partitions=partitions)])[name].result(timeout=timeout)
 
 
-def delete_topic(addr, name):
+def delete_topic(addr, name, timeout=15):
     admin = admin_client(addr)
-    admin.delete_topics([name])[name].result(timeout=15)
+    admin.delete_topics([name])[name].result(timeout=timeout)
 
 
 def topic_names(addr):
@@ -238,13 +243,13 @@ def topic_names(addr):
     return set(admin.list_topics(timeout=15).topics)
 
 
-def delete_records(addr, topic, partition, offset):
+def delete_records(addr, topic, partition, offset, timeout=15):
     """DeleteRecords before `offset`; returns the low watermark the broker answered."""
     from confluent_kafka import TopicPartition
     tp = TopicPartition(topic, partition, offset)
     admin = admin_client(addr)
-    result = admin.delete_records([tp], request_timeout=15)
-    return next(iter(result.values())).result(timeout=15).low_watermark
+    result = admin.delete_records([tp], request_timeout=timeout)
+    return next(iter(result.values())).result(timeout=timeout).low_watermark
 
 
 def produce_few(addr, topic, count, tag):
@@ -280,7 +285,7 @@ def churn(addr, state, round_no, notes):
     """Create churn-<round>, produce to it, delete the previous churn topic."""
     name = f"churn-{round_no}"
     try:
-        create_topic(addr, name, 1)
+        create_topic(addr, name, 1, timeout=LOAD_TIMEOUT_S)
         state.churn[name] = {"acked": [], "deleted": False}
         state.churn[name]["acked"] = produce_few(addr, name, 5, f"{name}-v")
     except Exception as e:  # the broker may be killed meanwhile: outcome unknown
@@ -291,7 +296,7 @@ def churn(addr, state, round_no, notes):
         if old != name and info["deleted"] is False:
             info["deleted"] = None  # in flight: decided by the next verification
             try:
-                delete_topic(addr, old)
+                delete_topic(addr, old, timeout=LOAD_TIMEOUT_S)
                 info["deleted"] = True
             except Exception as e:
                 notes.append(f"churn delete {old}: {e!r}")
@@ -307,7 +312,7 @@ def trim(addr, state, round_no, notes):
         return
     target = candidates[len(candidates) // 2]
     try:
-        low = delete_records(addr, *TRIM_PARTITION, target)
+        low = delete_records(addr, *TRIM_PARTITION, target, timeout=LOAD_TIMEOUT_S)
     except Exception as e:  # e.g. the broker was killed: it may or may not have applied it
         state.unanswered_trim[TRIM_PARTITION] = target
         notes.append(f"DeleteRecords to {target} unanswered: {e!r}")
@@ -321,17 +326,27 @@ def load_phase(broker, state, round_no, seconds, workdir):
     """Producers, churn, trim, a producer SIGKILL; then kill -9 the broker."""
     notes = []
     procs = start_producers(broker.addr, state, round_no, workdir)
-    kill_at = random.uniform(0.4, 1.0) * seconds
+    churn_at, trim_at = seconds * 0.15, seconds * 0.35
+    # Most rounds kill under plain load; every fourth kills in the middle of
+    # the churn (CreateTopics, produce, DeleteTopics), every fourth in the
+    # middle of the DeleteRecords.
+    if round_no % 4 == 2:
+        kill_at = churn_at + random.uniform(0.0, 0.08)
+    elif round_no % 4 == 3:
+        kill_at = trim_at + random.uniform(0.0, 0.03)
+    else:
+        kill_at = random.uniform(0.4, 1.0) * seconds
+    notes.append(f"kill -9 at {kill_at:.2f} s (churn at {churn_at:.2f} s, trim at {trim_at:.2f} s)")
     killer = threading.Timer(kill_at, broker.kill)
     start = time.time()
-    time.sleep(seconds * 0.15)
+    killer.start()
+    time.sleep(churn_at)
     churn(broker.addr, state, round_no, notes)
-    if round_no % 2 == 1:
+    if round_no % 2 == 1 and broker.alive():
         victim = random.choice(procs)
         victim.send_signal(signal.SIGKILL)
         notes.append(f"SIGKILLed producer pid {victim.pid}")
-    killer.start()
-    time.sleep(max(0.0, seconds * 0.35 - (time.time() - start)))
+    time.sleep(max(0.0, trim_at - (time.time() - start)))
     trim(broker.addr, state, round_no, notes)
     killer.join()
     for p in procs:
