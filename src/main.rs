@@ -193,9 +193,13 @@ fn raise_open_file_limit() -> u64 {
             return 1024;
         }
         if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            // An unlimited hard limit cannot be the soft one: the kernel caps
+            // descriptors at fs.nr_open.
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok());
+            let target = limit.rlim_max.min(nr_open.unwrap_or(1 << 20));
+            let raised = libc::rlimit { rlim_cur: target, rlim_max: limit.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit.rlim_cur = limit.rlim_max;
+                limit.rlim_cur = target;
             }
         }
     }
@@ -206,7 +210,7 @@ fn raise_open_file_limit() -> u64 {
 /// segments need descriptors beside them. Says so when the bound leaves
 /// them less than half of the process's limit.
 fn check_open_file_bounds(config: &Config, shards: usize, open_files_limit: u64) {
-    let sealed = (config.max_open_segment_files_per_shard * shards) as u64;
+    let sealed = config.max_open_segment_files_per_shard.saturating_mul(shards) as u64;
     if sealed > open_files_limit / 2 {
         tracing::warn!(
             open_files_limit,
@@ -236,6 +240,8 @@ fn bench(args: spate_bench::BenchArgs, brokers: Option<String>) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     eprintln!("embedded spate broker at {addr}, data in {}", dir.display());
+    let mut args = args;
+    args.probe_disk.get_or_insert_with(|| dir.clone());
     let result = spate_bench::run(&args, &addr);
     runtime.stop();
     runtime.join()?;

@@ -179,6 +179,9 @@ struct Conn {
     fd: RawFd,
     /// Requests read and not yet answered.
     unanswered: Cell<usize>,
+    /// A handler answered by closing the connection (a failed acks=0
+    /// produce, a bad request): no later request may take effect.
+    closing: Cell<bool>,
     /// When a request was last read or a response last written.
     last_active: Cell<Instant>,
     /// Answered but unsent response bytes (`max_unsent_response_bytes`).
@@ -223,6 +226,7 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
         peer,
         fd: stream.as_raw_fd(),
         unanswered: Cell::new(0),
+        closing: Cell::new(false),
         last_active: Cell::new(Instant::now()),
         unsent: ByteBudget::new(config.max_unsent_response_bytes),
         writer_gone: StopSignal::default(),
@@ -267,6 +271,9 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
                 break End::Abort;
             }
         }
+        if conn.closing.get() {
+            break End::Drain; // the writer answers what came before, then closes
+        }
         let Some((reply, applied)) = dispatch(net, &conn, frame) else { break End::Abort };
         previous_applied = Some(applied);
         // glommio's `send` waiting on a full queue does not notice that the
@@ -300,8 +307,12 @@ fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<(Handler, Applie
     let (applied, applied_wait) = handlers::Applied::new();
     let handler = glommio::spawn_local(async move {
         let reply = handlers::handle(&broker, request, applied).await;
-        if let Ok(Reply::Send(parts)) = &reply {
-            conn.unsent.take(parts.iter().map(Bytes::len).sum());
+        // Set before this task yields, so before the reader, woken by the
+        // dropped `applied`, can dispatch the next request.
+        match &reply {
+            Ok(Reply::Send(parts)) => conn.unsent.take(parts.iter().map(Bytes::len).sum()),
+            Ok(Reply::Close(_)) | Err(_) => conn.closing.set(true),
+            Ok(Reply::Nothing) => {}
         }
         reply
     });

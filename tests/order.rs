@@ -56,11 +56,16 @@ fn pipelined_produces_keep_their_order(acks: i16) {
     let mut request = 0;
     for _round in 0..ROUNDS {
         let mut in_flight = Vec::new();
-        for _ in 0..REQUESTS_PER_ROUND {
+        for i in 0..REQUESTS_PER_ROUND + PARTITIONS as usize {
             let partition = (request % PARTITIONS as usize) as i32;
+            // acks=0 requests get no answer: each round ends with an acks=1
+            // request per partition, answered once all before it are written.
+            let acks = if i < REQUESTS_PER_ROUND { acks } else { 1 };
             let produce = produce_request("ordered", partition, batch(request), acks);
             let correlation_id = client.send(ApiKey::Produce, 9, &produce).unwrap();
-            in_flight.push((correlation_id, partition));
+            if acks != 0 {
+                in_flight.push((correlation_id, partition));
+            }
             sent[partition as usize].push(request);
             request += 1;
         }
@@ -83,6 +88,11 @@ fn pipelined_produces_keep_their_order(acks: i16) {
         assert_eq!(stored, sent[partition as usize], "partition {partition} holds the batches in the order sent");
     }
     broker.stop();
+}
+
+#[test]
+fn pipelined_acks_0_produces_are_stored_in_the_order_sent() {
+    pipelined_produces_keep_their_order(0);
 }
 
 #[test]

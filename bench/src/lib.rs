@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod conn;
 pub mod plot;
+pub mod probe;
 pub mod stats;
 pub mod workers;
 
@@ -78,6 +79,13 @@ pub struct BenchArgs {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Measure this directory's sequential O_DIRECT write rate first and
+    /// report produce against it (the embedded broker's data directory by default).
+    #[arg(long)]
+    pub probe_disk: Option<std::path::PathBuf>,
+    /// Seconds each probe (disk, loopback) runs.
+    #[arg(long, default_value_t = 3.0)]
+    pub probe_secs: f64,
 }
 
 /// The workload after presets and defaults.
@@ -113,6 +121,10 @@ pub struct Report {
 pub struct Machine {
     pub cores: usize,
     pub kernel: String,
+    /// The data directory's sequential O_DIRECT write rate, measured before the phases.
+    pub disk: Option<probe::DiskProbe>,
+    /// One loopback TCP stream's rate (when the broker is on this machine).
+    pub network: Option<probe::NetworkProbe>,
 }
 
 impl BenchArgs {
@@ -179,6 +191,7 @@ fn worker_cores() -> Vec<usize> {
 /// Runs the benchmark against `broker` and prints, writes and returns the report.
 pub fn run(args: &BenchArgs, broker: &str) -> Result<Report> {
     let w = args.resolve(broker)?;
+    let machine = probe_machine(args, broker)?;
     let setup = w.clone();
     on_thread(move || ensure_topic(setup))?;
     let mut phases = Vec::new();
@@ -200,7 +213,7 @@ pub fn run(args: &BenchArgs, broker: &str) -> Result<Report> {
             phases.push(e2e_phase(&e2e, Some(half_rate), !args.quiet)?);
         }
     }
-    let report = Report { workload: w, machine: machine(), phases };
+    let report = Report { workload: w, machine, phases };
     print_report(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -217,9 +230,20 @@ pub fn run(args: &BenchArgs, broker: &str) -> Result<Report> {
     Ok(report)
 }
 
-fn machine() -> Machine {
+/// Cores, kernel, and the probes: the disk when asked, loopback when the
+/// broker is on this machine.
+fn probe_machine(args: &BenchArgs, broker: &str) -> Result<Machine> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    Machine { cores: worker_cores().len(), kernel }
+    let disk = match &args.probe_disk {
+        Some(dir) => {
+            eprintln!("probing {} for {} s (sequential O_DIRECT writes)", dir.display(), args.probe_secs);
+            Some(probe::probe_disk(dir, args.probe_secs)?)
+        }
+        None => None,
+    };
+    let local = broker.starts_with("127.") || broker.starts_with("localhost") || broker.starts_with("[::1]");
+    let network = if local { Some(probe::probe_loopback(args.probe_secs.min(1.0))?) } else { None };
+    Ok(Machine { cores: worker_cores().len(), kernel, disk, network })
 }
 
 fn print_report(report: &Report) {
@@ -238,13 +262,36 @@ fn print_report(report: &Report) {
         w.linger_ms,
         w.rate.map(|r| format!(", rate {r:.0}/s")).unwrap_or_default()
     );
+    let machine = &report.machine;
+    if let Some(disk) = &machine.disk {
+        println!(
+            "device    {:>9.0} MiB/s sequential O_DIRECT writes to {}",
+            disk.write_mib_per_sec,
+            disk.dir.display()
+        );
+    }
+    if let Some(network) = &machine.network {
+        println!("loopback  {:>9.0} MiB/s one TCP stream", network.loopback_mib_per_sec);
+    }
     for phase in &report.phases {
         phase.print();
+        let mib_per_sec = phase.bytes as f64 / phase.seconds / (1 << 20) as f64;
+        if let (Some(disk), true) = (&machine.disk, ["produce", "fill"].contains(&phase.phase.as_str())) {
+            let share = 100.0 * mib_per_sec / disk.write_mib_per_sec;
+            println!(
+                "{:<9} {mib_per_sec:.0} MiB/s = {share:.0}% of the device's {:.0} MiB/s",
+                "", disk.write_mib_per_sec
+            );
+        }
+        if let Some(network) = &machine.network {
+            let share = 100.0 * mib_per_sec / network.loopback_mib_per_sec;
+            println!("{:<9} {share:.0}% of one loopback stream", "");
+        }
     }
 }
 
 /// Runs one future on a fresh executor thread and returns its output.
-fn on_thread<T, F, Fut>(make: F) -> Result<T>
+pub(crate) fn on_thread<T, F, Fut>(make: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,

@@ -13,7 +13,7 @@ use crate::broker::{durability_for_acks, Broker, PartitionError, PartitionOk, Pa
 use crate::protocol::{encode, Reply, Request};
 
 /// `applied` is dropped once every partition's batch has its offsets (or
-/// failed), before the waits for durability.
+/// failed), before the waits for durability; with acks=0, once answered.
 pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) -> Result<Reply, FrameError> {
     let body: ProduceRequest = decode_body(request)?;
     let acks = body.acks;
@@ -41,9 +41,12 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) ->
             pending.push(outcome);
         }
     }
+    // acks=0: a failure's only answer is closing the connection, so nothing
+    // after this request may take effect before its results are known.
+    let (applied_at_append, _applied_at_end) = if acks == 0 { (None, Some(applied)) } else { (Some(applied), None) };
     let took_effect = async move {
         futures::future::join_all(appends).await;
-        drop(applied);
+        drop(applied_at_append);
     };
     let (_, results) = futures::join!(took_effect, futures::future::join_all(pending));
     let mut results = results.into_iter();

@@ -5,8 +5,10 @@
 //! (one per partition) outside the bound. One set per shard thread, so no
 //! lock: shards never share it.
 //!
-//! A handle a reader still holds stays open until that read ends, so the
-//! descriptors in use are at most the bound plus the reads in flight.
+//! A handle a reader still holds stays open until that read ends; sealed
+//! files the next fdatasync must cover, and seals in progress, hold theirs
+//! until done. So the descriptors on sealed files are at most the bound plus
+//! those in flight.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +48,9 @@ struct OpenFiles {
     /// last use → path: the first entry is the next to close.
     by_use: BTreeMap<u64, PathBuf>,
     clock: u64,
+    /// Bumped by every `forget`: an open that awaited across one may hold a
+    /// file being deleted, and must not put it in the set.
+    forgets: u64,
 }
 
 impl OpenFiles {
@@ -67,6 +72,7 @@ impl OpenFiles {
     }
 
     fn remove(&mut self, path: &Path) {
+        self.forgets += 1;
         if let Some((_, used)) = self.by_path.remove(path) {
             self.by_use.remove(&used);
         }
@@ -89,6 +95,7 @@ thread_local! {
         by_path: HashMap::new(),
         by_use: BTreeMap::new(),
         clock: 0,
+        forgets: 0,
     });
 }
 
@@ -108,10 +115,18 @@ pub async fn open(path: &Path) -> std::io::Result<Rc<DmaFile>> {
         return Ok(file);
     }
     faults::fail(Op::Open, path)?;
+    let forgets_before = OPEN_FILES.with(|set| set.borrow().forgets);
     let file = Rc::new(OpenOptions::new().read(true).dma_open(path).await?);
-    // A concurrent open of the same file may have got there first: either
-    // handle reads the same bytes, and the set keeps one.
-    keep(path.to_path_buf(), file.clone());
+    OPEN_FILES.with(|set| {
+        let mut set = set.borrow_mut();
+        // A file forgotten while we opened it is being deleted: this read
+        // may use it, but the set must not keep its space allocated. A
+        // concurrent open of the same file may have got there first: either
+        // handle reads the same bytes, and the set keeps one.
+        if set.forgets == forgets_before {
+            set.insert(path.to_path_buf(), file.clone());
+        }
+    });
     Ok(file)
 }
 
@@ -129,6 +144,7 @@ pub fn forget(path: &Path) {
 pub fn forget_dir(dir: &Path) {
     OPEN_FILES.with(|set| {
         let mut set = set.borrow_mut();
+        set.forgets += 1;
         let doomed: Vec<PathBuf> = set.by_path.keys().filter(|path| path.starts_with(dir)).cloned().collect();
         for path in doomed {
             set.remove(&path);

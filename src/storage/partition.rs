@@ -17,11 +17,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
+use glommio::io::DmaFile;
 use glommio::sync::Semaphore;
 use tracing::{error, warn};
 
 use super::batch::BatchError;
 use super::log::{cut_batches, AppendInfo, PartitionLog, ReadPlan, LOG_START_FILE};
+use super::open_files::SegmentFile;
 use super::segment::{fdatasync, read_at, Segment};
 
 #[derive(Debug)]
@@ -509,19 +511,32 @@ impl Partition {
     /// Reads from `offset`: up to `max_bytes`, at least one whole batch.
     /// Returns the parts to send, in order.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
-        let plan = self.log.borrow().plan_read(offset, max_bytes);
-        match plan {
-            ReadPlan::OutOfRange => Err(StorageError::OffsetOutOfRange),
-            ReadPlan::Cached(parts) => Ok(parts),
-            ReadPlan::Disk { file, position, len, readable, offset, max_bytes } => {
-                let file = file.open().await.map_err(|e| match e.kind() {
-                    // Retention or DeleteRecords removed the segment since the plan.
-                    std::io::ErrorKind::NotFound => StorageError::OffsetOutOfRange,
-                    _ => StorageError::Io(e),
-                })?;
-                let kept = read_disk(&file, position, len, readable, offset, max_bytes).await?;
-                Ok(if kept.is_empty() { Vec::new() } else { vec![kept] })
+        for _ in 0..REPLANS_MAX {
+            let plan = self.log.borrow().plan_read(offset, max_bytes);
+            let (file, position, len, readable, offset, max_bytes) = match plan {
+                ReadPlan::OutOfRange => return Err(StorageError::OffsetOutOfRange),
+                ReadPlan::Cached(parts) => return Ok(parts),
+                ReadPlan::Disk { file, position, len, readable, offset, max_bytes } => {
+                    (file, position, len, readable, offset, max_bytes)
+                }
+            };
+            let Some(file) = self.open_planned(&file).await? else { continue };
+            let kept = read_disk(&file, position, len, readable, offset, max_bytes).await?;
+            return Ok(if kept.is_empty() { Vec::new() } else { vec![kept] });
+        }
+        Err(StorageError::Io(std::io::Error::other("segments kept vanishing under a read")))
+    }
+
+    /// Opens a planned segment file; None if it was removed since the plan
+    /// (retention, DeleteRecords): plan again, the log has moved on.
+    async fn open_planned(&self, file: &SegmentFile) -> Result<Option<Rc<DmaFile>>, StorageError> {
+        match file.open().await {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.check_online()?; // a deleted partition's files are gone for good
+                Ok(None)
             }
+            Err(e) => Err(StorageError::Io(e)),
         }
     }
 
@@ -548,9 +563,20 @@ impl Partition {
     /// First batch whose max timestamp is at least `timestamp`:
     /// (that timestamp, its base offset).
     pub async fn offset_for_time(&self, timestamp: i64) -> std::io::Result<Option<(i64, i64)>> {
-        let plan = self.log.borrow().plan_time_lookup(timestamp);
+        let mut plan = None;
+        for _ in 0..REPLANS_MAX {
+            let Some((file, position, readable)) = self.log.borrow().plan_time_lookup(timestamp) else { break };
+            match self.open_planned(&file).await {
+                Ok(Some(file)) => {
+                    plan = Some((file, position, readable));
+                    break;
+                }
+                Ok(None) => continue,
+                Err(StorageError::Io(e)) => return Err(e),
+                Err(other) => return Err(std::io::Error::other(format!("{other:?}"))),
+            }
+        }
         if let Some((file, mut position, readable)) = plan {
-            let file = file.open().await?;
             while position < readable {
                 let chunk = read_at(&file, position, (readable - position).min(1 << 20) as usize).await?;
                 let mut at = 0;
@@ -653,6 +679,10 @@ impl Partition {
         }
     }
 }
+
+/// Reads plan again when a planned segment was removed meanwhile; more than
+/// this many removals under one read is an error.
+const REPLANS_MAX: usize = 4;
 
 /// Runs `work` in a task of its own and waits for it: dropping the wait
 /// leaves the work running to completion.

@@ -22,6 +22,16 @@ type Found = Vec<(ProducerBatch, i64)>;
 
 /// Opens (or creates) the log in `dir`.
 pub async fn open_log(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::io::Result<PartitionLog> {
+    let opened = open_segments(dir, config, leader_epoch).await;
+    if opened.is_err() {
+        // Sealed segments opened so far went to the shard's set; no partition
+        // will forget them when it stops, so forget them here.
+        super::open_files::forget_dir(dir);
+    }
+    opened
+}
+
+async fn open_segments(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::io::Result<PartitionLog> {
     let dir_owned = dir.to_path_buf();
     let (bases, log_start, snapshots) = glommio::executor()
         .spawn_blocking(move || -> std::io::Result<(Vec<i64>, i64, Vec<i64>)> {
