@@ -78,7 +78,8 @@ pub struct Config {
     /// Sealed segment files a shard keeps open for reads, the least recently
     /// used closed first (active segments hold their own, one per partition).
     pub max_open_segment_files_per_shard: usize,
-    /// Period of the background write + fdatasync of every partition.
+    /// Period of the background fdatasync of every partition (acks=0/1 data;
+    /// acks=all is synced before its answer); 0: never, as Kafka's default.
     pub flush_interval_ms: u64,
     pub retention_check_interval_ms: u64,
 }

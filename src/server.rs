@@ -121,26 +121,29 @@ async fn drain(net: &Net, shard_count: usize, barrier: &ShutdownBarrier) {
     }
 }
 
+/// Retention checks, and the periodic fdatasync of acks=0/1 data unless
+/// `flush_interval_ms` is 0 (never, as Kafka's default).
 fn start_periodic_tasks(broker: &Rc<Broker>) -> Vec<glommio::Task<()>> {
-    let (flush_broker, retention_broker) = (broker.clone(), broker.clone());
-    let flush_every = Duration::from_millis(broker.config.flush_interval_ms.max(1));
+    let retention_broker = broker.clone();
     let retention_every = Duration::from_millis(broker.config.retention_check_interval_ms.max(1));
-    vec![
-        shards::periodic(flush_every, move || {
+    let mut tasks = vec![shards::periodic(retention_every, move || {
+        let broker = retention_broker.clone();
+        async move {
+            broker.enforce_retention().await;
+            true
+        }
+    })];
+    if broker.config.flush_interval_ms > 0 {
+        let flush_broker = broker.clone();
+        tasks.push(shards::periodic(Duration::from_millis(broker.config.flush_interval_ms), move || {
             let broker = flush_broker.clone();
             async move {
                 broker.flush_all().await;
                 true
             }
-        }),
-        shards::periodic(retention_every, move || {
-            let broker = retention_broker.clone();
-            async move {
-                broker.enforce_retention().await;
-                true
-            }
-        }),
-    ]
+        }));
+    }
+    tasks
 }
 
 async fn accept_loop(net: Rc<Net>, listener: TcpListener) {

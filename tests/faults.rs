@@ -338,3 +338,35 @@ fn delete_records_survives_kill9() {
     assert!(start > 0);
     broker.stop();
 }
+
+/// `flush_interval_ms` decides whether acks=1 data is fdatasync'd in the
+/// background: with every fdatasync failing (EIO), a broker that syncs every
+/// 200 ms takes the partition offline under acks=1 produces, one with 0
+/// (never, Kafka's default) keeps taking them until an acks=all produce asks
+/// for a sync.
+#[test]
+fn flush_interval_zero_never_syncs_in_the_background() {
+    let produce_for = |client: &mut Client, tag: &str| -> anyhow::Result<()> {
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            client.produce("f", 0, &values(10, tag), 1, Compression::None)?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let every_sync_fails = [("SPATE_FAULTS", "op=fdatasync,error=EIO")];
+
+    let dir = temp_dir("flush-interval-200");
+    let broker = TestBroker::start_with_env(&dir, &["flush_interval_ms=200"], &every_sync_fails);
+    let mut client = broker.client();
+    client.create_topic("f", 1, &[]).unwrap();
+    assert!(produce_for(&mut client, "synced").is_err(), "the background sync failed and took the partition offline");
+    drop(broker);
+
+    let dir = temp_dir("flush-interval-0");
+    let broker = TestBroker::start_with_env(&dir, &["flush_interval_ms=0"], &every_sync_fails);
+    let mut client = broker.client();
+    client.create_topic("f", 1, &[]).unwrap();
+    produce_for(&mut client, "unsynced").expect("no background sync: acks=1 produces all succeed");
+    assert!(client.produce("f", 0, &values(1, "all"), -1, Compression::None).is_err(), "acks=all still syncs");
+}
