@@ -74,6 +74,8 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG").unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a terminal: files and log pipelines get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),

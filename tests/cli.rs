@@ -112,3 +112,22 @@ fn serve_reads_config_file_and_environment() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert!(child.wait().unwrap().success(), "SIGINT shuts down cleanly");
 }
+
+/// Describing a topic that does not exist (a typo) says so and creates
+/// nothing, although the broker auto-creates topics for producers.
+#[test]
+fn describing_a_missing_topic_creates_nothing() {
+    let broker = TestBroker::start(&temp_dir("cli-describe-typo"), &["auto_create_topics=true"]);
+    spate(&broker, &["topic", "create", "orders"], None);
+    let out = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["topic", "describe", "ordres"])
+        .env("SPATE_BROKERS", &broker.addr)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "describing a missing topic fails");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("ordres"), "the error names the topic: {error}");
+    let listed = spate(&broker, &["topic", "list"], None);
+    assert!(listed.contains("orders") && !listed.contains("ordres"), "nothing was created: {listed}");
+    broker.stop();
+}

@@ -165,3 +165,14 @@ fn offset_for_leader_epoch_and_epoch_fencing() {
     assert_eq!(ask(&mut client, 3, 0).0, 75, "a client ahead of the leader epoch: UNKNOWN_LEADER_EPOCH");
     broker.stop();
 }
+
+/// A log written to a file (or a pipe) is plain text: no ANSI colour codes.
+#[test]
+fn logs_to_a_file_carry_no_colour_codes() {
+    let broker = TestBroker::start(&temp_dir("plain-log"), &[]);
+    broker.client().create_topic("logged", 1, &[]).unwrap();
+    let log = broker.log();
+    broker.stop();
+    assert!(log.contains("listening"), "the broker logged its start:\n{log}");
+    assert!(!log.contains('\u{1b}'), "no escape sequences in a log file:\n{log}");
+}
