@@ -124,15 +124,14 @@ fn changes_nothing(api: ApiKey) -> bool {
 /// once its batches have offsets, a request that changes nothing at once,
 /// any other when it is done.
 pub async fn handle(broker: &Rc<Broker>, request: Request, applied: Applied) -> Result<Reply, FrameError> {
-    if request.api_key == ApiKey::Produce {
-        return produce::handle(broker, &request, applied).await;
-    }
-    // Dropped (fired) now for a request that changes nothing, else on return.
-    let _applied = (!changes_nothing(request.api_key)).then_some(applied);
+    let _applied_on_return = match request.api_key {
+        ApiKey::Produce => return produce::handle(broker, &request, applied).await,
+        api if changes_nothing(api) => None, // dropped: fired now
+        _ => Some(applied),
+    };
     match request.api_key {
         ApiKey::ApiVersions => Ok(api_versions::handle(&request)),
         ApiKey::Metadata => metadata::handle(broker, &request).await,
-        ApiKey::Produce => unreachable!("served above"),
         ApiKey::Fetch => fetch::handle(broker, &request).await,
         ApiKey::ListOffsets => list_offsets::handle(broker, &request).await,
         ApiKey::CreateTopics => create_topics::handle(broker, &request).await,

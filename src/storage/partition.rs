@@ -528,15 +528,13 @@ impl Partition {
     }
 
     /// Opens a planned segment file; None if it was removed since the plan
-    /// (retention, DeleteRecords): plan again, the log has moved on.
-    async fn open_planned(&self, file: &SegmentFile) -> Result<Option<Rc<DmaFile>>, StorageError> {
+    /// (retention, DeleteRecords): plan again, the log has moved on. A
+    /// stopped (deleted) partition's files are gone for good: an error.
+    async fn open_planned(&self, file: &SegmentFile) -> std::io::Result<Option<Rc<DmaFile>>> {
         match file.open().await {
             Ok(file) => Ok(Some(file)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.check_online()?; // a deleted partition's files are gone for good
-                Ok(None)
-            }
-            Err(e) => Err(StorageError::Io(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.stop.get().is_none() => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -566,14 +564,9 @@ impl Partition {
         let mut plan = None;
         for _ in 0..REPLANS_MAX {
             let Some((file, position, readable)) = self.log.borrow().plan_time_lookup(timestamp) else { break };
-            match self.open_planned(&file).await {
-                Ok(Some(file)) => {
-                    plan = Some((file, position, readable));
-                    break;
-                }
-                Ok(None) => continue,
-                Err(StorageError::Io(e)) => return Err(e),
-                Err(other) => return Err(std::io::Error::other(format!("{other:?}"))),
+            if let Some(file) = self.open_planned(&file).await? {
+                plan = Some((file, position, readable));
+                break;
             }
         }
         if let Some((file, mut position, readable)) = plan {
