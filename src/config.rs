@@ -82,6 +82,25 @@ pub struct Config {
     /// acks=all is synced before its answer); 0: never, as Kafka's default.
     pub flush_interval_ms: u64,
     pub retention_check_interval_ms: u64,
+    /// Partitions of `__consumer_offsets` when it is created (Kafka's
+    /// `offsets.topic.num.partitions`); a group's coordinator is the shard
+    /// owning partition `abs(hash(group id)) % this`.
+    pub offsets_topic_num_partitions: i32,
+    pub offsets_topic_segment_bytes: u64,
+    /// Committed offsets of a group empty this long are deleted.
+    pub offsets_retention_minutes: i64,
+    pub offsets_retention_check_interval_ms: u64,
+    /// Longest commit metadata string (OFFSET_METADATA_TOO_LARGE beyond).
+    pub offset_metadata_max_bytes: usize,
+    /// A rebalance of an empty group waits this long for more members (and
+    /// again while they keep coming, up to the rebalance timeout).
+    pub group_initial_rebalance_delay_ms: u64,
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    /// Members per group (GROUP_MAX_SIZE_REACHED beyond).
+    pub group_max_size: usize,
+    /// Protocol names and metadata one member may send in a JoinGroup.
+    pub group_max_member_metadata_bytes: usize,
 }
 
 impl Default for Config {
@@ -122,6 +141,16 @@ impl Default for Config {
             max_open_segment_files_per_shard: crate::storage::open_files::DEFAULT_MAX_OPEN_SEGMENT_FILES,
             flush_interval_ms: 500,
             retention_check_interval_ms: 30_000,
+            offsets_topic_num_partitions: 50,
+            offsets_topic_segment_bytes: 100 << 20,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 600_000,
+            offset_metadata_max_bytes: 4096,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_max_size: 10_000,
+            group_max_member_metadata_bytes: 1 << 20,
         }
     }
 }
@@ -170,6 +199,14 @@ impl Config {
         }
         if self.max_open_segment_files_per_shard == 0 {
             bail!("max_open_segment_files_per_shard must be positive");
+        }
+        if self.offsets_topic_num_partitions < 1 || self.offsets_topic_num_partitions > self.max_partitions_per_topic {
+            bail!("offsets_topic_num_partitions must be between 1 and max_partitions_per_topic");
+        }
+        if self.group_max_size == 0 || self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
+            bail!(
+                "group_max_size must be positive and group_min_session_timeout_ms at most group_max_session_timeout_ms"
+            );
         }
         if self.connections_max_idle_ms == 0 || self.socket_request_read_timeout_ms == 0 {
             bail!("connections_max_idle_ms and socket_request_read_timeout_ms must be positive");

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod data_dir;
 pub mod fsutil;
+pub mod group;
 pub mod handlers;
 pub mod protocol;
 pub mod server;

@@ -11,11 +11,25 @@ pub struct Request {
     pub api_key: ApiKey,
     pub header: RequestHeader,
     pub body: Bytes,
+    /// The client's address ("ip:port"), where known.
+    pub peer: Option<std::rc::Rc<str>>,
 }
 
 impl Request {
     pub fn version(&self) -> i16 {
         self.header.request_api_version
+    }
+
+    /// The client's host as Kafka reports it in group descriptions ("/ip").
+    pub fn client_host(&self) -> String {
+        let peer = self.peer.as_deref().unwrap_or("");
+        let host = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
+        format!("/{}", host.trim_start_matches('[').trim_end_matches(']'))
+    }
+
+    /// The request header's client id ("" when null).
+    pub fn client_id(&self) -> String {
+        self.header.client_id.as_deref().unwrap_or("").to_string()
     }
 }
 

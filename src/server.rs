@@ -133,6 +133,24 @@ fn start_periodic_tasks(broker: &Rc<Broker>) -> Vec<glommio::Task<()>> {
             true
         }
     })];
+    let group_broker = broker.clone();
+    tasks.push(shards::periodic(Duration::from_millis(crate::group::GROUP_TICK_MS), move || {
+        let broker = group_broker.clone();
+        async move {
+            broker.groups.tick(&broker).await;
+            true
+        }
+    }));
+    let expiry_broker = broker.clone();
+    let expiry_every = Duration::from_millis(broker.config.offsets_retention_check_interval_ms.max(1));
+    tasks.push(shards::periodic(expiry_every, move || {
+        let broker = expiry_broker.clone();
+        async move {
+            let retention_ms = broker.config.offsets_retention_minutes.saturating_mul(60_000);
+            broker.groups.expire_offsets(&broker, retention_ms).await;
+            true
+        }
+    }));
     if broker.config.flush_interval_ms > 0 {
         let flush_broker = broker.clone();
         tasks.push(shards::periodic(Duration::from_millis(broker.config.flush_interval_ms), move || {
@@ -176,7 +194,7 @@ async fn accept_loop(net: Rc<Net>, listener: TcpListener) {
 
 /// One connection's state shared by its reader, its writer and its requests.
 struct Conn {
-    peer: String,
+    peer: Rc<str>,
     /// The socket, to ask how many bytes have arrived (the stream lives as
     /// long as the connection's reader).
     fd: RawFd,
@@ -223,7 +241,7 @@ struct Pending {
 
 async fn serve_connection(net: &Net, stream: TcpStream) {
     let config = &net.broker.config;
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let peer: Rc<str> = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into()).into();
     let _ = stream.set_nodelay(true);
     let conn = Rc::new(Conn {
         peer,
@@ -298,7 +316,7 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
 /// Parses a frame and starts its handler; None if the frame is not a request.
 /// Also returns what resolves once the request has taken effect.
 fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<(Handler, AppliedWait)> {
-    let request = match handlers::parse_request(frame) {
+    let mut request = match handlers::parse_request(frame) {
         Ok(request) => request,
         Err(FrameError(reason)) => {
             warn!(peer = %conn.peer, "closing connection: {reason}");
@@ -306,6 +324,7 @@ fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<(Handler, Applie
         }
     };
     conn.unanswered.set(conn.unanswered.get() + 1);
+    request.peer = Some(conn.peer.clone());
     let (broker, conn) = (net.broker.clone(), conn.clone());
     let (applied, applied_wait) = handlers::Applied::new();
     let handler = glommio::spawn_local(async move {

@@ -90,6 +90,11 @@ pub enum AdminOp {
         names: Vec<String>,
         partitions: i32,
     },
+    /// Creates `__consumer_offsets` unless it exists (on the first group request).
+    EnsureOffsetsTopic {
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    },
 }
 
 impl AdminOp {
@@ -106,6 +111,7 @@ impl AdminOp {
         match self {
             AdminOp::CreateTopic { name, .. } => vec![name.as_str()],
             AdminOp::AutoCreateTopics { names, .. } => names.iter().map(String::as_str).collect(),
+            AdminOp::EnsureOffsetsTopic { .. } => vec![crate::group::OFFSETS_TOPIC],
             _ => Vec::new(),
         }
     }
@@ -157,7 +163,7 @@ impl Broker {
 
     /// The committer task: commits the queued changes, group by group, until
     /// the queue is empty.
-    async fn commit_queued(&self) {
+    async fn commit_queued(self: &Rc<Self>) {
         loop {
             // Let changes already delivered to this shard join this commit.
             glommio::executor().yield_now().await;
@@ -186,7 +192,7 @@ impl Broker {
 
     /// Applies `group` in order to one copy of the metadata, then persists
     /// and installs it once; answers each change.
-    async fn commit(&self, group: Vec<Queued>) {
+    async fn commit(self: &Rc<Self>, group: Vec<Queued>) {
         let mut meta = (*self.meta()).clone();
         let mut answers = Vec::with_capacity(group.len());
         for Queued { op, reply } in group {
@@ -225,7 +231,7 @@ impl Broker {
                 if partitions < 1 || partitions > limit {
                     fail(ResponseError::InvalidPartitions, format!("partitions must be 1..={limit}"))?;
                 }
-                if let Err(message) = metadata::log_config(&self.config.log_defaults(), &configs) {
+                if let Err(message) = metadata::check_user_configs(&self.config.log_defaults(), &configs) {
                     fail(ResponseError::InvalidConfig, message)?;
                 }
                 if validate_only {
@@ -236,6 +242,15 @@ impl Broker {
                 Ok(true)
             }
             AdminOp::AutoCreateTopics { names, partitions } => Ok(auto_create(meta, names, partitions) > 0),
+            AdminOp::EnsureOffsetsTopic { partitions, configs } => {
+                let name = crate::group::OFFSETS_TOPIC.to_string();
+                if meta.topic(&name).is_some() {
+                    return Ok(false);
+                }
+                info!(topic = %name, partitions, "creating the consumer offsets topic");
+                meta.put_topic(TopicMeta { name, id: random_topic_id(), partitions, configs, leader_epoch: 0 });
+                Ok(true)
+            }
             AdminOp::DeleteTopic { name } => {
                 if meta.remove_topic(&name).is_none() {
                     fail(ResponseError::UnknownTopicOrPartition, format!("no topic {name:?}"))?;
@@ -274,7 +289,7 @@ impl Broker {
                         ConfigChange::Delete(key) => altered.configs.remove(&key),
                     };
                 }
-                if let Err(message) = metadata::log_config(&self.config.log_defaults(), &altered.configs) {
+                if let Err(message) = metadata::check_user_configs(&self.config.log_defaults(), &altered.configs) {
                     fail(ResponseError::InvalidConfig, message)?;
                 }
                 if validate_only {
@@ -293,7 +308,7 @@ impl Broker {
     }
 
     /// Sends the snapshot to every shard (this one included) and waits for all.
-    pub async fn install_everywhere(&self, meta: Arc<ClusterMeta>) {
+    pub async fn install_everywhere(self: &Rc<Self>, meta: Arc<ClusterMeta>) {
         let installs = (0..self.shard_count).map(|shard| {
             let meta = meta.clone();
             Box::pin(async move {

@@ -8,7 +8,9 @@ use shards::Reply;
 
 use super::admin::{AdminError, AdminOp, AdminResult};
 use super::metadata::{ClusterMeta, TopicPartition};
+use crate::group::{GroupOp, GroupResult};
 use crate::storage::Durability;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 
 /// Work on one partition, run by its owning shard.
 #[derive(Debug)]
@@ -108,5 +110,16 @@ pub enum ShardMsg {
     /// To the controller: reserve a block of producer ids; answers its first id.
     AllocateProducerIds {
         reply: Reply<Result<i64, AdminError>>,
+    },
+    /// To the coordinator of a group: the shard owning its offsets partition.
+    Group {
+        partition: i32,
+        op: GroupOp,
+        reply: Reply<GroupResult>,
+    },
+    /// To every shard: the groups it coordinates (state filter, any case).
+    ListGroups {
+        states: Vec<String>,
+        reply: Reply<Vec<ListedGroup>>,
     },
 }

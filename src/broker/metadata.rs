@@ -221,6 +221,16 @@ pub fn default_config_value(key: &str, defaults: &LogConfig) -> Option<String> {
 }
 
 /// Applies topic configs over the broker defaults; the error names the bad key.
+/// Checks topic configs a client sets: as [`log_config`], but compaction is
+/// refused until the log cleaner exists (only `__consumer_offsets` is
+/// compacted, by the broker itself, and nothing cleans it yet).
+pub fn check_user_configs(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
+    if configs.get("cleanup.policy").is_some_and(|v| v.contains("compact")) {
+        return Err("cleanup.policy=compact is not supported yet (no log cleaner)".into());
+    }
+    log_config(defaults, configs)
+}
+
 pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
     let mut log = defaults.clone();
     for (key, value) in configs {
@@ -228,7 +238,13 @@ pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> R
         let int = || value.parse::<i64>().map_err(|_| bad());
         match key.as_str() {
             "cleanup.policy" if value == "delete" => {}
-            "cleanup.policy" => return Err(format!("cleanup.policy {value:?} is not supported (only \"delete\")")),
+            // Compacted topics are never deleted by time or size (the cleaner
+            // keeps the latest record per key); "compact,delete" is both.
+            "cleanup.policy" if value == "compact" => {
+                log.retention_ms = -1;
+                log.retention_bytes = -1;
+            }
+            "cleanup.policy" => return Err(format!("cleanup.policy {value:?} is not supported")),
             "retention.ms" => log.retention_ms = int()?,
             "retention.bytes" => log.retention_bytes = int()?,
             "segment.bytes" if (1 << 14..=crate::storage::log::MAX_SEGMENT_BYTES as i64).contains(&int()?) => {

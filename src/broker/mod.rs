@@ -17,12 +17,17 @@ use shards::{Mailbox, ShardId};
 use tracing::{error, info};
 
 use crate::config::Config;
+use crate::group::{offsets_partition, Coordinator, GroupOp, GroupResult, OFFSETS_TOPIC};
 use crate::storage::{self, Durability, Partition, StorageError};
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 pub use messages::{PartitionError, PartitionOk, PartitionOp, PartitionResult, ShardMsg};
 pub use metadata::{ClusterMeta, TopicMeta, TopicPartition};
 
 /// Smallest share of the shard's tail cache a partition gets.
 const MIN_PARTITION_CACHE_BYTES: usize = 64 << 10;
+/// Write buffer of a `__consumer_offsets` partition: its records are small,
+/// and there are 50 of them.
+const OFFSETS_WRITE_BUFFER_BYTES: usize = 64 << 10;
 
 pub struct Broker {
     pub shard_id: ShardId,
@@ -40,6 +45,8 @@ pub struct Broker {
     producer_ids: Cell<(i64, i64)>,
     /// Controller only: the first id of the next block to hand out.
     next_producer_id_block: Cell<i64>,
+    /// The consumer groups of the offsets partitions this shard owns.
+    pub groups: Rc<Coordinator>,
 }
 
 impl Broker {
@@ -48,7 +55,7 @@ impl Broker {
         Broker {
             shard_id,
             shard_count,
-            config,
+            config: config.clone(),
             mailbox,
             meta: RefCell::new(meta),
             partitions: RefCell::new(HashMap::new()),
@@ -57,6 +64,7 @@ impl Broker {
             connections: Cell::new(0),
             producer_ids: Cell::new((0, 0)),
             next_producer_id_block: Cell::new(0),
+            groups: Rc::new(Coordinator::new(&config)),
         }
     }
 
@@ -92,6 +100,12 @@ impl Broker {
                 ShardMsg::AllocateProducerIds { reply } => {
                     let _ = reply.send(broker.allocate_producer_id_block().await);
                 }
+                ShardMsg::Group { partition, op, reply } => {
+                    let _ = reply.send(broker.groups.run(&broker, partition, op).await);
+                }
+                ShardMsg::ListGroups { states, reply } => {
+                    let _ = reply.send(broker.groups.list(&states));
+                }
             }
         })
         .detach();
@@ -113,7 +127,51 @@ impl Broker {
             .unwrap_or(Err(PartitionError::NotAvailable))
     }
 
-    fn local_partition(&self, tp: &TopicPartition) -> Option<Rc<Partition>> {
+    /// Runs a group request on the group's coordinator: the shard owning the
+    /// `__consumer_offsets` partition its id hashes to. The work runs in a
+    /// task of its own there, so a caller that goes away cuts nothing short.
+    pub async fn on_group(self: &Rc<Self>, op: GroupOp) -> GroupResult {
+        let (partition, shard) = {
+            let meta = self.meta.borrow();
+            let Some(topic) = meta.topic(OFFSETS_TOPIC) else {
+                return Err(kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code());
+            };
+            let partition = offsets_partition(op.group_id(), topic.partitions);
+            match meta.placement(&topic.tp(partition)) {
+                Some(placement) => (partition, placement.shard),
+                None => return Err(kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code()),
+            }
+        };
+        let unavailable = kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code();
+        if shard != self.shard_id {
+            return self
+                .mailbox
+                .call(shard, |reply| ShardMsg::Group { partition, op, reply })
+                .await
+                .unwrap_or(Err(unavailable));
+        }
+        let (reply, answer) = futures::channel::oneshot::channel();
+        let broker = self.clone();
+        glommio::spawn_local(async move {
+            let _ = reply.send(broker.groups.run(&broker, partition, op).await);
+        })
+        .detach();
+        answer.await.unwrap_or(Err(unavailable))
+    }
+
+    /// The groups every shard coordinates, for ListGroups.
+    pub async fn list_groups(&self, states: Vec<String>) -> Vec<ListedGroup> {
+        let mut all = self.groups.list(&states);
+        for shard in (0..self.shard_count).filter(|s| *s != self.shard_id) {
+            let states = states.clone();
+            if let Ok(groups) = self.mailbox.call(shard, |reply| ShardMsg::ListGroups { states, reply }).await {
+                all.extend(groups);
+            }
+        }
+        all
+    }
+
+    pub(crate) fn local_partition(&self, tp: &TopicPartition) -> Option<Rc<Partition>> {
         self.partitions.borrow().get(tp).cloned()
     }
 
@@ -212,7 +270,7 @@ impl Broker {
 
     /// Installs a metadata snapshot: opens partitions newly placed here, closes
     /// and deletes those gone, and applies changed topic configs.
-    pub async fn install(&self, meta: Arc<ClusterMeta>) {
+    pub async fn install(self: &Rc<Self>, meta: Arc<ClusterMeta>) {
         let old = self.meta.replace(meta.clone());
         let mut mine = Vec::new();
         for topic in meta.topics.values() {
@@ -235,10 +293,17 @@ impl Broker {
                 existing.log.borrow_mut().config = log_config;
                 continue;
             }
+            if topic.name == OFFSETS_TOPIC {
+                log_config.write_buffer_bytes = OFFSETS_WRITE_BUFFER_BYTES;
+            }
             let dir = self.config.data_dir.join(topic.dir_name(*p));
             match storage::open_log(&dir, log_config, topic.leader_epoch).await {
                 Ok(log) => {
-                    self.partitions.borrow_mut().insert(tp, Partition::start(log));
+                    let partition = Partition::start(log);
+                    self.partitions.borrow_mut().insert(tp, partition.clone());
+                    if topic.name == OFFSETS_TOPIC {
+                        self.groups.start_loading(self, *p, partition);
+                    }
                 }
                 Err(e) => error!(dir = %dir.display(), "cannot open partition: {e}"),
             }
@@ -260,6 +325,9 @@ impl Broker {
         }
         for (tp, partition) in gone {
             self.partitions.borrow_mut().remove(&tp);
+            if let Some(offsets) = old.topics.values().find(|t| t.id == tp.topic_id && t.name == OFFSETS_TOPIC) {
+                self.groups.unload(tp.partition, offsets.partitions);
+            }
             partition.stopped().await;
             let deleted_topic = old.topics.values().find(|t| t.id == tp.topic_id).filter(|t| !live_ids.contains(&t.id));
             if let Some(topic) = deleted_topic {

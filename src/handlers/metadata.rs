@@ -60,7 +60,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
 async fn auto_create_topics(broker: &Rc<Broker>, names: &[String]) {
     let meta = broker.meta();
     let mut unknown: Vec<String> =
-        names.iter().filter(|name| meta.topic(name).is_none() && valid_topic_name(name)).cloned().collect();
+        names.iter().filter(|name| meta.topic(name).is_none() && auto_creatable(name)).cloned().collect();
     if unknown.is_empty() {
         return;
     }
@@ -79,6 +79,7 @@ fn describe_topic(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
     out.name = Some(TopicName(str_bytes(&topic.name)));
     out.topic_id = uuid::Uuid::from_bytes(topic.id);
     out.topic_authorized_operations = OPERATIONS_NOT_REQUESTED;
+    out.is_internal = topic.name == crate::group::OFFSETS_TOPIC;
     out.partitions = (0..topic.partitions)
         .map(|p| {
             let mut part = MetadataResponsePartition::default();
@@ -91,6 +92,11 @@ fn describe_topic(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
         })
         .collect();
     out
+}
+
+/// Internal topics are made by the broker itself, with their own configs.
+fn auto_creatable(name: &str) -> bool {
+    valid_topic_name(name) && name != crate::group::OFFSETS_TOPIC
 }
 
 fn missing_topic(name: &str) -> MetadataResponseTopic {

@@ -5,15 +5,26 @@ mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_records;
 mod delete_topics;
 mod describe_configs;
+mod describe_groups;
 pub mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod init_producer_id;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
+mod sync_group;
 
 use std::rc::Rc;
 
@@ -41,6 +52,17 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -68,7 +90,7 @@ pub fn parse_request(mut frame: Bytes) -> Result<Request, FrameError> {
         header.request_api_key = key;
         header.request_api_version = version;
         header.correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        return Ok(Request { api_key, header, body: Bytes::new() });
+        return Ok(Request { api_key, header, body: Bytes::new(), peer: None });
     }
     if !(supported.0..=supported.1).contains(&version) {
         return Err(FrameError(format!(
@@ -79,7 +101,7 @@ pub fn parse_request(mut frame: Bytes) -> Result<Request, FrameError> {
     let header_version = api_key.request_header_version(version);
     let header = RequestHeader::decode(&mut frame, header_version)
         .map_err(|e| FrameError(format!("bad {api_key:?} header: {e}")))?;
-    Ok(Request { api_key, header, body: frame })
+    Ok(Request { api_key, header, body: frame, peer: None })
 }
 
 /// Decodes the body of `request` as `T`.
@@ -97,13 +119,18 @@ pub fn decode_body<T: Decodable>(request: &Request) -> Result<T, FrameError> {
 /// request only then, so a connection's requests take effect in the order
 /// they arrived (as Kafka's one-request-at-a-time connections), while their
 /// waits for durability still overlap. Dropping it fires it.
-pub struct Applied(#[allow(dead_code)] futures::channel::oneshot::Sender<()>);
+pub struct Applied(futures::channel::oneshot::Sender<()>);
 
 impl Applied {
     /// The signal, and what the connection waits on.
     pub fn new() -> (Applied, futures::channel::oneshot::Receiver<()>) {
         let (tx, rx) = futures::channel::oneshot::channel();
         (Applied(tx), rx)
+    }
+
+    /// The signal as a plain sender, to hand to another shard (dropping it fires).
+    pub fn into_sender(self) -> futures::channel::oneshot::Sender<()> {
+        self.0
     }
 }
 
@@ -117,6 +144,9 @@ fn changes_nothing(api: ApiKey) -> bool {
             | ApiKey::ListOffsets
             | ApiKey::DescribeConfigs
             | ApiKey::OffsetForLeaderEpoch
+            | ApiKey::OffsetFetch
+            | ApiKey::ListGroups
+            | ApiKey::DescribeGroups
     )
 }
 
@@ -126,6 +156,7 @@ fn changes_nothing(api: ApiKey) -> bool {
 pub async fn handle(broker: &Rc<Broker>, request: Request, applied: Applied) -> Result<Reply, FrameError> {
     let _applied_on_return = match request.api_key {
         ApiKey::Produce => return produce::handle(broker, &request, applied).await,
+        ApiKey::OffsetCommit => return offset_commit::handle(broker, &request, applied).await,
         api if changes_nothing(api) => None, // dropped: fired now
         _ => Some(applied),
     };
@@ -143,6 +174,16 @@ pub async fn handle(broker: &Rc<Broker>, request: Request, applied: Applied) -> 
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
         ApiKey::DeleteRecords => delete_records::handle(broker, &request).await,
         ApiKey::InitProducerId => init_producer_id::handle(broker, &request).await,
+        ApiKey::FindCoordinator => find_coordinator::handle(broker, &request).await,
+        ApiKey::JoinGroup => join_group::handle(broker, &request).await,
+        ApiKey::SyncGroup => sync_group::handle(broker, &request).await,
+        ApiKey::Heartbeat => heartbeat::handle(broker, &request).await,
+        ApiKey::LeaveGroup => leave_group::handle(broker, &request).await,
+        ApiKey::OffsetFetch => offset_fetch::handle(broker, &request).await,
+        ApiKey::ListGroups => list_groups::handle(broker, &request).await,
+        ApiKey::DescribeGroups => describe_groups::handle(broker, &request).await,
+        ApiKey::DeleteGroups => delete_groups::handle(broker, &request).await,
+        ApiKey::OffsetDelete => offset_delete::handle(broker, &request).await,
         other => Err(FrameError(format!("API {other:?} is not supported"))),
     }
 }

@@ -1,0 +1,814 @@
+//! The group coordinator. A group belongs to the `__consumer_offsets`
+//! partition its id hashes to (Kafka's rule), and the shard owning that
+//! partition owns the group: its membership, its rebalances and its committed
+//! offsets. Every group request is routed there as a `ShardMsg::Group`; with
+//! replication, the coordinator is simply that partition's leader.
+//!
+//! State changes are synchronous steps on [`state::Group`]; what must last
+//! (commits, assignments, deletions) is appended to the group's partition
+//! with the durability of acks=all before it is answered, and read back when
+//! the partition opens (requests meanwhile get COORDINATOR_LOAD_IN_PROGRESS).
+//! Each operation runs in a task of its own, so a client that goes away never
+//! cuts a write short.
+
+pub mod records;
+pub mod state;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{GroupId, JoinGroupResponse, SyncGroupResponse};
+use kafka_protocol::protocol::StrBytes;
+use tracing::{error, info, warn};
+
+use crate::broker::{Broker, PartitionError};
+use crate::storage::{self, Durability, Partition, StorageError};
+use records::{GroupRecord, OffsetValue};
+use state::{Group, GroupLimits, GroupState, JoinArgs, Joined, Synced};
+
+/// The internal topic holding committed offsets and group metadata.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// How often group timers (sessions, joins, syncs) are checked.
+pub const GROUP_TICK_MS: u64 = 100;
+/// Bytes read per step while loading a partition of `__consumer_offsets`.
+const LOAD_READ_BYTES: usize = 1 << 20;
+
+/// Kafka's placement rule: `abs(hashCode(group id)) % partitions`, with
+/// Java's String hash over UTF-16 units and `Utils.abs` (MIN_VALUE → 0).
+pub fn offsets_partition(group_id: &str, partitions: i32) -> i32 {
+    assert!(partitions > 0, "the offsets topic has partitions");
+    let hash = group_id.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32));
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % partitions
+}
+
+/// A group request, routed to the group's coordinator shard.
+pub enum GroupOp {
+    Join(JoinArgs),
+    Sync {
+        group_id: String,
+        generation: i32,
+        member_id: String,
+        instance_id: Option<String>,
+        protocol_type: Option<String>,
+        protocol_name: Option<String>,
+        assignments: Vec<(String, Bytes)>,
+    },
+    Heartbeat {
+        group_id: String,
+        generation: i32,
+        member_id: String,
+        instance_id: Option<String>,
+    },
+    /// (member id, instance id) per member leaving.
+    Leave {
+        group_id: String,
+        members: Vec<(String, Option<String>)>,
+    },
+    /// `appended` is dropped once the commit has its place in the log.
+    Commit {
+        group_id: String,
+        generation: i32,
+        member_id: String,
+        instance_id: Option<String>,
+        offsets: Vec<(String, i32, OffsetValue)>,
+        appended: oneshot::Sender<()>,
+    },
+    /// None: every committed offset of the group.
+    FetchOffsets {
+        group_id: String,
+        partitions: Option<Vec<(String, i32)>>,
+        require_stable: bool,
+    },
+    Describe {
+        group_id: String,
+    },
+    Delete {
+        group_id: String,
+    },
+    DeleteOffsets {
+        group_id: String,
+        partitions: Vec<(String, i32)>,
+    },
+}
+
+impl GroupOp {
+    pub fn group_id(&self) -> &str {
+        match self {
+            GroupOp::Join(args) => &args.group_id,
+            GroupOp::Sync { group_id, .. }
+            | GroupOp::Heartbeat { group_id, .. }
+            | GroupOp::Leave { group_id, .. }
+            | GroupOp::Commit { group_id, .. }
+            | GroupOp::FetchOffsets { group_id, .. }
+            | GroupOp::Describe { group_id }
+            | GroupOp::Delete { group_id }
+            | GroupOp::DeleteOffsets { group_id, .. } => group_id,
+        }
+    }
+}
+
+/// A committed offset as OffsetFetch answers it.
+#[derive(Debug)]
+pub struct FetchedOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub error_code: i16,
+}
+
+pub enum GroupReply {
+    Join(JoinGroupResponse),
+    Sync(SyncGroupResponse),
+    /// Heartbeat, DeleteGroups: one error code.
+    Code(i16),
+    /// LeaveGroup (per member), OffsetCommit and OffsetDelete (per partition,
+    /// in request order), after a group-level error code.
+    Codes(i16, Vec<i16>),
+    Offsets(Vec<FetchedOffset>),
+    Described(DescribedGroup),
+}
+
+/// What routing a group request can fail with (a Kafka error code).
+pub type GroupResult = Result<GroupReply, i16>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    Loading,
+    Loaded,
+}
+
+/// One shard's coordinator: the groups of the offsets partitions it owns.
+pub struct Coordinator {
+    groups: RefCell<HashMap<String, Group>>,
+    partitions: RefCell<HashMap<i32, Load>>,
+    limits: GroupLimits,
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+impl Coordinator {
+    pub fn new(config: &crate::config::Config) -> Coordinator {
+        Coordinator {
+            groups: RefCell::new(HashMap::new()),
+            partitions: RefCell::new(HashMap::new()),
+            limits: GroupLimits {
+                initial_rebalance_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
+                min_session_timeout_ms: config.group_min_session_timeout_ms,
+                max_session_timeout_ms: config.group_max_session_timeout_ms,
+                max_size: config.group_max_size,
+                max_member_metadata_bytes: config.group_max_member_metadata_bytes,
+            },
+        }
+    }
+
+    /// Runs `op` for a group of offsets partition `partition` (owned here).
+    pub async fn run(&self, broker: &Rc<Broker>, partition: i32, op: GroupOp) -> GroupResult {
+        match self.partitions.borrow().get(&partition) {
+            None => return Err(ResponseError::NotCoordinator.code()),
+            Some(Load::Loading) => return Err(ResponseError::CoordinatorLoadInProgress.code()),
+            Some(Load::Loaded) => {}
+        }
+        let reply = match op {
+            GroupOp::Join(args) => GroupReply::Join(self.join(broker, partition, args).await),
+            GroupOp::Sync {
+                group_id,
+                generation,
+                member_id,
+                instance_id,
+                protocol_type,
+                protocol_name,
+                assignments,
+            } => {
+                let protocol = (protocol_type.as_deref(), protocol_name.as_deref());
+                let synced = self.with_group(&group_id, |g| {
+                    g.sync(generation, &member_id, instance_id.as_deref(), protocol, assignments, storage::now_ms())
+                });
+                GroupReply::Sync(self.finish_sync(broker, partition, &group_id, synced).await)
+            }
+            GroupOp::Heartbeat { group_id, generation, member_id, instance_id } => {
+                let code = self
+                    .with_group(&group_id, |g| {
+                        g.heartbeat(generation, &member_id, instance_id.as_deref(), Instant::now())
+                    })
+                    .unwrap_or(ResponseError::UnknownMemberId.code());
+                GroupReply::Code(code)
+            }
+            GroupOp::Leave { group_id, members } => {
+                let codes = self.leave(&group_id, &members);
+                self.store_wanted(broker, partition).await;
+                self.forget_if_unused(&group_id);
+                GroupReply::Codes(0, codes)
+            }
+            GroupOp::Commit { group_id, generation, member_id, instance_id, offsets, appended } => {
+                let member = (generation, member_id.as_str(), instance_id.as_deref());
+                self.commit(broker, partition, &group_id, member, offsets, appended).await
+            }
+            GroupOp::FetchOffsets { group_id, partitions, require_stable } => {
+                GroupReply::Offsets(self.fetch_offsets(&group_id, partitions, require_stable))
+            }
+            GroupOp::Describe { group_id } => GroupReply::Described(self.describe(&group_id)),
+            GroupOp::Delete { group_id } => GroupReply::Code(self.delete(broker, partition, &group_id).await),
+            GroupOp::DeleteOffsets { group_id, partitions } => {
+                self.delete_offsets(broker, partition, &group_id, partitions).await
+            }
+        };
+        Ok(reply)
+    }
+
+    /// Runs `step` on group `id` if it exists.
+    fn with_group<T>(&self, id: &str, step: impl FnOnce(&mut Group) -> T) -> Option<T> {
+        self.groups.borrow_mut().get_mut(id).map(step)
+    }
+
+    /// Drops a group that holds nothing (no members, offsets or pending work).
+    fn forget_if_unused(&self, id: &str) {
+        let mut groups = self.groups.borrow_mut();
+        let unused = groups.get(id).is_some_and(|g| {
+            g.members.is_empty()
+                && g.pending_members.is_empty()
+                && g.offsets.is_empty()
+                && g.pending_commits.is_empty()
+                && g.state == GroupState::Empty
+                && !g.store_wanted
+                && g.generation == 0
+        });
+        if unused {
+            groups.remove(id);
+        }
+    }
+
+    async fn join(&self, broker: &Rc<Broker>, partition: i32, args: JoinArgs) -> JoinGroupResponse {
+        let id = args.group_id.clone();
+        if id.is_empty() {
+            let mut r = JoinGroupResponse::default();
+            r.error_code = ResponseError::InvalidGroupId.code();
+            r.generation_id = -1;
+            return r;
+        }
+        let joined = {
+            let mut groups = self.groups.borrow_mut();
+            let group = groups.entry(id.clone()).or_insert_with(|| Group::new(id.clone(), storage::now_ms()));
+            group.join(args, &self.limits, Instant::now(), storage::now_ms())
+        };
+        self.store_wanted(broker, partition).await;
+        self.forget_if_unused(&id);
+        match joined {
+            Joined::Now(r) => r,
+            Joined::Wait(rx) => rx.await.unwrap_or_else(|_| {
+                let mut r = JoinGroupResponse::default();
+                r.error_code = ResponseError::CoordinatorNotAvailable.code();
+                r.generation_id = -1;
+                r
+            }),
+        }
+    }
+
+    async fn finish_sync(
+        &self,
+        broker: &Rc<Broker>,
+        partition: i32,
+        id: &str,
+        synced: Option<Synced>,
+    ) -> SyncGroupResponse {
+        let waiting = match synced {
+            None => return state::sync_error(ResponseError::UnknownMemberId),
+            Some(Synced::Now(r)) => return r,
+            Some(Synced::Wait(rx)) => rx,
+            Some(Synced::Store(rx, value)) => {
+                let generation = value.generation;
+                let record = (records::group_key(id), Some(records::group_value(&value)));
+                let stored = self.append(broker, partition, vec![record], None).await;
+                let stored = stored.map(|_| value).map_err(store_error);
+                self.with_group(id, |g| g.finish_sync(generation, stored, storage::now_ms()));
+                rx
+            }
+        };
+        waiting.await.unwrap_or_else(|_| state::sync_error(ResponseError::RebalanceInProgress))
+    }
+
+    fn leave(&self, id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+        let now = Instant::now();
+        members
+            .iter()
+            .map(|(member_id, instance_id)| {
+                self.with_group(id, |g| {
+                    g.leave(member_id, instance_id.as_deref(), &self.limits, now, storage::now_ms())
+                })
+                .unwrap_or(ResponseError::UnknownMemberId.code())
+            })
+            .collect()
+    }
+
+    async fn commit(
+        &self,
+        broker: &Rc<Broker>,
+        partition: i32,
+        id: &str,
+        member: (i32, &str, Option<&str>),
+        offsets: Vec<(String, i32, OffsetValue)>,
+        appended: oneshot::Sender<()>,
+    ) -> GroupReply {
+        let (generation, member_id, instance_id) = member;
+        let checked = {
+            let mut groups = self.groups.borrow_mut();
+            match groups.get_mut(id) {
+                Some(g) => g.check_commit(generation, member_id, instance_id, Instant::now()),
+                None if generation < 0 && !id.is_empty() => {
+                    groups.insert(id.to_string(), Group::new(id.to_string(), storage::now_ms()));
+                    Ok(())
+                }
+                None if id.is_empty() => Err(ResponseError::InvalidGroupId),
+                None => Err(ResponseError::IllegalGeneration),
+            }
+        };
+        if let Err(e) = checked {
+            return GroupReply::Codes(0, vec![e.code(); offsets.len()]);
+        }
+        let meta = broker.meta();
+        let max_metadata = broker.config.offset_metadata_max_bytes;
+        let mut codes = Vec::with_capacity(offsets.len());
+        let mut accepted = Vec::new();
+        for (topic, p, value) in offsets {
+            let code = if !meta.topic(&topic).is_some_and(|t| (0..t.partitions).contains(&p)) {
+                ResponseError::UnknownTopicOrPartition.code()
+            } else if value.metadata.len() > max_metadata {
+                ResponseError::OffsetMetadataTooLarge.code()
+            } else {
+                accepted.push((codes.len(), topic, p, value));
+                0
+            };
+            codes.push(code);
+        }
+        if accepted.is_empty() {
+            return GroupReply::Codes(0, codes);
+        }
+        let keys: Vec<(String, i32)> = accepted.iter().map(|(_, t, p, _)| (t.clone(), *p)).collect();
+        self.with_group(id, |g| keys.iter().for_each(|k| *g.pending_commits.entry(k.clone()).or_default() += 1));
+        let batch: Vec<(Bytes, Option<Bytes>)> = accepted
+            .iter()
+            .map(|(_, t, p, v)| (records::offset_key(id, t, *p), Some(records::offset_value(v))))
+            .collect();
+        let stored = self.append(broker, partition, batch, Some(appended)).await;
+        self.with_group(id, |g| {
+            for key in &keys {
+                if let Some(n) = g.pending_commits.get_mut(key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        g.pending_commits.remove(key);
+                    }
+                }
+            }
+            if let Ok(base) = stored {
+                for (i, (_, t, p, v)) in accepted.iter().enumerate() {
+                    g.apply_offset(t.clone(), *p, Some(v.clone()), base + i as i64);
+                }
+            }
+        });
+        if let Err(e) = stored {
+            let code = store_error(e).code();
+            for (i, ..) in &accepted {
+                codes[*i] = code;
+            }
+        }
+        self.forget_if_unused(id);
+        GroupReply::Codes(0, codes)
+    }
+
+    fn fetch_offsets(&self, id: &str, wanted: Option<Vec<(String, i32)>>, require_stable: bool) -> Vec<FetchedOffset> {
+        let groups = self.groups.borrow();
+        let group = groups.get(id);
+        let keys: Vec<(String, i32)> = match wanted {
+            Some(keys) => keys,
+            None => {
+                let mut all: Vec<(String, i32)> =
+                    group.map(|g| g.offsets.keys().cloned().collect()).unwrap_or_default();
+                all.sort();
+                all
+            }
+        };
+        keys.into_iter()
+            .map(|(topic, partition)| {
+                let key = (topic, partition);
+                let unstable = require_stable && group.is_some_and(|g| g.pending_commits.contains_key(&key));
+                let committed = group.and_then(|g| g.offsets.get(&key));
+                let (topic, partition) = key;
+                match (unstable, committed) {
+                    (true, _) => FetchedOffset {
+                        topic,
+                        partition,
+                        offset: -1,
+                        leader_epoch: -1,
+                        metadata: String::new(),
+                        error_code: ResponseError::UnstableOffsetCommit.code(),
+                    },
+                    (false, Some(c)) => FetchedOffset {
+                        topic,
+                        partition,
+                        offset: c.value.offset,
+                        leader_epoch: c.value.leader_epoch,
+                        metadata: c.value.metadata.clone(),
+                        error_code: 0,
+                    },
+                    (false, None) => FetchedOffset {
+                        topic,
+                        partition,
+                        offset: -1,
+                        leader_epoch: -1,
+                        metadata: String::new(),
+                        error_code: 0,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn describe(&self, id: &str) -> DescribedGroup {
+        let mut out = DescribedGroup::default();
+        out.group_id = GroupId(str_bytes(id));
+        out.authorized_operations = i32::MIN;
+        let groups = self.groups.borrow();
+        let Some(g) = groups.get(id) else {
+            out.group_state = str_bytes(GroupState::Dead.name());
+            return out;
+        };
+        out.group_state = str_bytes(g.state.name());
+        out.protocol_type = str_bytes(g.protocol_type.as_deref().unwrap_or(""));
+        let stable = g.state == GroupState::Stable;
+        let protocol = g.protocol.clone().unwrap_or_default();
+        if stable {
+            out.protocol_data = str_bytes(&protocol);
+        }
+        let stored = g.stored(0);
+        out.members = stored
+            .members
+            .into_iter()
+            .map(|m| {
+                let mut d = DescribedGroupMember::default();
+                d.member_id = str_bytes(&m.member_id);
+                d.group_instance_id = m.instance_id.as_deref().map(str_bytes);
+                d.client_id = str_bytes(&m.client_id);
+                d.client_host = str_bytes(&m.client_host);
+                if stable {
+                    d.member_metadata = m.subscription;
+                    d.member_assignment = m.assignment;
+                }
+                d
+            })
+            .collect();
+        out
+    }
+
+    /// Every group on this shard, for ListGroups (`states`: filter, any case).
+    pub fn list(&self, states: &[String]) -> Vec<ListedGroup> {
+        let loaded: Vec<i32> =
+            self.partitions.borrow().iter().filter(|(_, l)| **l == Load::Loaded).map(|(p, _)| *p).collect();
+        let _ = loaded;
+        self.groups
+            .borrow()
+            .values()
+            .filter(|g| g.state != GroupState::Dead)
+            .filter(|g| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(g.state.name())))
+            .map(|g| {
+                let mut l = ListedGroup::default();
+                l.group_id = GroupId(str_bytes(&g.id));
+                l.protocol_type = str_bytes(g.protocol_type.as_deref().unwrap_or(""));
+                l.group_state = str_bytes(g.state.name());
+                l.group_type = str_bytes("classic");
+                l
+            })
+            .collect()
+    }
+
+    async fn delete(&self, broker: &Rc<Broker>, partition: i32, id: &str) -> i16 {
+        let tombstones = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(g) = groups.get_mut(id).filter(|g| g.state != GroupState::Dead) else {
+                return ResponseError::GroupIdNotFound.code();
+            };
+            if g.state != GroupState::Empty || !g.members.is_empty() {
+                return ResponseError::NonEmptyGroup.code();
+            }
+            g.state = GroupState::Dead;
+            let mut tombstones: Vec<(Bytes, Option<Bytes>)> =
+                g.offsets.keys().map(|(t, p)| (records::offset_key(id, t, *p), None)).collect();
+            tombstones.push((records::group_key(id), None));
+            tombstones
+        };
+        match self.append(broker, partition, tombstones, None).await {
+            Ok(_) => {
+                info!(group = %id, "group deleted");
+                self.groups.borrow_mut().remove(id);
+                0
+            }
+            Err(e) => {
+                self.with_group(id, |g| g.state = GroupState::Empty);
+                store_error(e).code()
+            }
+        }
+    }
+
+    async fn delete_offsets(
+        &self,
+        broker: &Rc<Broker>,
+        partition: i32,
+        id: &str,
+        keys: Vec<(String, i32)>,
+    ) -> GroupReply {
+        let (codes, tombstones) = {
+            let groups = self.groups.borrow();
+            let Some(g) = groups.get(id).filter(|g| g.state != GroupState::Dead) else {
+                return GroupReply::Codes(ResponseError::GroupIdNotFound.code(), Vec::new());
+            };
+            let subscribed = g.subscribed_topics();
+            if !g.members.is_empty() && subscribed.is_none() {
+                return GroupReply::Codes(ResponseError::NonEmptyGroup.code(), Vec::new());
+            }
+            let mut codes = Vec::with_capacity(keys.len());
+            let mut tombstones = Vec::new();
+            for (topic, p) in &keys {
+                if subscribed.as_ref().is_some_and(|s| s.contains(topic)) {
+                    codes.push(ResponseError::GroupSubscribedToTopic.code());
+                } else {
+                    codes.push(0);
+                    if g.offsets.contains_key(&(topic.clone(), *p)) {
+                        tombstones.push((topic.clone(), *p));
+                    }
+                }
+            }
+            (codes, tombstones)
+        };
+        if tombstones.is_empty() {
+            return GroupReply::Codes(0, codes);
+        }
+        let batch = tombstones.iter().map(|(t, p)| (records::offset_key(id, t, *p), None)).collect();
+        match self.append(broker, partition, batch, None).await {
+            Ok(base) => {
+                self.with_group(id, |g| {
+                    for (i, (t, p)) in tombstones.into_iter().enumerate() {
+                        g.apply_offset(t, p, None, base + i as i64);
+                    }
+                });
+                self.forget_if_unused(id);
+                GroupReply::Codes(0, codes)
+            }
+            Err(e) => GroupReply::Codes(store_error(e).code(), codes),
+        }
+    }
+
+    /// Appends records to offsets partition `partition` and waits until they
+    /// are durable; returns the first record's offset. `appended` is dropped
+    /// once they have their offsets.
+    async fn append(
+        &self,
+        broker: &Rc<Broker>,
+        partition: i32,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        appended: Option<oneshot::Sender<()>>,
+    ) -> Result<i64, StorageError> {
+        let Some(log) = offsets_partition_log(broker, partition) else {
+            return Err(StorageError::Io(std::io::Error::other("offsets partition is not here")));
+        };
+        let batch = records::batch(records, storage::now_ms());
+        let info = log.append(batch, storage::now_ms()).await;
+        drop(appended);
+        let info = info?;
+        log.wait_durable(info.last_offset, Durability::Synced).await?;
+        Ok(info.base_offset)
+    }
+
+    /// Persists the groups of `partition` whose membership changed.
+    async fn store_wanted(&self, broker: &Rc<Broker>, partition: i32) {
+        let now_ms = storage::now_ms();
+        let wanted: Vec<(Bytes, Option<Bytes>)> = {
+            let mut groups = self.groups.borrow_mut();
+            groups
+                .values_mut()
+                .filter(|g| g.store_wanted)
+                .filter(|g| offsets_partition(&g.id, offsets_partition_count(broker)) == partition)
+                .map(|g| {
+                    g.store_wanted = false;
+                    (records::group_key(&g.id), Some(records::group_value(&g.stored(now_ms))))
+                })
+                .collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        if let Err(e) = self.append(broker, partition, wanted, None).await {
+            warn!("storing group metadata: {e:?}");
+        }
+    }
+
+    /// Group timers, and stores what they changed; run every [`GROUP_TICK_MS`].
+    pub async fn tick(&self, broker: &Rc<Broker>) {
+        let now = Instant::now();
+        let now_ms = storage::now_ms();
+        let mut touched = Vec::new();
+        for g in self.groups.borrow_mut().values_mut() {
+            g.tick(&self.limits, now, now_ms);
+            if g.store_wanted {
+                touched.push(g.id.clone());
+            }
+        }
+        let count = offsets_partition_count(broker);
+        let mut partitions: Vec<i32> = touched.iter().map(|id| offsets_partition(id, count)).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        for p in partitions {
+            self.store_wanted(broker, p).await;
+        }
+    }
+
+    /// Expires the offsets of groups empty for `retention_ms` (and, in a
+    /// stable consumer group, of topics it no longer subscribes to).
+    pub async fn expire_offsets(&self, broker: &Rc<Broker>, retention_ms: i64) {
+        let now_ms = storage::now_ms();
+        let count = offsets_partition_count(broker);
+        let mut by_partition: HashMap<i32, Vec<(String, String, i32)>> = HashMap::new();
+        for g in self.groups.borrow().values() {
+            let expired: Vec<(String, i32)> = if g.state == GroupState::Empty {
+                if now_ms - g.state_timestamp_ms < retention_ms {
+                    continue;
+                }
+                g.offsets.keys().cloned().collect()
+            } else if let (GroupState::Stable, Some(subscribed)) = (g.state, g.subscribed_topics()) {
+                g.offsets
+                    .iter()
+                    .filter(|((t, _), c)| {
+                        !subscribed.contains(t) && now_ms - c.value.commit_timestamp_ms >= retention_ms
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            } else {
+                continue;
+            };
+            let p = offsets_partition(&g.id, count);
+            let entry = by_partition.entry(p).or_default();
+            entry.extend(
+                expired.into_iter().filter(|k| !g.pending_commits.contains_key(k)).map(|(t, p)| (g.id.clone(), t, p)),
+            );
+        }
+        for (p, expired) in by_partition {
+            if expired.is_empty() {
+                continue;
+            }
+            let batch = expired.iter().map(|(g, t, p)| (records::offset_key(g, t, *p), None)).collect();
+            match self.append(broker, p, batch, None).await {
+                Ok(base) => {
+                    info!(offsets = expired.len(), partition = p, "expired committed offsets");
+                    for (i, (id, t, part)) in expired.into_iter().enumerate() {
+                        self.with_group(&id, |g| g.apply_offset(t, part, None, base + i as i64));
+                        self.forget_empty_group(broker, &id).await;
+                    }
+                }
+                Err(e) => warn!("expiring offsets: {e:?}"),
+            }
+        }
+    }
+
+    /// An empty group with no offsets left is deleted (tombstone), as Kafka does.
+    async fn forget_empty_group(&self, broker: &Rc<Broker>, id: &str) {
+        let empty = self
+            .with_group(id, |g| g.state == GroupState::Empty && g.offsets.is_empty() && g.pending_commits.is_empty());
+        if empty == Some(true) {
+            let p = offsets_partition(id, offsets_partition_count(broker));
+            let _ = self.delete(broker, p, id).await;
+        }
+    }
+
+    /// An offsets partition opened here: load its groups, then serve them.
+    pub fn start_loading(self: &Rc<Self>, broker: &Rc<Broker>, partition: i32, log: Rc<Partition>) {
+        self.partitions.borrow_mut().insert(partition, Load::Loading);
+        let (me, broker) = (self.clone(), broker.clone());
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            match me.load(&broker, partition, &log).await {
+                Ok(groups) => {
+                    if groups > 0 {
+                        info!(partition, groups, ms = started.elapsed().as_millis() as u64, "loaded consumer groups");
+                    }
+                    me.partitions.borrow_mut().insert(partition, Load::Loaded);
+                }
+                Err(e) => {
+                    error!(partition, "cannot load consumer groups: {e:?}; the partition's groups stay unavailable")
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// An offsets partition left this shard (its topic was deleted): forget its groups.
+    pub fn unload(&self, partition: i32, partition_count: i32) {
+        self.partitions.borrow_mut().remove(&partition);
+        self.groups.borrow_mut().retain(|id, _| offsets_partition(id, partition_count) != partition);
+    }
+
+    async fn load(&self, broker: &Rc<Broker>, partition: i32, log: &Partition) -> Result<usize, StorageError> {
+        let (mut offset, end) = {
+            let l = log.log.borrow();
+            (l.log_start_offset(), l.high_watermark())
+        };
+        let count = offsets_partition_count(broker);
+        let now = Instant::now();
+        let mut loaded: HashMap<String, Group> = HashMap::new();
+        while offset < end {
+            let parts = log.read(offset, LOAD_READ_BYTES).await?;
+            if parts.is_empty() {
+                break;
+            }
+            let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            parts.iter().for_each(|p| joined.extend_from_slice(p));
+            let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut joined.freeze())
+                .map_err(|e| StorageError::Io(std::io::Error::other(format!("undecodable batch: {e}"))))?;
+            let mut next = offset;
+            for record in sets.iter().flat_map(|s| s.records.iter()) {
+                next = next.max(record.offset + 1);
+                if record.control || record.offset < offset {
+                    continue;
+                }
+                let Some(key) = &record.key else { continue };
+                match records::decode(key, record.value.as_ref()) {
+                    Some(decoded) => apply_loaded(&mut loaded, decoded, record.offset, now),
+                    None => warn!(partition, offset = record.offset, "skipping an unknown __consumer_offsets record"),
+                }
+            }
+            if next <= offset {
+                break;
+            }
+            offset = next;
+        }
+        loaded.retain(|id, g| {
+            offsets_partition(id, count) == partition
+                && !(g.members.is_empty() && g.offsets.is_empty() && g.generation == 0)
+        });
+        let n = loaded.len();
+        self.groups.borrow_mut().extend(loaded);
+        Ok(n)
+    }
+}
+
+fn apply_loaded(groups: &mut HashMap<String, Group>, record: GroupRecord, record_offset: i64, now: Instant) {
+    match record {
+        GroupRecord::Offset { group, topic, partition, value } => {
+            let g = groups.entry(group.clone()).or_insert_with(|| Group::new(group, storage::now_ms()));
+            g.apply_offset(topic, partition, value, record_offset);
+        }
+        GroupRecord::Group { group, value: Some(value) } => {
+            let g = groups.entry(group.clone()).or_insert_with(|| Group::new(group, storage::now_ms()));
+            g.restore(value, now);
+        }
+        GroupRecord::Group { group, value: None } => {
+            // A deleted group: its offsets were tombstoned before it.
+            groups.remove(&group);
+        }
+    }
+}
+
+/// How a failed append is reported to group clients (Kafka's mapping).
+fn store_error(e: StorageError) -> ResponseError {
+    match PartitionError::from(e) {
+        PartitionError::UnknownTopicOrPartition => ResponseError::CoordinatorNotAvailable,
+        PartitionError::NotAvailable | PartitionError::StorageError => ResponseError::NotCoordinator,
+        PartitionError::MessageTooLarge => ResponseError::InvalidCommitOffsetSize,
+        _ => ResponseError::UnknownServerError,
+    }
+}
+
+fn offsets_partition_log(broker: &Broker, partition: i32) -> Option<Rc<Partition>> {
+    let meta = broker.meta();
+    let topic = meta.topic(OFFSETS_TOPIC)?;
+    broker.local_partition(&topic.tp(partition))
+}
+
+/// Partitions of `__consumer_offsets` (the configured count until it exists).
+pub fn offsets_partition_count(broker: &Broker) -> i32 {
+    broker.meta().topic(OFFSETS_TOPIC).map_or(broker.config.offsets_topic_num_partitions, |t| t.partitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_follows_kafkas_hash() {
+        // Java: "my-group".hashCode() == -1_906_497_762 (abs % 50 == 12).
+        assert_eq!(offsets_partition("my-group", 50), 12);
+        assert_eq!(offsets_partition("", 50), 0);
+        // Every id lands in range, including non-ASCII ones.
+        for id in ["a", "groupé", "日本", "zzzzzzzzzzzzzzzzzzzzzzzzzz"] {
+            assert!((0..50).contains(&offsets_partition(id, 50)));
+        }
+    }
+}
