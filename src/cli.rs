@@ -76,7 +76,7 @@ pub struct ConsumeArgs {
 
 /// Metadata of `topics` (all if None). Looking never creates a topic, even
 /// on a broker that auto-creates them.
-fn metadata(client: &mut Client, topics: Option<Vec<&str>>) -> Result<MetadataResponse> {
+pub fn metadata(client: &mut Client, topics: Option<Vec<&str>>) -> Result<MetadataResponse> {
     let mut req = MetadataRequest::default();
     req.allow_auto_topic_creation = false;
     req.topics = topics.map(|t| {

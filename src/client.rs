@@ -309,3 +309,150 @@ pub fn compression_by_name(name: &str) -> Result<Compression> {
 pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
+
+/// A committed offset as OffsetFetch returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub error_code: i16,
+}
+
+/// Group administration and committed offsets (for `spate group` and tests).
+impl Client {
+    /// FindCoordinator for `group`, retried while the coordinator is starting.
+    pub fn find_coordinator(&mut self, group: &str) -> Result<()> {
+        let mut req = FindCoordinatorRequest::default();
+        req.key = str_bytes(group);
+        for _ in 0..100 {
+            let resp: FindCoordinatorResponse = self.call(ApiKey::FindCoordinator, 3, &req)?;
+            if resp.error_code != kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code() {
+                return check(resp.error_code, &format!("find coordinator of {group}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("no coordinator for group {group}")
+    }
+
+    /// Commits `offsets` (topic, partition, offset, metadata) outside any
+    /// generation (a simple consumer or an admin); returns each error code.
+    pub fn commit_offsets(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        offsets: &[(&str, i32, i64, &str)],
+    ) -> Result<Vec<i16>> {
+        let mut req = OffsetCommitRequest::default();
+        req.group_id = GroupId(str_bytes(group));
+        req.generation_id_or_member_epoch = generation;
+        req.member_id = str_bytes(member_id);
+        for (topic, partition, offset, metadata) in offsets {
+            let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+            p.partition_index = *partition;
+            p.committed_offset = *offset;
+            p.committed_leader_epoch = -1;
+            p.committed_metadata = Some(str_bytes(metadata));
+            match req.topics.iter_mut().find(|t| t.name.0.as_str() == *topic) {
+                Some(t) => t.partitions.push(p),
+                None => {
+                    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+                    t.name = TopicName(str_bytes(topic));
+                    t.partitions.push(p);
+                    req.topics.push(t);
+                }
+            }
+        }
+        let resp: OffsetCommitResponse = self.call(ApiKey::OffsetCommit, 8, &req)?;
+        Ok(resp.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.error_code)).collect())
+    }
+
+    /// The committed offsets of `group` (all of them if `topics` is None).
+    pub fn fetch_offsets(&mut self, group: &str, topics: Option<&[(&str, Vec<i32>)]>) -> Result<Vec<CommittedOffset>> {
+        let mut req = OffsetFetchRequest::default();
+        req.group_id = GroupId(str_bytes(group));
+        req.topics = topics.map(|topics| {
+            topics
+                .iter()
+                .map(|(name, partitions)| {
+                    let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+                    t.name = TopicName(str_bytes(name));
+                    t.partition_indexes = partitions.clone();
+                    t
+                })
+                .collect()
+        });
+        let resp: OffsetFetchResponse = self.call(ApiKey::OffsetFetch, 7, &req)?;
+        check(resp.error_code, &format!("fetch offsets of {group}"))?;
+        let mut out = Vec::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                out.push(CommittedOffset {
+                    topic: t.name.0.to_string(),
+                    partition: p.partition_index,
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: p.metadata.as_deref().unwrap_or("").to_string(),
+                    error_code: p.error_code,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every group: (id, protocol type, state).
+    pub fn list_groups(&mut self) -> Result<Vec<(String, String, String)>> {
+        let resp: ListGroupsResponse = self.call(ApiKey::ListGroups, 4, &ListGroupsRequest::default())?;
+        check(resp.error_code, "list groups")?;
+        Ok(resp
+            .groups
+            .into_iter()
+            .map(|g| (g.group_id.0.to_string(), g.protocol_type.to_string(), g.group_state.to_string()))
+            .collect())
+    }
+
+    pub fn describe_group(&mut self, group: &str) -> Result<describe_groups_response::DescribedGroup> {
+        let mut req = DescribeGroupsRequest::default();
+        req.groups = vec![GroupId(str_bytes(group))];
+        let resp: DescribeGroupsResponse = self.call(ApiKey::DescribeGroups, 5, &req)?;
+        let Some(g) = resp.groups.into_iter().next() else { bail!("empty DescribeGroups response") };
+        check(g.error_code, &format!("describe group {group}"))?;
+        Ok(g)
+    }
+
+    pub fn delete_group(&mut self, group: &str) -> Result<()> {
+        let mut req = DeleteGroupsRequest::default();
+        req.groups_names = vec![GroupId(str_bytes(group))];
+        let resp: DeleteGroupsResponse = self.call(ApiKey::DeleteGroups, 2, &req)?;
+        let Some(r) = resp.results.into_iter().next() else { bail!("empty DeleteGroups response") };
+        check(r.error_code, &format!("delete group {group}"))
+    }
+
+    /// Deletes `group`'s committed offsets of `topic`'s `partitions`.
+    pub fn delete_offsets(&mut self, group: &str, topic: &str, partitions: &[i32]) -> Result<()> {
+        let mut t = offset_delete_request::OffsetDeleteRequestTopic::default();
+        t.name = TopicName(str_bytes(topic));
+        t.partitions = partitions
+            .iter()
+            .map(|p| {
+                let mut out = offset_delete_request::OffsetDeleteRequestPartition::default();
+                out.partition_index = *p;
+                out
+            })
+            .collect();
+        let mut req = OffsetDeleteRequest::default();
+        req.group_id = GroupId(str_bytes(group));
+        req.topics = vec![t];
+        let resp: OffsetDeleteResponse = self.call(ApiKey::OffsetDelete, 0, &req)?;
+        check(resp.error_code, &format!("delete offsets of {group}"))?;
+        for t in resp.topics {
+            for p in t.partitions {
+                check(p.error_code, &format!("delete offset of {group} {topic}/{}", p.partition_index))?;
+            }
+        }
+        Ok(())
+    }
+}

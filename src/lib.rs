@@ -7,6 +7,7 @@ pub mod config;
 pub mod data_dir;
 pub mod fsutil;
 pub mod group;
+pub mod group_cli;
 pub mod handlers;
 pub mod protocol;
 pub mod server;

@@ -32,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         command: TopicCommand,
     },
+    /// Inspect and steer consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: spate::group_cli::GroupCommand,
+    },
     /// Produce lines from stdin as records.
     Produce {
         #[command(flatten)]
@@ -80,6 +85,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topic { command } => cli::topic(&brokers_or_default(&cli.brokers), command),
+        Command::Group { command } => spate::group_cli::group(&brokers_or_default(&cli.brokers), command),
         Command::Produce { args } => cli::produce(&brokers_or_default(&cli.brokers), args),
         Command::Consume { args } => cli::consume(&brokers_or_default(&cli.brokers), args),
         Command::Bench(args) => bench(*args, cli.brokers),

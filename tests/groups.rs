@@ -1,0 +1,390 @@
+//! Consumer groups over the wire, with the raw protocol where a real client
+//! would hide the detail: generation fencing, committed offsets (metadata,
+//! leader epochs) across a clean restart and `kill -9` mid-commit, group
+//! state after a restart, bad group input, and the `spate group` commands.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{temp_dir, TestBroker};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::*;
+use spate::client::{str_bytes, Client};
+
+/// Groups answer at once: no initial rebalance delay.
+const FAST: &[&str] = &["group_initial_rebalance_delay_ms=0"];
+
+fn join(client: &mut Client, group: &str, member_id: &str, metadata: Bytes) -> JoinGroupResponse {
+    let mut protocol = join_group_request::JoinGroupRequestProtocol::default();
+    protocol.name = str_bytes("range");
+    protocol.metadata = metadata;
+    let mut req = JoinGroupRequest::default();
+    req.group_id = GroupId(str_bytes(group));
+    req.session_timeout_ms = 10_000;
+    req.rebalance_timeout_ms = 10_000;
+    req.member_id = str_bytes(member_id);
+    req.protocol_type = str_bytes("consumer");
+    req.protocols = vec![protocol];
+    client.call(ApiKey::JoinGroup, 5, &req).unwrap()
+}
+
+/// Joins as a new member (two steps from v4) and syncs as the only member;
+/// returns (member id, generation).
+fn join_alone(client: &mut Client, group: &str, assignment: &'static [u8]) -> (String, i32) {
+    client.find_coordinator(group).unwrap();
+    let first = join(client, group, "", Bytes::from_static(b"meta"));
+    assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
+    let joined = join(client, group, first.member_id.as_str(), Bytes::from_static(b"meta"));
+    assert_eq!(joined.error_code, 0);
+    assert_eq!(joined.leader, joined.member_id, "the only member leads");
+    let member = joined.member_id.to_string();
+    let synced = sync(client, group, joined.generation_id, &member, &[(member.as_str(), assignment)]);
+    assert_eq!(synced.error_code, 0);
+    assert_eq!(synced.assignment, Bytes::from_static(assignment));
+    (member, joined.generation_id)
+}
+
+fn sync(
+    client: &mut Client,
+    group: &str,
+    generation: i32,
+    member: &str,
+    assign: &[(&str, &'static [u8])],
+) -> SyncGroupResponse {
+    let mut req = SyncGroupRequest::default();
+    req.group_id = GroupId(str_bytes(group));
+    req.generation_id = generation;
+    req.member_id = str_bytes(member);
+    req.assignments = assign
+        .iter()
+        .map(|(m, a)| {
+            let mut out = sync_group_request::SyncGroupRequestAssignment::default();
+            out.member_id = str_bytes(m);
+            out.assignment = Bytes::from_static(a);
+            out
+        })
+        .collect();
+    client.call(ApiKey::SyncGroup, 3, &req).unwrap()
+}
+
+fn heartbeat(client: &mut Client, group: &str, generation: i32, member: &str) -> i16 {
+    let mut req = HeartbeatRequest::default();
+    req.group_id = GroupId(str_bytes(group));
+    req.generation_id = generation;
+    req.member_id = str_bytes(member);
+    let resp: HeartbeatResponse = client.call(ApiKey::Heartbeat, 3, &req).unwrap();
+    resp.error_code
+}
+
+/// Commits one offset with a leader epoch and metadata; returns its error code.
+fn commit(
+    client: &mut Client,
+    group: &str,
+    generation: i32,
+    member: &str,
+    offset: i64,
+    epoch: i32,
+    metadata: &str,
+) -> i16 {
+    let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+    p.partition_index = 0;
+    p.committed_offset = offset;
+    p.committed_leader_epoch = epoch;
+    p.committed_metadata = Some(str_bytes(metadata));
+    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = TopicName(str_bytes("t"));
+    t.partitions = vec![p];
+    let mut req = OffsetCommitRequest::default();
+    req.group_id = GroupId(str_bytes(group));
+    req.generation_id_or_member_epoch = generation;
+    req.member_id = str_bytes(member);
+    req.topics = vec![t];
+    let resp: OffsetCommitResponse = client.call(ApiKey::OffsetCommit, 8, &req).unwrap();
+    resp.topics[0].partitions[0].error_code
+}
+
+/// The committed offset of t/0 for `group`, waiting out a coordinator that is loading.
+fn committed(client: &mut Client, group: &str) -> spate::client::CommittedOffset {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.fetch_offsets(group, Some(&[("t", vec![0])])) {
+            Ok(mut offsets) => return offsets.remove(0),
+            Err(e) if Instant::now() < deadline && e.to_string().contains("CoordinatorLoadInProgress") => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+}
+
+#[test]
+fn stale_generations_and_unknown_members_are_fenced() {
+    let broker = TestBroker::start(&temp_dir("groups-fencing"), FAST);
+    let mut client = broker.client();
+    client.create_topic("t", 1, &[]).unwrap();
+    let (member, generation) = join_alone(&mut client, "fence", b"a1");
+    assert_eq!(heartbeat(&mut client, "fence", generation, &member), 0);
+    assert_eq!(commit(&mut client, "fence", generation, &member, 5, -1, ""), 0);
+
+    let illegal = ResponseError::IllegalGeneration.code();
+    let unknown = ResponseError::UnknownMemberId.code();
+    assert_eq!(commit(&mut client, "fence", generation - 1, &member, 6, -1, ""), illegal);
+    assert_eq!(commit(&mut client, "fence", generation, "someone-else", 6, -1, ""), unknown);
+    assert_eq!(commit(&mut client, "fence", -1, "", 6, -1, ""), unknown, "a group with members takes no simple commit");
+    assert_eq!(heartbeat(&mut client, "fence", generation + 1, &member), illegal);
+    assert_eq!(heartbeat(&mut client, "fence", generation, "someone-else"), unknown);
+    assert_eq!(sync(&mut client, "fence", generation, "someone-else", &[]).error_code, unknown);
+    assert_eq!(committed(&mut client, "fence").offset, 5, "refused commits changed nothing");
+
+    // A second member starts a rebalance: the first learns it from its heartbeat.
+    let mut other = broker.client();
+    let first = join(&mut other, "fence", "", Bytes::from_static(b"meta"));
+    let second_id = first.member_id.to_string();
+    let joiner = std::thread::spawn(move || join(&mut other, "fence", &second_id, Bytes::from_static(b"meta")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while heartbeat(&mut client, "fence", generation, &member) != ResponseError::RebalanceInProgress.code() {
+        assert!(Instant::now() < deadline, "no rebalance started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rejoined = join(&mut client, "fence", &member, Bytes::from_static(b"meta"));
+    let joined = joiner.join().unwrap();
+    assert_eq!((rejoined.error_code, joined.error_code), (0, 0));
+    assert_eq!(rejoined.generation_id, generation + 1);
+    assert_eq!(joined.generation_id, generation + 1);
+    assert_eq!(rejoined.members.len() + joined.members.len(), 2, "only the leader gets the member list");
+    assert_eq!(commit(&mut client, "fence", generation, &member, 7, -1, ""), illegal, "the old generation is gone");
+}
+
+#[test]
+fn committed_offsets_and_group_state_survive_restarts() {
+    let dir = temp_dir("groups-restart");
+    let broker = TestBroker::start(&dir, FAST);
+    let mut client = broker.client();
+    client.create_topic("t", 1, &[]).unwrap();
+    client.find_coordinator("simple").unwrap();
+    assert_eq!(commit(&mut client, "simple", -1, "", 42, 3, "checkpoint ☃"), 0);
+    let (member, generation) = join_alone(&mut client, "members", b"assigned-t0");
+    assert_eq!(commit(&mut client, "members", generation, &member, 17, 1, ""), 0);
+    drop(client);
+    broker.stop();
+
+    let broker = TestBroker::start(&dir, FAST);
+    let mut client = broker.client();
+    let simple = committed(&mut client, "simple");
+    assert_eq!((simple.offset, simple.leader_epoch, simple.metadata.as_str()), (42, 3, "checkpoint ☃"));
+    let described = client.describe_group("members").unwrap();
+    assert_eq!(described.group_state.as_str(), "Stable");
+    assert_eq!(described.members.len(), 1);
+    assert_eq!(described.members[0].member_assignment, Bytes::from_static(b"assigned-t0"));
+    assert_eq!(heartbeat(&mut client, "members", generation, &member), 0, "the member goes on without a rebalance");
+    assert_eq!(committed(&mut client, "members").offset, 17);
+    drop(client);
+
+    // kill -9 in a stream of commits: every acknowledged commit is kept.
+    let acked = Arc::new(AtomicI64::new(-1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let committer = {
+        let (acked, stop, addr) = (acked.clone(), stop.clone(), broker.addr.clone());
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&addr).unwrap();
+            for offset in 100.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match client.commit_offsets("simple", -1, "", &[("t", 0, offset, "")]) {
+                    Ok(codes) if codes == [0] => acked.store(offset, Ordering::SeqCst),
+                    _ => return,
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acked.load(Ordering::SeqCst) < 300 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    broker.kill9();
+    stop.store(true, Ordering::Relaxed);
+    committer.join().unwrap();
+    let last_acked = acked.load(Ordering::SeqCst);
+    assert!(last_acked >= 100, "commits were acknowledged before the kill");
+
+    let broker = TestBroker::start(&dir, FAST);
+    let mut client = broker.client();
+    let after = committed(&mut client, "simple").offset;
+    assert!(
+        after == last_acked || after == last_acked + 1,
+        "committed {after} after kill -9; last acknowledged {last_acked} (one more may have been in flight)"
+    );
+}
+
+#[test]
+fn bad_group_input_gets_kafkas_error_codes() {
+    let broker = TestBroker::start(&temp_dir("groups-bad"), FAST);
+    let mut client = broker.client();
+    client.create_topic("t", 1, &[]).unwrap();
+    client.find_coordinator("g").unwrap();
+
+    // A 10 KB group id is an ordinary group id.
+    let long_id = "g".repeat(10 * 1024);
+    assert_eq!(commit(&mut client, &long_id, -1, "", 9, -1, "m"), 0);
+    assert_eq!(committed(&mut client, &long_id).offset, 9);
+
+    // Unknown groups.
+    assert_eq!(heartbeat(&mut client, "nobody", 1, "m"), ResponseError::UnknownMemberId.code());
+    assert_eq!(committed(&mut client, "nobody").offset, -1);
+    let mut describe = DescribeGroupsRequest::default();
+    describe.groups = vec![GroupId(str_bytes("nobody"))];
+    let resp: DescribeGroupsResponse = client.call(ApiKey::DescribeGroups, 5, &describe).unwrap();
+    assert_eq!((resp.groups[0].error_code, resp.groups[0].group_state.as_str()), (0, "Dead"));
+    let err = client.delete_group("nobody").unwrap_err().to_string();
+    assert!(err.contains("GroupIdNotFound"), "{err}");
+    assert_eq!(commit(&mut client, "nobody", 3, "m", 1, -1, ""), ResponseError::IllegalGeneration.code());
+
+    // Commits to unknown partitions and oversized metadata.
+    let codes = client.commit_offsets("g", -1, "", &[("missing", 0, 1, ""), ("t", 7, 1, "")]).unwrap();
+    assert_eq!(codes, vec![ResponseError::UnknownTopicOrPartition.code(); 2]);
+    let codes = client.commit_offsets("g", -1, "", &[("t", 0, 1, &"x".repeat(5000))]).unwrap();
+    assert_eq!(codes, vec![ResponseError::OffsetMetadataTooLarge.code()]);
+
+    // Session timeouts out of bounds; huge member metadata.
+    let mut req = JoinGroupRequest::default();
+    req.group_id = GroupId(str_bytes("g2"));
+    req.session_timeout_ms = 1;
+    req.rebalance_timeout_ms = 1000;
+    req.protocol_type = str_bytes("consumer");
+    let mut protocol = join_group_request::JoinGroupRequestProtocol::default();
+    protocol.name = str_bytes("range");
+    req.protocols = vec![protocol];
+    let resp: JoinGroupResponse = client.call(ApiKey::JoinGroup, 5, &req).unwrap();
+    assert_eq!(resp.error_code, ResponseError::InvalidSessionTimeout.code());
+    let huge = join(&mut client, "g2", "", Bytes::from(vec![7u8; 2 << 20]));
+    assert_eq!(huge.error_code, ResponseError::InvalidRequest.code());
+    let no_protocols = {
+        req.session_timeout_ms = 10_000;
+        req.protocols.clear();
+        let resp: JoinGroupResponse = client.call(ApiKey::JoinGroup, 5, &req).unwrap();
+        resp.error_code
+    };
+    assert_eq!(no_protocols, ResponseError::InconsistentGroupProtocol.code());
+
+    // A truncated JoinGroup closes its connection; everyone else goes on.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(ApiKey::JoinGroup as i16).to_be_bytes());
+    frame.extend_from_slice(&5i16.to_be_bytes());
+    frame.extend_from_slice(&1i32.to_be_bytes());
+    frame.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+    frame.extend_from_slice(&[0, 200, b'g']); // group id claims 200 bytes, has 1
+    let mut bad = std::net::TcpStream::connect(&broker.addr).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    bad.write_all(&(frame.len() as i32).to_be_bytes()).unwrap();
+    bad.write_all(&frame).unwrap();
+    let mut answer = [0u8; 1];
+    assert!(matches!(bad.read(&mut answer), Ok(0) | Err(_)), "a malformed JoinGroup closes its connection");
+    assert_eq!(committed(&mut client, &long_id).offset, 9, "other clients and stored offsets are unaffected");
+
+    // FindCoordinator v4 batches keys; transactions have no coordinator yet.
+    let mut find = FindCoordinatorRequest::default();
+    find.coordinator_keys = vec![str_bytes("a"), str_bytes("b")];
+    let resp: FindCoordinatorResponse = client.call(ApiKey::FindCoordinator, 4, &find).unwrap();
+    assert_eq!(resp.coordinators.len(), 2);
+    assert!(resp.coordinators.iter().all(|c| c.error_code == 0 && c.port == broker.port() as i32));
+    find.key_type = 1;
+    let resp: FindCoordinatorResponse = client.call(ApiKey::FindCoordinator, 4, &find).unwrap();
+    assert!(resp.coordinators.iter().all(|c| c.error_code == ResponseError::CoordinatorNotAvailable.code()));
+    assert!(broker.log().lines().all(|l| !l.contains("panicked")));
+}
+
+fn spate(broker: &TestBroker, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_spate")).args(args).env("SPATE_BROKERS", &broker.addr).output().unwrap();
+    assert!(out.status.success(), "spate {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn spate_fails(broker: &TestBroker, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_spate")).args(args).env("SPATE_BROKERS", &broker.addr).output().unwrap();
+    assert!(!out.status.success(), "spate {args:?} should have failed");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// The LAG column of `partition` in `spate group describe` output.
+fn lag(described: &str, topic: &str, partition: i32) -> i64 {
+    let line = described
+        .lines()
+        .find(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() == 5 && cols[0] == topic && cols[1] == partition.to_string()
+        })
+        .unwrap_or_else(|| panic!("no row for {topic}/{partition} in:\n{described}"));
+    line.split_whitespace().last().unwrap().parse().unwrap()
+}
+
+#[test]
+fn group_commands_show_lag_and_move_offsets() {
+    let broker = TestBroker::start(&temp_dir("groups-cli"), FAST);
+    let mut client = broker.client();
+    client.create_topic("orders", 2, &[]).unwrap();
+    for p in 0..2 {
+        let records: Vec<(Option<Bytes>, Bytes)> = (0..100).map(|i| (None, Bytes::from(format!("p{p}-{i}")))).collect();
+        client.produce("orders", p, &records, -1, kafka_protocol::records::Compression::None).unwrap();
+    }
+    client.find_coordinator("billing").unwrap();
+    let codes = client.commit_offsets("billing", -1, "", &[("orders", 0, 30, ""), ("orders", 1, 40, "")]).unwrap();
+    assert_eq!(codes, vec![0, 0]);
+
+    let listed = spate(&broker, &["group", "list"]);
+    assert!(listed.lines().any(|l| l.starts_with("billing") && l.trim_end().ends_with("Empty")), "{listed}");
+    let described = spate(&broker, &["group", "describe", "billing"]);
+    assert_eq!((lag(&described, "orders", 0), lag(&described, "orders", 1)), (70, 60), "{described}");
+
+    let dry = spate(&broker, &["group", "reset-offsets", "billing", "--topic", "orders", "--to-earliest", "--dry-run"]);
+    assert!(dry.contains("dry run"), "{dry}");
+    assert_eq!(
+        client.fetch_offsets("billing", None).unwrap().iter().map(|o| o.offset).collect::<Vec<_>>(),
+        vec![30, 40]
+    );
+
+    spate(&broker, &["group", "reset-offsets", "billing", "--topic", "orders", "--to-offset", "10"]);
+    let described = spate(&broker, &["group", "describe", "billing"]);
+    assert_eq!((lag(&described, "orders", 0), lag(&described, "orders", 1)), (90, 90), "{described}");
+    spate(&broker, &["group", "reset-offsets", "billing", "--topic", "orders", "--shift-by", "-5"]);
+    spate(&broker, &["group", "reset-offsets", "billing", "--topic", "orders", "--shift-by", "20"]);
+    let mut offsets: Vec<i64> = client.fetch_offsets("billing", None).unwrap().iter().map(|o| o.offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, vec![25, 25]);
+    spate(
+        &broker,
+        &["group", "reset-offsets", "billing", "--topic", "orders", "--to-datetime", "2999-01-01T00:00:00Z"],
+    );
+    let described = spate(&broker, &["group", "describe", "billing"]);
+    assert_eq!((lag(&described, "orders", 0), lag(&described, "orders", 1)), (0, 0), "{described}");
+
+    // The group's next consumer starts where the reset put it.
+    spate(&broker, &["group", "reset-offsets", "billing", "--topic", "orders", "--to-offset", "95"]);
+    let kcat = Command::new("kcat")
+        .args(["-b", &broker.addr, "-G", "billing", "orders", "-e", "-f", "%p:%o\n", "-q"])
+        .args(["-X", "topic.auto.offset.reset=earliest"])
+        .output()
+        .expect("kcat is installed by scripts/test.sh");
+    let mut seen: Vec<String> = String::from_utf8_lossy(&kcat.stdout).lines().map(str::to_string).collect();
+    seen.sort();
+    let expected: Vec<String> = (0..2).flat_map(|p| (95..100).map(move |o| format!("{p}:{o}"))).collect();
+    assert_eq!(seen, expected, "kcat stderr: {}", String::from_utf8_lossy(&kcat.stderr));
+
+    // A group with members refuses a reset; deleting offsets, then the group.
+    let (member, _) = join_alone(&mut client, "busy", b"");
+    let refused = spate_fails(&broker, &["group", "reset-offsets", "busy", "--topic", "orders", "--to-latest"]);
+    assert!(refused.contains("stop them"), "{refused}");
+    let refused = spate_fails(&broker, &["group", "delete", "busy"]);
+    assert!(refused.contains("NonEmptyGroup"), "{refused}");
+    let _ = member;
+    spate(&broker, &["group", "delete-offsets", "billing", "--topic", "orders"]);
+    assert!(client.fetch_offsets("billing", None).unwrap().is_empty());
+    spate(&broker, &["group", "delete", "billing"]);
+    assert!(!spate(&broker, &["group", "list"]).contains("billing"));
+}
