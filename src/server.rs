@@ -563,25 +563,49 @@ async fn write_responses<W: futures::io::AsyncWrite + Unpin>(
 
 /// Writes each response once its handler is done, in request order, until
 /// the reader is done (true: all flushed), the connection fails or the
-/// reader abandons it (false).
+/// reader abandons it (false). Responses already done are written together:
+/// the socket is flushed only before waiting for the next one.
 async fn send_in_order<W: futures::io::AsyncWrite + Unpin>(
     pending: &local_channel::LocalReceiver<Pending>,
     writer: &mut W,
     conn: &Conn,
 ) -> bool {
+    let mut unflushed = false;
     loop {
         if conn.abandoned.is_raised() {
             return false;
         }
-        let Some(next) = unless(pending.recv(), conn.abandoned.raised()).await else { return false };
-        let Some(Pending { reply, held }) = next else { return true };
+        let mut recv = pin!(pending.recv());
+        let next = match futures::poll!(recv.as_mut()) {
+            Poll::Ready(next) => next,
+            Poll::Pending => {
+                if unflushed && !flush(writer, conn, &mut unflushed).await {
+                    return false;
+                }
+                let Some(next) = unless(recv, conn.abandoned.raised()).await else { return false };
+                next
+            }
+        };
+        let Some(Pending { reply, held }) = next else {
+            return !unflushed || flush(writer, conn, &mut unflushed).await;
+        };
         // Dropping an abandoned handler cancels it.
-        let Some(reply) = unless(reply, conn.abandoned.raised()).await else { return false };
+        let mut reply = pin!(reply);
+        let reply = match futures::poll!(reply.as_mut()) {
+            Poll::Ready(reply) => reply,
+            Poll::Pending => {
+                if unflushed && !flush(writer, conn, &mut unflushed).await {
+                    return false;
+                }
+                let Some(reply) = unless(reply, conn.abandoned.raised()).await else { return false };
+                reply
+            }
+        };
         match reply {
             Ok(Reply::Send(parts)) => {
                 let bytes = parts.iter().map(Bytes::len).sum();
                 match unless(write_parts(writer, &parts), conn.abandoned.raised()).await {
-                    Some(Ok(())) => {}
+                    Some(Ok(())) => unflushed = true,
                     Some(Err(e)) => {
                         debug!(peer = %conn.peer, "closing connection: {e}");
                         return false;
@@ -593,7 +617,7 @@ async fn send_in_order<W: futures::io::AsyncWrite + Unpin>(
             Ok(Reply::Nothing) => {}
             Ok(Reply::Close(reason)) | Err(FrameError(reason)) => {
                 warn!(peer = %conn.peer, "closing connection: {reason}");
-                return true;
+                return !unflushed || flush(writer, conn, &mut unflushed).await;
             }
         }
         // Only now are the request's bytes released: a slow reader holds its
@@ -604,11 +628,27 @@ async fn send_in_order<W: futures::io::AsyncWrite + Unpin>(
     }
 }
 
+/// Flushes buffered responses; false if the connection failed or was abandoned.
+async fn flush<W: futures::io::AsyncWrite + Unpin>(writer: &mut W, conn: &Conn, unflushed: &mut bool) -> bool {
+    match unless(writer.flush(), conn.abandoned.raised()).await {
+        Some(Ok(())) => {
+            *unflushed = false;
+            true
+        }
+        Some(Err(e)) => {
+            debug!(peer = %conn.peer, "closing connection: {e}");
+            false
+        }
+        None => false,
+    }
+}
+
+/// Writes one response into the buffered writer (large parts go straight through).
 async fn write_parts<W: futures::io::AsyncWrite + Unpin>(writer: &mut W, parts: &[Bytes]) -> std::io::Result<()> {
     for part in parts {
         writer.write_all(part).await?;
     }
-    writer.flush().await
+    Ok(())
 }
 
 #[cfg(test)]

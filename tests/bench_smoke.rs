@@ -99,3 +99,35 @@ fn presets_and_bad_flags() {
     assert_eq!(report["workload"]["producers"], 64);
     assert_eq!(phase(&report, "produce")["messages"], 64_000);
 }
+
+#[test]
+fn group_consume_and_commit_phases() {
+    let broker = TestBroker::start(&temp_dir("bench-group"), &["group_initial_rebalance_delay_ms=200"]);
+    let report = bench(&[
+        "consume",
+        "--brokers",
+        &broker.addr,
+        "--messages",
+        "100000",
+        "--group",
+        "bench-members",
+        "--consumers",
+        "3",
+        "--commit-interval-ms",
+        "50",
+    ]);
+    let consume = phase(&report, "consume");
+    assert!(consume["messages"].as_u64().unwrap() >= 100_000);
+    assert!(consume["commit_latency"]["count"].as_u64().unwrap() >= 3, "every member commits at least at the end");
+    // The group's committed offsets cover what was consumed.
+    let mut client = broker.client();
+    client.find_coordinator("bench-members").unwrap();
+    let committed: i64 = client.fetch_offsets("bench-members", None).unwrap().iter().map(|o| o.offset).sum();
+    assert!(committed >= 100_000, "committed {committed}");
+    assert_eq!(client.describe_group("bench-members").unwrap().group_state.as_str(), "Empty", "members left");
+
+    let report = bench(&["commit", "--brokers", &broker.addr, "--messages", "20000", "--consumers", "2"]);
+    let commit = phase(&report, "commit");
+    assert_eq!((commit["messages"].as_u64(), commit["errors"].as_u64()), (Some(20_000), Some(0)));
+    assert!(commit["latency"]["p99_us"].as_u64().unwrap() > 0);
+}

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod conn;
+pub mod group;
 pub mod plot;
 pub mod probe;
 pub mod stats;
@@ -30,7 +31,8 @@ use workers::{ConsumerPlan, Keys, ProducerPlan, Shared};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct BenchArgs {
-    /// produce, consume, e2e, or all (produce; consume what was produced; e2e at half the produce rate).
+    /// produce, consume, e2e, all (produce; consume what was produced; e2e at
+    /// half the produce rate), or commit (OffsetCommit requests per second).
     #[arg(default_value = "all")]
     pub mode: String,
     /// many-producers (64), keyed (10,000 keys), acks-all, many-partitions (1,000).
@@ -86,6 +88,13 @@ pub struct BenchArgs {
     /// Seconds each probe (disk, loopback) runs.
     #[arg(long, default_value_t = 3.0)]
     pub probe_secs: f64,
+    /// Consume through this consumer group (subscribe, not assign): the
+    /// consumers join it, share the partitions and commit periodically.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Group consumers commit this often.
+    #[arg(long, default_value_t = 1000)]
+    pub commit_interval_ms: u64,
 }
 
 /// The workload after presets and defaults.
@@ -108,6 +117,8 @@ pub struct Workload {
     pub rate: Option<f64>,
     pub max_inflight: usize,
     pub worker_cores: Vec<usize>,
+    pub group: Option<String>,
+    pub commit_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,12 +183,14 @@ impl BenchArgs {
             rate: self.rate,
             max_inflight: self.max_inflight.unwrap_or(8),
             worker_cores: cores,
+            group: self.group.clone(),
+            commit_interval_ms: self.commit_interval_ms.max(1),
         };
         if workload.partitions < 1 || workload.producers < 1 || workload.consumers < 1 || workload.message_bytes < 1 {
             bail!("partitions, producers, consumers and message bytes must be at least 1");
         }
-        if !["produce", "consume", "e2e", "all"].contains(&workload.mode.as_str()) {
-            bail!("mode must be produce, consume, e2e or all");
+        if !["produce", "consume", "e2e", "all", "commit"].contains(&workload.mode.as_str()) {
+            bail!("mode must be produce, consume, e2e, all or commit");
         }
         Ok(workload)
     }
@@ -203,6 +216,7 @@ pub fn run(args: &BenchArgs, broker: &str) -> Result<Report> {
             phases.push(consume_phase(&w, target, !args.quiet)?);
         }
         "e2e" => phases.push(e2e_phase(&w, w.rate, !args.quiet)?),
+        "commit" => phases.push(commit_phase(&w, !args.quiet)?),
         _ => {
             let produced = produce_phase("produce", &w, w.rate, !args.quiet)?;
             let half_rate = w.rate.unwrap_or(produced.msgs_per_sec) / 2.0;
@@ -404,6 +418,7 @@ fn new_shared() -> Arc<Shared> {
         done: AtomicU64::new(0),
         producers_finished: AtomicBool::new(false),
         produced: AtomicU64::new(0),
+        first_data_us: AtomicU64::new(u64::MAX),
     })
 }
 
@@ -476,13 +491,63 @@ fn consume_phase(w: &Workload, target: u64, progress: bool) -> Result<PhaseRepor
     let starts = on_thread(move || async move { offsets(&wc, -2).await })?;
     let shared = new_shared();
     shared.producers_finished.store(true, Ordering::Release);
-    let plans = consumer_plans(w, &starts, Some(target), false);
     let s = shared.clone();
-    let group =
-        Group::start(plans.len(), &w.worker_cores, move |i| workers::run_consumer(plans[i].clone(), s.clone()))?;
+    let group = match &w.group {
+        None => {
+            let plans = consumer_plans(w, &starts, Some(target), false);
+            Group::start(plans.len(), &w.worker_cores, move |i| workers::run_consumer(plans[i].clone(), s.clone()))?
+        }
+        Some(name) => {
+            // Every member may be assigned any partition: each knows every start.
+            let plan = ConsumerPlan {
+                partitions: starts.clone(),
+                ..consumer_plans(w, &starts, Some(target), false)[0].clone()
+            };
+            let group = group::GroupPlan {
+                group: name.clone(),
+                partitions: w.partitions,
+                commit_interval: Duration::from_millis(w.commit_interval_ms),
+                session_timeout_ms: 30_000,
+                heartbeat_interval: Duration::from_secs(3),
+            };
+            Group::start(w.consumers, &w.worker_cores, move |_| {
+                group::run_group_consumer(plan.clone(), group.clone(), s.clone())
+            })?
+        }
+    };
     watch(&group, &shared, "consume", w.message_bytes, progress);
     let stats = group.join()?;
-    Ok(PhaseReport::new("consume", &stats, shared.started.elapsed()))
+    let mut elapsed = shared.started.elapsed();
+    if w.group.is_some() {
+        // As kafka-consumer-perf-test: the rate is over fetching, the join apart.
+        let joined =
+            Duration::from_micros(shared.first_data_us.load(Ordering::Relaxed).min(elapsed.as_micros() as u64));
+        println!("consume   joined group {} in {:.2} s", w.group.as_deref().unwrap_or(""), joined.as_secs_f64());
+        elapsed -= joined;
+    }
+    Ok(PhaseReport::new("consume", &stats, elapsed))
+}
+
+/// OffsetCommit load: `consumers` connections, each with `max_inflight`
+/// commits in flight, one group per connection.
+fn commit_phase(w: &Workload, progress: bool) -> Result<PhaseReport> {
+    let shared = new_shared();
+    let plans: Vec<group::CommitPlan> = (0..w.consumers)
+        .map(|i| group::CommitPlan {
+            addr: w.broker.clone(),
+            group: format!("{}-{i}", w.group.as_deref().unwrap_or("spate-bench-commit")),
+            topic: w.topic.clone(),
+            partitions: w.partitions,
+            commits: w.messages.map(|n| n / w.consumers as u64),
+            deadline: w.duration_secs.map(|d| shared.started + Duration::from_secs_f64(d)),
+            max_inflight: w.max_inflight,
+        })
+        .collect();
+    let s = shared.clone();
+    let group = Group::start(plans.len(), &w.worker_cores, move |i| group::run_committer(plans[i].clone(), s.clone()))?;
+    watch(&group, &shared, "commit", 0, progress);
+    let stats = group.join()?;
+    Ok(PhaseReport::new("commit", &stats, shared.started.elapsed()))
 }
 
 fn e2e_phase(w: &Workload, rate: Option<f64>, progress: bool) -> Result<PhaseReport> {

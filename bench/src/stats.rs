@@ -22,11 +22,20 @@ pub struct WorkerStats {
     /// Messages completed in each `BUCKET` since the run started.
     pub per_bucket: Vec<u64>,
     pub errors: u64,
+    /// Group consumers: OffsetCommit round trips.
+    pub commit_latency_us: Histogram<u64>,
 }
 
 impl WorkerStats {
     pub fn new() -> WorkerStats {
-        WorkerStats { messages: 0, bytes: 0, latency_us: new_histogram(), per_bucket: Vec::new(), errors: 0 }
+        WorkerStats {
+            messages: 0,
+            bytes: 0,
+            latency_us: new_histogram(),
+            per_bucket: Vec::new(),
+            errors: 0,
+            commit_latency_us: new_histogram(),
+        }
     }
 
     pub fn count(&mut self, since_start: Duration, messages: u64, bytes: u64) {
@@ -49,6 +58,7 @@ impl WorkerStats {
         self.bytes += other.bytes;
         self.errors += other.errors;
         let _ = self.latency_us.add(&other.latency_us);
+        let _ = self.commit_latency_us.add(&other.commit_latency_us);
         if self.per_bucket.len() < other.per_bucket.len() {
             self.per_bucket.resize(other.per_bucket.len(), 0);
         }
@@ -73,6 +83,7 @@ pub struct Latency {
     pub p9999_us: u64,
     pub max_us: u64,
     pub mean_us: f64,
+    pub count: u64,
     /// (percentile, microseconds) points for the percentile curve.
     pub curve: Vec<(f64, u64)>,
 }
@@ -94,6 +105,7 @@ impl Latency {
             p9999_us: h.value_at_quantile(0.9999),
             max_us: h.max(),
             mean_us: h.mean(),
+            count: h.len(),
             curve,
         })
     }
@@ -109,6 +121,8 @@ pub struct PhaseReport {
     pub mb_per_sec: f64,
     pub errors: u64,
     pub latency: Option<Latency>,
+    /// Group consumers: OffsetCommit latency.
+    pub commit_latency: Option<Latency>,
     /// Messages per second in each 100 ms interval of the phase.
     pub rate_per_100ms: Vec<f64>,
 }
@@ -125,6 +139,7 @@ impl PhaseReport {
             mb_per_sec: stats.bytes as f64 / seconds / 1e6,
             errors: stats.errors,
             latency: Latency::from(&stats.latency_us),
+            commit_latency: Latency::from(&stats.commit_latency_us),
             rate_per_100ms: stats.per_bucket.iter().map(|&n| n as f64 / BUCKET.as_secs_f64()).collect(),
         }
     }
@@ -138,6 +153,12 @@ impl PhaseReport {
             println!(
                 "{:<9} latency us: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} (mean {:.0})",
                 "", l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.p9999_us, l.max_us, l.mean_us
+            );
+        }
+        if let Some(l) = &self.commit_latency {
+            println!(
+                "{:<9} commit us: p50 {} p90 {} p99 {} p99.9 {} max {} ({} commits)",
+                "", l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
             );
         }
     }

@@ -38,6 +38,9 @@ pub struct Shared {
     pub producers_finished: AtomicBool,
     /// Messages the producers got acknowledged (or sent, with acks=0).
     pub produced: AtomicU64,
+    /// Microseconds from `started` to the first fetched message (u64::MAX:
+    /// none yet); a group's consume rate is measured from there, after the join.
+    pub first_data_us: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -334,32 +337,8 @@ pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>) -> Result<Wor
         if plan.stop_at_total.is_some_and(|n| shared.done.load(Ordering::Relaxed) >= n) {
             break;
         }
-        let response: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(&plan, &offsets)).await?;
-        let received_us = now_us();
-        let mut got = 0u64;
-        for topic in &response.responses {
-            for part in &topic.partitions {
-                check(part.error_code, "fetch")?;
-                let Some(slot) = offsets.iter_mut().find(|(p, _)| *p == part.partition_index) else {
-                    continue;
-                };
-                let data: Bytes = part.records.clone().unwrap_or_default();
-                for_each_batch(&data, |batch, records| {
-                    let next = batch.base_offset + batch.last_offset_delta as i64 + 1;
-                    if next <= slot.1 {
-                        return; // before the fetch offset
-                    }
-                    slot.1 = next;
-                    got += batch.records as u64;
-                    if plan.measure_latency {
-                        consume_latency(&mut stats, batch, records, received_us);
-                    }
-                });
-            }
-        }
+        let got = fetch_round(&conn, &plan, &mut offsets, &mut stats, &shared).await?;
         if got > 0 {
-            stats.count(shared.started.elapsed(), got, got * plan.message_bytes as u64);
-            shared.done.fetch_add(got, Ordering::Relaxed);
             idle_after_producers = 0;
         } else if shared.producers_finished.load(Ordering::Acquire) {
             idle_after_producers += 1;
@@ -369,6 +348,51 @@ pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>) -> Result<Wor
         }
     }
     Ok(stats)
+}
+
+/// One Fetch of every partition in `offsets` (partition, next offset),
+/// advanced past what arrived; returns the messages received.
+pub async fn fetch_round(
+    conn: &Conn,
+    plan: &ConsumerPlan,
+    offsets: &mut [(i32, i64)],
+    stats: &mut WorkerStats,
+    shared: &Shared,
+) -> Result<u64> {
+    if offsets.is_empty() {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        return Ok(0);
+    }
+    let response: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(plan, offsets)).await?;
+    let received_us = now_us();
+    let mut got = 0u64;
+    for topic in &response.responses {
+        for part in &topic.partitions {
+            check(part.error_code, "fetch")?;
+            let Some(slot) = offsets.iter_mut().find(|(p, _)| *p == part.partition_index) else {
+                continue;
+            };
+            let data: Bytes = part.records.clone().unwrap_or_default();
+            for_each_batch(&data, |batch, records| {
+                let next = batch.base_offset + batch.last_offset_delta as i64 + 1;
+                if next <= slot.1 {
+                    return; // before the fetch offset
+                }
+                slot.1 = next;
+                got += batch.records as u64;
+                if plan.measure_latency {
+                    consume_latency(stats, batch, records, received_us);
+                }
+            });
+        }
+    }
+    if got > 0 {
+        let since_start = shared.started.elapsed();
+        shared.first_data_us.fetch_min(since_start.as_micros() as u64, Ordering::Relaxed);
+        stats.count(since_start, got, got * plan.message_bytes as u64);
+        shared.done.fetch_add(got, Ordering::Relaxed);
+    }
+    Ok(got)
 }
 
 fn consume_latency(stats: &mut WorkerStats, batch: &crate::batch::BatchSummary, records: &[u8], received_us: i64) {
