@@ -352,6 +352,7 @@ impl Coordinator {
             codes.push(code);
         }
         if accepted.is_empty() {
+            self.forget_if_unused(id);
             return GroupReply::Codes(0, codes);
         }
         let keys: Vec<(String, i32)> = accepted.iter().map(|(_, t, p, _)| (t.clone(), *p)).collect();
@@ -637,6 +638,18 @@ impl Coordinator {
         let now_ms = storage::now_ms();
         let count = offsets_partition_count(broker);
         let mut by_partition: HashMap<i32, Vec<(String, String, i32)>> = HashMap::new();
+        // Empty groups with nothing committed go at once, as Kafka's cleanup does.
+        let bare: Vec<String> = self
+            .groups
+            .borrow()
+            .values()
+            .filter(|g| g.state == GroupState::Empty && g.offsets.is_empty() && g.pending_commits.is_empty())
+            .filter(|g| g.pending_members.is_empty() && !g.store_wanted)
+            .map(|g| g.id.clone())
+            .collect();
+        for id in bare {
+            self.forget_empty_group(broker, &id).await;
+        }
         for g in self.groups.borrow().values() {
             let expired: Vec<(String, i32)> = if g.state == GroupState::Empty {
                 if now_ms - g.state_timestamp_ms < retention_ms {
@@ -655,6 +668,9 @@ impl Coordinator {
                 continue;
             };
             let p = offsets_partition(&g.id, count);
+            if expired.is_empty() {
+                continue;
+            }
             let entry = by_partition.entry(p).or_default();
             entry.extend(
                 expired.into_iter().filter(|k| !g.pending_commits.contains_key(k)).map(|(t, p)| (g.id.clone(), t, p)),

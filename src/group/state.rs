@@ -731,8 +731,9 @@ impl Group {
         self.try_complete_join(now, now_ms);
     }
 
-    /// Checks a commit's member and generation: Ok(true) when the commit is
-    /// accepted (Ok(false): the simple-consumer path, no membership).
+    /// Checks a commit's member and generation. An empty group takes commits
+    /// outside any generation (simple consumers, admin tools); a member's
+    /// commit also counts as its heartbeat.
     pub fn check_commit(
         &mut self,
         generation: i32,
@@ -948,6 +949,66 @@ mod tests {
         g.tick(&limits(), now + Duration::from_secs(11), 0);
         assert!(g.members.is_empty());
         assert_eq!(g.state, GroupState::Empty);
+    }
+
+    fn stabilize(g: &mut Group, leader: &str, assignments: Vec<(String, Bytes)>) {
+        let generation = g.generation;
+        match g.sync(generation, leader, None, (None, None), assignments, 0) {
+            Synced::Store(_, value) => g.finish_sync(generation, Ok(value), 0),
+            _ => panic!("the leader's sync stores the group"),
+        }
+        assert_eq!(g.state, GroupState::Stable);
+    }
+
+    #[test]
+    fn a_restarted_static_member_gets_its_assignment_without_a_rebalance() {
+        let mut g = Group::new("g".into(), 0);
+        let now = Instant::now();
+        let mut static_args = args("");
+        static_args.instance_id = Some("worker-1".into());
+        let first = joined(g.join(static_args, &limits(), now, 0));
+        assert_eq!((first.error_code, first.generation_id), (0, 1), "static members join in one step");
+        let old_id = first.member_id.to_string();
+        stabilize(&mut g, &old_id, vec![(old_id.clone(), Bytes::from_static(b"p0"))]);
+
+        let mut again = args("");
+        again.instance_id = Some("worker-1".into());
+        let rejoined = joined(g.join(again, &limits(), now, 0));
+        assert_eq!((rejoined.error_code, rejoined.generation_id), (0, 1), "same generation: no rebalance");
+        assert_eq!(g.state, GroupState::Stable);
+        let new_id = rejoined.member_id.to_string();
+        assert_ne!(new_id, old_id);
+        assert_eq!(g.members[&new_id].assignment, Bytes::from_static(b"p0"));
+        assert_eq!(
+            g.heartbeat(1, &old_id, Some("worker-1"), now),
+            ResponseError::FencedInstanceId.code(),
+            "the old incarnation is fenced"
+        );
+        assert_eq!(g.heartbeat(1, &new_id, Some("worker-1"), now), 0);
+    }
+
+    #[test]
+    fn members_joining_within_the_initial_delay_share_one_generation() {
+        let mut limits = limits();
+        limits.initial_rebalance_delay = Duration::from_millis(3000);
+        let mut g = Group::new("g".into(), 0);
+        let now = Instant::now();
+        let a = joined(g.join(args(""), &limits, now, 0)).member_id.to_string();
+        let b = joined(g.join(args(""), &limits, now, 0)).member_id.to_string();
+        let (Joined::Wait(mut ra), Joined::Wait(mut rb)) =
+            (g.join(args(&a), &limits, now, 0), g.join(args(&b), &limits, now + Duration::from_secs(1), 0))
+        else {
+            panic!("joins wait for the delay");
+        };
+        g.tick(&limits, now + Duration::from_millis(2900), 0);
+        assert!(ra.try_recv().unwrap().is_none(), "still within the delay");
+        // b joined during the first delay: one more delay, then one generation for both.
+        g.tick(&limits, now + Duration::from_millis(3000), 0);
+        assert!(ra.try_recv().unwrap().is_none(), "extended for the member that came");
+        g.tick(&limits, now + Duration::from_millis(6000), 0);
+        let (ja, jb) = (ra.try_recv().unwrap().unwrap(), rb.try_recv().unwrap().unwrap());
+        assert_eq!((ja.generation_id, jb.generation_id), (1, 1));
+        assert_eq!(ja.members.len() + jb.members.len(), 2);
     }
 
     #[test]
