@@ -388,3 +388,54 @@ fn group_commands_show_lag_and_move_offsets() {
     spate(&broker, &["group", "delete", "billing"]);
     assert!(!spate(&broker, &["group", "list"]).contains("billing"));
 }
+
+/// Commits offsets 1.. one at a time; returns (last acknowledged, error codes seen).
+fn commit_stream(client: &mut Client, group: &str, n: i64) -> (i64, Vec<i16>) {
+    let mut acked = -1;
+    let mut errors = Vec::new();
+    for offset in 1..=n {
+        match client.commit_offsets(group, -1, "", &[("t", 0, offset, "")]).unwrap()[..] {
+            [0] => acked = offset,
+            [code] => errors.push(code),
+            ref other => panic!("one partition, one code: {other:?}"),
+        }
+    }
+    (acked, errors)
+}
+
+#[test]
+fn commits_under_injected_io_errors_keep_what_was_acknowledged() {
+    // Full disk for a while on the offsets partitions: those commits fail
+    // with an error, later ones succeed, and the last acknowledged one stands.
+    let dir = temp_dir("groups-enospc");
+    let faults = [("SPATE_FAULTS", "op=write,error=ENOSPC,after=20,times=30,path=__consumer_offsets")];
+    let broker = TestBroker::start_with_env(&dir, FAST, &faults);
+    let mut client = broker.client();
+    client.create_topic("t", 1, &[]).unwrap();
+    client.find_coordinator("full").unwrap();
+    let (acked, errors) = commit_stream(&mut client, "full", 200);
+    assert!(!errors.is_empty(), "the injected ENOSPC failed some commits");
+    assert!(errors.iter().all(|&c| c == ResponseError::NotCoordinator.code()), "{errors:?}");
+    assert_eq!(acked, 200, "commits succeed again once the disk has room");
+    assert_eq!(committed(&mut client, "full").offset, 200);
+    drop(client);
+    broker.kill9();
+    let broker = TestBroker::start(&dir, FAST);
+    assert_eq!(committed(&mut broker.client(), "full").offset, 200);
+
+    // A device error takes the offsets partition offline: commits fail from
+    // then on, and after a restart the last acknowledged commit is there.
+    let dir = temp_dir("groups-eio");
+    let faults = [("SPATE_FAULTS", "op=write,error=EIO,after=30,times=1,path=__consumer_offsets")];
+    let broker = TestBroker::start_with_env(&dir, FAST, &faults);
+    let mut client = broker.client();
+    client.create_topic("t", 1, &[]).unwrap();
+    client.find_coordinator("eio").unwrap();
+    let (acked, errors) = commit_stream(&mut client, "eio", 100);
+    assert!(acked >= 1 && !errors.is_empty(), "acked {acked}, errors {errors:?}");
+    assert!(broker.log().lines().all(|l| !l.contains("panicked")));
+    drop(client);
+    broker.kill9();
+    let broker = TestBroker::start(&dir, FAST);
+    assert_eq!(committed(&mut broker.client(), "eio").offset, acked, "the last acknowledged commit survives");
+}
