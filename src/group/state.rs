@@ -699,11 +699,11 @@ impl Group {
 
     fn remove_member_and_update(&mut self, member_id: &str, limits: &GroupLimits, now: Instant, now_ms: i64) {
         self.remove_member(member_id);
-        match self.state {
-            GroupState::Stable | GroupState::CompletingRebalance => self.prepare_rebalance(limits, now, now_ms),
-            GroupState::PreparingRebalance => self.try_complete_join(now, now_ms),
-            GroupState::Empty | GroupState::Dead => {}
+        if matches!(self.state, GroupState::Stable | GroupState::CompletingRebalance) {
+            self.prepare_rebalance(limits, now, now_ms);
         }
+        // The last member gone: the group is Empty before the leave is answered.
+        self.try_complete_join(now, now_ms);
     }
 
     /// Timers: expired sessions, joins and syncs that ran out of time,
@@ -949,6 +949,18 @@ mod tests {
         g.tick(&limits(), now + Duration::from_secs(11), 0);
         assert!(g.members.is_empty());
         assert_eq!(g.state, GroupState::Empty);
+    }
+
+    #[test]
+    fn the_last_member_leaving_empties_the_group_before_the_answer() {
+        let mut g = Group::new("g".into(), 0);
+        let now = Instant::now();
+        let id = joined(g.join(args(""), &limits(), now, 0)).member_id.to_string();
+        joined(g.join(args(&id), &limits(), now, 0));
+        stabilize(&mut g, &id, vec![(id.clone(), Bytes::new())]);
+        assert_eq!(g.leave(&id, None, &limits(), now, 0), 0);
+        assert_eq!((g.state, g.members.len()), (GroupState::Empty, 0));
+        assert!(g.store_wanted, "the empty group is stored");
     }
 
     fn stabilize(g: &mut Group, leader: &str, assignments: Vec<(String, Bytes)>) {

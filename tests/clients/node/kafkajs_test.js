@@ -1,7 +1,7 @@
 // kafkajs 2.2 against spate: admin (create topic, metadata), an idempotent
 // producer (InitProducerId to the controller), and offsets read back.
-// kafkajs has no assign(): its consumer needs consumer groups, which spate
-// does not implement yet, so data is checked with ListOffsets and kcat here.
+// Data is checked with ListOffsets here; kafkajs consumes only through a
+// consumer group (it has no assign()): kafkajs_groups.js covers that.
 const { Kafka, logLevel } = require('kafkajs');
 const assert = require('assert');
 
