@@ -297,6 +297,22 @@ fn bad_group_input_gets_kafkas_error_codes() {
     find.key_type = 1;
     let resp: FindCoordinatorResponse = client.call(ApiKey::FindCoordinator, 4, &find).unwrap();
     assert!(resp.coordinators.iter().all(|c| c.error_code == ResponseError::CoordinatorNotAvailable.code()));
+
+    // __consumer_offsets is the broker's: clients may not write, trim,
+    // repartition, reconfigure or delete it.
+    let err = client.produce(
+        "__consumer_offsets",
+        0,
+        &[(None, Bytes::from_static(b"x"))],
+        -1,
+        kafka_protocol::records::Compression::None,
+    );
+    assert!(err.unwrap_err().to_string().contains("InvalidTopicException"));
+    let err = client.delete_records("__consumer_offsets", 0, 0).unwrap_err().to_string();
+    assert!(err.contains("InvalidTopicException"), "{err}");
+    let err = client.delete_topics(&["__consumer_offsets"]).unwrap_err().to_string();
+    assert!(err.contains("InvalidTopicException"), "{err}");
+    assert_eq!(committed(&mut client, &long_id).offset, 9, "the groups are all still there");
     assert!(broker.log().lines().all(|l| !l.contains("panicked")));
 }
 
@@ -438,4 +454,239 @@ fn commits_under_injected_io_errors_keep_what_was_acknowledged() {
     broker.kill9();
     let broker = TestBroker::start(&dir, FAST);
     assert_eq!(committed(&mut broker.client(), "eio").offset, acked, "the last acknowledged commit survives");
+}
+
+/// A consumer-protocol subscription (v0) to `topic`.
+fn subscription(topic: &str) -> Bytes {
+    let mut b = vec![0u8, 0, 0, 0, 0, 1];
+    b.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    b.extend_from_slice(topic.as_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    Bytes::from(b)
+}
+
+#[test]
+fn group_size_state_filters_batched_fetches_and_offset_expiry() {
+    let extra = ["group_initial_rebalance_delay_ms=0", "group_max_size=2", "offsets_retention_minutes=0"];
+    let extra = [&extra[..], &["offsets_retention_check_interval_ms=300"]].concat();
+    let broker = TestBroker::start(&temp_dir("groups-limits"), &extra);
+    let mut client = broker.client();
+    client.create_topic("t", 1, &[]).unwrap();
+    client.find_coordinator("full").unwrap();
+
+    // group_max_size: a third member is refused.
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let mut c = broker.client();
+        let first = join(&mut c, "full", "", subscription("t"));
+        members.push((c, first));
+    }
+    let codes: Vec<i16> = members.iter().map(|(_, r)| r.error_code).collect();
+    assert_eq!(codes.iter().filter(|&&c| c == ResponseError::MemberIdRequired.code()).count(), 2, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == ResponseError::GroupMaxSizeReached.code()).count(), 1, "{codes:?}");
+
+    // A stable one-member group subscribed to t: its offsets on t cannot be
+    // deleted and do not expire; an empty group's do.
+    let (member, generation) = join_alone_with(&mut client, "busy", subscription("t"));
+    assert_eq!(commit(&mut client, "busy", generation, &member, 3, -1, ""), 0);
+    let err = client.delete_offsets("busy", "t", &[0]).unwrap_err().to_string();
+    assert!(err.contains("GroupSubscribedToTopic"), "{err}");
+    assert_eq!(commit(&mut client, "idle", -1, "", 4, -1, ""), 0);
+
+    // ListGroups filters by state (any case); OffsetFetch v8 answers several groups.
+    let mut list = ListGroupsRequest::default();
+    list.states_filter = vec![str_bytes("stable")];
+    let resp: ListGroupsResponse = client.call(ApiKey::ListGroups, 4, &list).unwrap();
+    let stable: Vec<&str> = resp.groups.iter().map(|g| g.group_id.0.as_str()).collect();
+    assert_eq!(stable, vec!["busy"]);
+    let mut fetch = OffsetFetchRequest::default();
+    fetch.require_stable = true;
+    fetch.groups = ["busy", "idle", "nobody"]
+        .iter()
+        .map(|g| {
+            let mut out = offset_fetch_request::OffsetFetchRequestGroup::default();
+            out.group_id = GroupId(str_bytes(g));
+            out.topics = None;
+            out
+        })
+        .collect();
+    let resp: OffsetFetchResponse = client.call(ApiKey::OffsetFetch, 8, &fetch).unwrap();
+    let found: Vec<(String, Vec<i64>)> = resp
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.group_id.0.to_string(),
+                g.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.committed_offset)).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(found, vec![("busy".into(), vec![3]), ("idle".into(), vec![4]), ("nobody".into(), vec![])]);
+
+    // offsets_retention_minutes=0: the empty group's offsets expire at the
+    // next check, and the group with them; the stable group keeps its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.list_groups().unwrap().iter().any(|(g, _, _)| g == "idle") {
+        assert!(Instant::now() < deadline, "the idle group's offsets never expired");
+        assert_eq!(heartbeat(&mut client, "busy", generation, &member), 0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(committed(&mut client, "idle").offset, -1);
+    assert_eq!(committed(&mut client, "busy").offset, 3, "a subscribed topic's offsets do not expire");
+    assert!(broker.log().contains("expired committed offsets"));
+}
+
+/// As [`join_alone`], with the member's protocol metadata.
+fn join_alone_with(client: &mut Client, group: &str, metadata: Bytes) -> (String, i32) {
+    client.find_coordinator(group).unwrap();
+    let first = join(client, group, "", metadata.clone());
+    let joined = join(client, group, first.member_id.as_str(), metadata);
+    assert_eq!(joined.error_code, 0);
+    let member = joined.member_id.to_string();
+    assert_eq!(sync(client, group, joined.generation_id, &member, &[(member.as_str(), b"")]).error_code, 0);
+    (member, joined.generation_id)
+}
+
+#[test]
+fn every_advertised_group_api_version_answers() {
+    let broker = TestBroker::start(&temp_dir("groups-versions"), FAST);
+    let mut client = broker.client();
+    client.create_topic("t", 1, &[]).unwrap();
+    for v in 0..=4 {
+        let mut find = FindCoordinatorRequest::default();
+        if v >= 4 {
+            find.coordinator_keys = vec![str_bytes("v")];
+        } else {
+            find.key = str_bytes("v");
+        }
+        let resp: FindCoordinatorResponse = client.call(ApiKey::FindCoordinator, v, &find).unwrap();
+        let code = if v >= 4 { resp.coordinators[0].error_code } else { resp.error_code };
+        assert!(code == 0 || code == ResponseError::CoordinatorNotAvailable.code(), "FindCoordinator v{v}: {code}");
+    }
+    client.find_coordinator("v").unwrap();
+    for v in 0..=7i16 {
+        let group = format!("versions-{v}");
+        let mut protocol = join_group_request::JoinGroupRequestProtocol::default();
+        protocol.name = str_bytes("range");
+        protocol.metadata = subscription("t");
+        let mut req = JoinGroupRequest::default();
+        req.group_id = GroupId(str_bytes(&group));
+        req.session_timeout_ms = 10_000;
+        req.rebalance_timeout_ms = if v >= 1 { 10_000 } else { -1 };
+        req.protocol_type = str_bytes("consumer");
+        req.protocols = vec![protocol];
+        if v >= 5 {
+            req.group_instance_id = None;
+        }
+        let mut joined: JoinGroupResponse = client.call(ApiKey::JoinGroup, v, &req).unwrap();
+        if joined.error_code == ResponseError::MemberIdRequired.code() {
+            assert!(v >= 4, "JoinGroup v{v} needs no member id round");
+            req.member_id = joined.member_id.clone();
+            joined = client.call(ApiKey::JoinGroup, v, &req).unwrap();
+        }
+        assert_eq!((joined.error_code, joined.generation_id), (0, 1), "JoinGroup v{v}");
+        let member = joined.member_id.clone();
+
+        let sync_v = v.min(5);
+        let mut sync = SyncGroupRequest::default();
+        sync.group_id = GroupId(str_bytes(&group));
+        sync.generation_id = 1;
+        sync.member_id = member.clone();
+        if sync_v >= 5 {
+            sync.protocol_type = Some(str_bytes("consumer"));
+            sync.protocol_name = Some(str_bytes("range"));
+        }
+        let mut a = sync_group_request::SyncGroupRequestAssignment::default();
+        a.member_id = member.clone();
+        a.assignment = Bytes::from_static(b"x");
+        sync.assignments = vec![a];
+        let synced: SyncGroupResponse = client.call(ApiKey::SyncGroup, sync_v, &sync).unwrap();
+        assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"x"[..]), "SyncGroup v{sync_v}");
+
+        let hb_v = v.min(4);
+        let mut hb = HeartbeatRequest::default();
+        hb.group_id = GroupId(str_bytes(&group));
+        hb.generation_id = 1;
+        hb.member_id = member.clone();
+        let resp: HeartbeatResponse = client.call(ApiKey::Heartbeat, hb_v, &hb).unwrap();
+        assert_eq!(resp.error_code, 0, "Heartbeat v{hb_v}");
+
+        let commit_v = (v + 2).min(8);
+        let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+        p.partition_index = 0;
+        p.committed_offset = 10 + v as i64;
+        p.committed_leader_epoch = if commit_v >= 6 { 2 } else { -1 };
+        p.committed_metadata = Some(str_bytes("meta"));
+        let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+        t.name = TopicName(str_bytes("t"));
+        t.partitions = vec![p];
+        let mut commit = OffsetCommitRequest::default();
+        commit.group_id = GroupId(str_bytes(&group));
+        commit.generation_id_or_member_epoch = 1;
+        commit.member_id = member.clone();
+        commit.retention_time_ms = -1;
+        commit.topics = vec![t];
+        let resp: OffsetCommitResponse = client.call(ApiKey::OffsetCommit, commit_v, &commit).unwrap();
+        assert_eq!(resp.topics[0].partitions[0].error_code, 0, "OffsetCommit v{commit_v}");
+
+        let fetch_v = (v + 1).min(7);
+        let mut ft = offset_fetch_request::OffsetFetchRequestTopic::default();
+        ft.name = TopicName(str_bytes("t"));
+        ft.partition_indexes = vec![0];
+        let mut fetch = OffsetFetchRequest::default();
+        fetch.group_id = GroupId(str_bytes(&group));
+        fetch.topics = Some(vec![ft]);
+        let resp: OffsetFetchResponse = client.call(ApiKey::OffsetFetch, fetch_v, &fetch).unwrap();
+        let got = &resp.topics[0].partitions[0];
+        assert_eq!(
+            (got.committed_offset, got.metadata.as_deref()),
+            (10 + v as i64, Some("meta")),
+            "OffsetFetch v{fetch_v}"
+        );
+        if fetch_v >= 5 && commit_v >= 6 {
+            assert_eq!(got.committed_leader_epoch, 2, "leader epochs round-trip");
+        }
+
+        let describe_v = v.min(5);
+        let mut describe = DescribeGroupsRequest::default();
+        describe.groups = vec![GroupId(str_bytes(&group))];
+        describe.include_authorized_operations = describe_v >= 3;
+        let resp: DescribeGroupsResponse = client.call(ApiKey::DescribeGroups, describe_v, &describe).unwrap();
+        let g = &resp.groups[0];
+        assert_eq!(
+            (g.error_code, g.group_state.as_str(), g.members.len()),
+            (0, "Stable", 1),
+            "DescribeGroups v{describe_v}"
+        );
+        assert_eq!(&g.members[0].member_assignment[..], b"x");
+
+        let leave_v = v.min(4);
+        let mut leave = LeaveGroupRequest::default();
+        leave.group_id = GroupId(str_bytes(&group));
+        if leave_v >= 3 {
+            let mut m = leave_group_request::MemberIdentity::default();
+            m.member_id = member.clone();
+            leave.members = vec![m];
+        } else {
+            leave.member_id = member.clone();
+        }
+        let resp: LeaveGroupResponse = client.call(ApiKey::LeaveGroup, leave_v, &leave).unwrap();
+        assert_eq!(resp.error_code, 0, "LeaveGroup v{leave_v}");
+        if leave_v >= 3 {
+            assert_eq!(resp.members[0].error_code, 0);
+        }
+
+        let list_v = v.min(4);
+        let resp: ListGroupsResponse = client.call(ApiKey::ListGroups, list_v, &ListGroupsRequest::default()).unwrap();
+        let listed = resp.groups.iter().find(|g| g.group_id.0.as_str() == group).expect("listed");
+        if list_v >= 4 {
+            assert_eq!(listed.group_state.as_str(), "Empty", "ListGroups v{list_v}");
+        }
+
+        let delete_v = v.min(2);
+        let mut delete = DeleteGroupsRequest::default();
+        delete.groups_names = vec![GroupId(str_bytes(&group))];
+        let resp: DeleteGroupsResponse = client.call(ApiKey::DeleteGroups, delete_v, &delete).unwrap();
+        assert_eq!(resp.results[0].error_code, 0, "DeleteGroups v{delete_v}");
+    }
 }

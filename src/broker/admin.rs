@@ -252,6 +252,12 @@ impl Broker {
                 Ok(true)
             }
             AdminOp::DeleteTopic { name } => {
+                if meta.topic(&name).is_some_and(|t| t.is_internal()) {
+                    fail(
+                        ResponseError::InvalidTopicException,
+                        format!("{name} is internal: its groups would be lost"),
+                    )?;
+                }
                 if meta.remove_topic(&name).is_none() {
                     fail(ResponseError::UnknownTopicOrPartition, format!("no topic {name:?}"))?;
                 }
@@ -260,6 +266,12 @@ impl Broker {
             }
             AdminOp::CreatePartitions { name, count, validate_only } => {
                 let topic = existing_topic(meta, &name)?;
+                if topic.is_internal() {
+                    fail(
+                        ResponseError::InvalidRequest,
+                        format!("{name} is internal: groups are placed by its partition count"),
+                    )?;
+                }
                 if count <= topic.partitions {
                     fail(
                         ResponseError::InvalidPartitions,
@@ -279,6 +291,9 @@ impl Broker {
             }
             AdminOp::AlterConfigs { name, changes, replace, validate_only } => {
                 let topic = existing_topic(meta, &name)?;
+                if topic.is_internal() {
+                    fail(ResponseError::InvalidRequest, format!("{name} is internal: its configs are the broker's"))?;
+                }
                 let mut altered = (**topic).clone();
                 if replace {
                     altered.configs.clear();

@@ -80,6 +80,8 @@ pub enum PartitionError {
     NotAvailable,
     OutOfOrderSequence,
     InvalidProducerEpoch,
+    /// Clients may not write to or delete from an internal topic.
+    InternalTopic,
 }
 
 pub type PartitionResult = Result<PartitionOk, PartitionError>;

@@ -35,6 +35,11 @@ pub struct TopicMeta {
 }
 
 impl TopicMeta {
+    /// `__consumer_offsets`: written, sized and configured by the broker only.
+    pub fn is_internal(&self) -> bool {
+        self.name == crate::group::OFFSETS_TOPIC
+    }
+
     pub fn tp(&self, partition: i32) -> TopicPartition {
         TopicPartition { topic_id: self.id, partition }
     }

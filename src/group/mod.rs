@@ -37,6 +37,10 @@ use state::{Group, GroupLimits, GroupState, JoinArgs, Joined, Synced};
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// How often group timers (sessions, joins, syncs) are checked.
 pub const GROUP_TICK_MS: u64 = 100;
+/// Longest string a `__consumer_offsets` record holds (int16 length).
+pub const MAX_STORED_STRING_BYTES: usize = i16::MAX as usize;
+/// Longest wait of an OffsetFetch or DeleteGroups for commits being written.
+const SETTLE_COMMITS_MAX: Duration = Duration::from_secs(10);
 /// Bytes read per step while loading a partition of `__consumer_offsets`.
 const LOAD_READ_BYTES: usize = 1 << 20;
 
@@ -151,6 +155,8 @@ enum Load {
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
     partitions: RefCell<HashMap<i32, Load>>,
+    /// Per offsets partition: held while a batch gets its offsets.
+    append_locks: RefCell<HashMap<i32, Rc<glommio::sync::Semaphore>>>,
     limits: GroupLimits,
 }
 
@@ -163,6 +169,7 @@ impl Coordinator {
         Coordinator {
             groups: RefCell::new(HashMap::new()),
             partitions: RefCell::new(HashMap::new()),
+            append_locks: RefCell::new(HashMap::new()),
             limits: GroupLimits {
                 initial_rebalance_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
                 min_session_timeout_ms: config.group_min_session_timeout_ms,
@@ -179,6 +186,9 @@ impl Coordinator {
             None => return Err(ResponseError::NotCoordinator.code()),
             Some(Load::Loading) => return Err(ResponseError::CoordinatorLoadInProgress.code()),
             Some(Load::Loaded) => {}
+        }
+        if op.group_id().len() > MAX_STORED_STRING_BYTES {
+            return Err(ResponseError::InvalidGroupId.code()); // its records could not hold it
         }
         let reply = match op {
             GroupOp::Join(args) => GroupReply::Join(self.join(broker, partition, args).await),
@@ -216,6 +226,10 @@ impl Coordinator {
                 self.commit(broker, partition, &group_id, member, offsets, appended).await
             }
             GroupOp::FetchOffsets { group_id, partitions, require_stable } => {
+                if !require_stable {
+                    // A commit pipelined before this fetch is answered first.
+                    self.settle_commits(&group_id, partitions.as_deref()).await;
+                }
                 GroupReply::Offsets(self.fetch_offsets(&group_id, partitions, require_stable))
             }
             GroupOp::Describe { group_id } => GroupReply::Described(self.describe(&group_id)),
@@ -225,6 +239,24 @@ impl Coordinator {
             }
         };
         Ok(reply)
+    }
+
+    /// Waits (bounded) until no commit to `keys` of group `id` (all of them
+    /// if None) is between its append and its fdatasync.
+    async fn settle_commits(&self, id: &str, keys: Option<&[(String, i32)]>) {
+        let deadline = Instant::now() + SETTLE_COMMITS_MAX;
+        loop {
+            let pending = self
+                .with_group(id, |g| match keys {
+                    None => !g.pending_commits.is_empty(),
+                    Some(keys) => keys.iter().any(|k| g.pending_commits.contains_key(k)),
+                })
+                .unwrap_or(false);
+            if !pending || Instant::now() >= deadline {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Runs `step` on group `id` if it exists.
@@ -493,6 +525,7 @@ impl Coordinator {
     }
 
     async fn delete(&self, broker: &Rc<Broker>, partition: i32, id: &str) -> i16 {
+        self.settle_commits(id, None).await;
         let tombstones = {
             let mut groups = self.groups.borrow_mut();
             let Some(g) = groups.get_mut(id).filter(|g| g.state != GroupState::Dead) else {
@@ -502,6 +535,7 @@ impl Coordinator {
                 return ResponseError::NonEmptyGroup.code();
             }
             g.state = GroupState::Dead;
+            g.store_wanted = false;
             let mut tombstones: Vec<(Bytes, Option<Bytes>)> =
                 g.offsets.keys().map(|(t, p)| (records::offset_key(id, t, *p), None)).collect();
             tombstones.push((records::group_key(id), None));
@@ -582,7 +616,10 @@ impl Coordinator {
             return Err(StorageError::Io(std::io::Error::other("offsets partition is not here")));
         };
         let batch = records::batch(records, storage::now_ms());
+        let lock = self.append_lock(partition);
+        let permit = lock.acquire_permit(1).await;
         let info = log.append(batch, storage::now_ms()).await;
+        drop(permit);
         drop(appended);
         let info = info?;
         log.wait_durable(info.last_offset, Durability::Synced).await?;
@@ -635,9 +672,6 @@ impl Coordinator {
     /// Expires the offsets of groups empty for `retention_ms` (and, in a
     /// stable consumer group, of topics it no longer subscribes to).
     pub async fn expire_offsets(&self, broker: &Rc<Broker>, retention_ms: i64) {
-        let now_ms = storage::now_ms();
-        let count = offsets_partition_count(broker);
-        let mut by_partition: HashMap<i32, Vec<(String, String, i32)>> = HashMap::new();
         // Empty groups with nothing committed go at once, as Kafka's cleanup does.
         let bare: Vec<String> = self
             .groups
@@ -650,48 +684,81 @@ impl Coordinator {
         for id in bare {
             self.forget_empty_group(broker, &id).await;
         }
-        for g in self.groups.borrow().values() {
-            let expired: Vec<(String, i32)> = if g.state == GroupState::Empty {
-                if now_ms - g.state_timestamp_ms < retention_ms {
-                    continue;
+        let mut partitions: Vec<i32> =
+            self.partitions.borrow().iter().filter(|(_, l)| **l == Load::Loaded).map(|(p, _)| *p).collect();
+        partitions.sort_unstable();
+        for p in partitions {
+            self.expire_partition(broker, p, retention_ms).await;
+        }
+    }
+
+    /// Expires the offsets of one offsets partition. The partition's append
+    /// lock is held from choosing what expires to appending the tombstones,
+    /// so no commit can land in between and be shadowed by a tombstone.
+    async fn expire_partition(&self, broker: &Rc<Broker>, partition: i32, retention_ms: i64) {
+        let Some(log) = offsets_partition_log(broker, partition) else { return };
+        let lock = self.append_lock(partition);
+        let Ok(permit) = lock.acquire_permit(1).await else { return };
+        let expired = self.expired_offsets(partition, offsets_partition_count(broker), retention_ms);
+        if expired.is_empty() {
+            return;
+        }
+        let batch = expired.iter().map(|(g, t, p)| (records::offset_key(g, t, *p), None)).collect();
+        let info = log.append(records::batch(batch, storage::now_ms()), storage::now_ms()).await;
+        drop(permit);
+        let stored = match info {
+            Ok(info) => log.wait_durable(info.last_offset, Durability::Synced).await.map(|_| info.base_offset),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(base) => {
+                info!(offsets = expired.len(), partition, "expired committed offsets");
+                for (i, (id, t, part)) in expired.into_iter().enumerate() {
+                    self.with_group(&id, |g| g.apply_offset(t, part, None, base + i as i64));
+                    self.forget_empty_group(broker, &id).await;
                 }
-                g.offsets.keys().cloned().collect()
-            } else if let (GroupState::Stable, Some(subscribed)) = (g.state, g.subscribed_topics()) {
-                g.offsets
-                    .iter()
-                    .filter(|((t, _), c)| {
-                        !subscribed.contains(t) && now_ms - c.value.commit_timestamp_ms >= retention_ms
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect()
-            } else {
-                continue;
-            };
-            let p = offsets_partition(&g.id, count);
-            if expired.is_empty() {
-                continue;
             }
-            let entry = by_partition.entry(p).or_default();
-            entry.extend(
-                expired.into_iter().filter(|k| !g.pending_commits.contains_key(k)).map(|(t, p)| (g.id.clone(), t, p)),
+            Err(e) => warn!("expiring offsets: {e:?}"),
+        }
+    }
+
+    /// (group, topic, partition) of the offsets of `partition` due to expire,
+    /// by Kafka's rules: a group with no protocol (a simple consumer) by each
+    /// offset's commit time; an empty group by the time it became empty; a
+    /// stable consumer group only for topics it no longer subscribes to.
+    fn expired_offsets(&self, partition: i32, count: i32, retention_ms: i64) -> Vec<(String, String, i32)> {
+        let now_ms = storage::now_ms();
+        let old = |c: &state::Committed| now_ms - c.value.commit_timestamp_ms >= retention_ms;
+        let mut out = Vec::new();
+        for g in self.groups.borrow().values().filter(|g| offsets_partition(&g.id, count) == partition) {
+            let expired: Vec<&(String, i32)> = match (g.state, g.protocol_type.as_ref(), g.subscribed_topics()) {
+                (_, None, _) => g.offsets.iter().filter(|(_, c)| old(c)).map(|(k, _)| k).collect(),
+                (GroupState::Empty, Some(_), _) if now_ms - g.state_timestamp_ms >= retention_ms => {
+                    g.offsets.keys().collect()
+                }
+                (GroupState::Stable, Some(_), Some(subscribed)) => {
+                    g.offsets.iter().filter(|((t, _), c)| !subscribed.contains(t) && old(c)).map(|(k, _)| k).collect()
+                }
+                _ => Vec::new(),
+            };
+            out.extend(
+                expired
+                    .into_iter()
+                    .filter(|k| !g.pending_commits.contains_key(*k))
+                    .map(|(t, p)| (g.id.clone(), t.clone(), *p)),
             );
         }
-        for (p, expired) in by_partition {
-            if expired.is_empty() {
-                continue;
-            }
-            let batch = expired.iter().map(|(g, t, p)| (records::offset_key(g, t, *p), None)).collect();
-            match self.append(broker, p, batch, None).await {
-                Ok(base) => {
-                    info!(offsets = expired.len(), partition = p, "expired committed offsets");
-                    for (i, (id, t, part)) in expired.into_iter().enumerate() {
-                        self.with_group(&id, |g| g.apply_offset(t, part, None, base + i as i64));
-                        self.forget_empty_group(broker, &id).await;
-                    }
-                }
-                Err(e) => warn!("expiring offsets: {e:?}"),
-            }
-        }
+        out
+    }
+
+    /// The lock an append to offsets partition `partition` holds (only while
+    /// the batch gets its offsets, not during the wait for durability).
+    fn append_lock(&self, partition: i32) -> Rc<glommio::sync::Semaphore> {
+        self.append_locks
+            .borrow_mut()
+            .entry(partition)
+            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
+            .clone()
     }
 
     /// An empty group with no offsets left is deleted (tombstone), as Kafka does.
@@ -746,18 +813,33 @@ impl Coordinator {
             }
             let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
             parts.iter().for_each(|p| joined.extend_from_slice(p));
-            let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut joined.freeze())
-                .map_err(|e| StorageError::Io(std::io::Error::other(format!("undecodable batch: {e}"))))?;
+            let mut rest = joined.freeze();
             let mut next = offset;
-            for record in sets.iter().flat_map(|s| s.records.iter()) {
-                next = next.max(record.offset + 1);
-                if record.control || record.offset < offset {
-                    continue;
-                }
-                let Some(key) = &record.key else { continue };
-                match records::decode(key, record.value.as_ref()) {
-                    Some(decoded) => apply_loaded(&mut loaded, decoded, record.offset, now),
-                    None => warn!(partition, offset = record.offset, "skipping an unknown __consumer_offsets record"),
+            // Batch by batch: one that cannot be decoded is skipped (logged),
+            // not a reason to leave the partition's groups unloaded.
+            while let Some(len) = crate::storage::log::first_batch_bytes(&rest).filter(|&n| n <= rest.len()) {
+                let batch = rest.split_to(len);
+                let base = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
+                let last_delta = i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+                next = next.max(base + i64::from(last_delta) + 1);
+                let set = match kafka_protocol::records::RecordBatchDecoder::decode(&mut batch.clone()) {
+                    Ok(set) => set,
+                    Err(e) => {
+                        warn!(partition, offset = base, "skipping an undecodable __consumer_offsets batch: {e}");
+                        continue;
+                    }
+                };
+                for record in &set.records {
+                    if record.control || record.offset < offset {
+                        continue;
+                    }
+                    let Some(key) = &record.key else { continue };
+                    match records::decode(key, record.value.as_ref()) {
+                        Some(decoded) => apply_loaded(&mut loaded, decoded, record.offset, now),
+                        None => {
+                            warn!(partition, offset = record.offset, "skipping an unknown __consumer_offsets record")
+                        }
+                    }
                 }
             }
             if next <= offset {

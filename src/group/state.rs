@@ -15,6 +15,10 @@ use kafka_protocol::messages::{JoinGroupResponse, SyncGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::records::{GroupValue, OffsetValue, StoredMember};
+use super::MAX_STORED_STRING_BYTES;
+
+/// A member id is its client (or instance) id, cut to this, and a UUID.
+const MEMBER_ID_PREFIX_MAX_BYTES: usize = 255;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {
@@ -216,13 +220,17 @@ impl Group {
     }
 
     pub fn join(&mut self, args: JoinArgs, limits: &GroupLimits, now: Instant, now_ms: i64) -> Joined {
-        let metadata_bytes: usize = args.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
+        // Each protocol costs its bytes and an entry (an empty one is not free).
+        let metadata_bytes: usize = args.protocols.iter().map(|(n, m)| n.len() + m.len() + 64).sum();
+        let too_long = |s: &str| s.len() > MAX_STORED_STRING_BYTES;
         let refused = if self.state == GroupState::Dead {
             Some(ResponseError::CoordinatorNotAvailable)
         } else if args.session_timeout_ms < limits.min_session_timeout_ms
             || args.session_timeout_ms > limits.max_session_timeout_ms
         {
             Some(ResponseError::InvalidSessionTimeout)
+        } else if args.instance_id.as_deref().is_some_and(too_long) || too_long(&args.protocol_type) {
+            Some(ResponseError::InvalidRequest)
         } else if metadata_bytes > limits.max_member_metadata_bytes {
             tracing::warn!(group = %self.id, metadata_bytes, "JoinGroup refused: member metadata over group_max_member_metadata_bytes");
             Some(ResponseError::InvalidRequest)
@@ -247,6 +255,7 @@ impl Group {
             return Joined::Now(join_error(ResponseError::GroupMaxSizeReached, ""));
         }
         let prefix = args.instance_id.as_deref().unwrap_or(&args.client_id);
+        let prefix = &prefix[..prefix.floor_char_boundary(MEMBER_ID_PREFIX_MAX_BYTES)];
         let id = uuid::Uuid::from_bytes(crate::broker::metadata::random_topic_id());
         let member_id = format!("{prefix}-{id}");
         if let Some(old_id) = rejoining_static {
@@ -306,25 +315,40 @@ impl Group {
         if let Some(w) = member.sync_waiter.take() {
             let _ = w.send(sync_error(ResponseError::FencedInstanceId));
         }
-        let unchanged = member.protocols == args.protocols;
         member.id = new_id.clone();
         member.client_id = args.client_id.clone();
         member.client_host = args.client_host.clone();
+        member.session_timeout_ms = args.session_timeout_ms;
+        member.rebalance_timeout_ms = args.rebalance_timeout_ms;
         member.heartbeat_deadline = now + Duration::from_millis(args.session_timeout_ms as u64);
         if let Some(instance) = &args.instance_id {
             self.statics.insert(instance.clone(), new_id.clone());
         }
+        let old_leader = self.leader.clone();
         if self.leader.as_deref() == Some(old_id.as_str()) {
             self.leader = Some(new_id.clone());
         }
         self.members.insert(new_id.clone(), member);
-        if self.state == GroupState::Stable && unchanged {
-            // Stored before the answer (the coordinator persists `store_wanted`),
-            // so the new id survives a restart.
-            self.store_wanted = true;
-            let mut result = self.join_result(&new_id);
-            result.members.clear();
-            return Joined::Now(result);
+        if self.state == GroupState::Stable {
+            // Kafka's rule: no rebalance while the group's protocol stays the
+            // one it would select (a restarted client's metadata differs in
+            // owned partitions and generation, not in what it supports).
+            let old_protocols = std::mem::replace(
+                &mut self.members.get_mut(&new_id).expect("just inserted").protocols,
+                args.protocols.clone(),
+            );
+            if self.protocol.as_deref() == Some(self.select_protocol().as_str()) {
+                // Stored before the answer (the coordinator persists
+                // `store_wanted`), so the new id survives a restart.
+                self.store_wanted = true;
+                let mut result = self.join_result(&new_id);
+                result.members.clear();
+                // The old leader's id: before JoinGroup v9 a client told it
+                // leads would run its assignor over an empty member list.
+                result.leader = str_bytes(old_leader.as_deref().unwrap_or(""));
+                return Joined::Now(result);
+            }
+            self.members.get_mut(&new_id).expect("just inserted").protocols = old_protocols;
         }
         let rx = self.update_member(&new_id, args, now);
         self.prepare_rebalance(limits, now, now_ms);
@@ -446,10 +470,24 @@ impl Group {
     }
 
     fn complete_join(&mut self, now: Instant, now_ms: i64) {
-        let gone: Vec<String> =
-            self.members.values().filter(|m| m.join_waiter.is_none()).map(|m| m.id.clone()).collect();
+        // Dynamic members that did not rejoin are gone; static ones keep
+        // their place (their session timeout decides), as in Kafka.
+        let gone: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.join_waiter.is_none() && m.instance_id.is_none())
+            .map(|m| m.id.clone())
+            .collect();
         for id in gone {
             self.remove_member(&id);
+        }
+        let joined: Vec<String> =
+            self.members.values().filter(|m| m.join_waiter.is_some()).map(|m| m.id.clone()).collect();
+        if joined.is_empty() && !self.members.is_empty() {
+            // Only absent static members: wait for them to rejoin or expire.
+            self.join_deadline = Some(now + self.max_rebalance_timeout());
+            self.initial_delay = None;
+            return;
         }
         self.join_deadline = None;
         self.initial_delay = None;
@@ -462,8 +500,8 @@ impl Group {
             return;
         }
         self.protocol = Some(self.select_protocol());
-        if self.leader.as_ref().is_none_or(|l| !self.members.contains_key(l)) {
-            self.leader = self.members.keys().next().cloned();
+        if self.leader.as_ref().is_none_or(|l| !joined.contains(l)) {
+            self.leader = joined.first().cloned();
         }
         self.transition(GroupState::CompletingRebalance, now_ms);
         self.sync_deadline = Some(now + self.max_rebalance_timeout());
@@ -471,10 +509,14 @@ impl Group {
         for id in ids {
             let result = self.join_result(&id);
             let member = self.members.get_mut(&id).expect("listed member exists");
-            member.synced = false;
-            member.heartbeat_deadline = now + Duration::from_millis(member.session_timeout_ms as u64);
-            if let Some(w) = member.join_waiter.take() {
-                let _ = w.send(result);
+            match member.join_waiter.take() {
+                Some(w) => {
+                    member.synced = false;
+                    member.heartbeat_deadline = now + Duration::from_millis(member.session_timeout_ms as u64);
+                    let _ = w.send(result);
+                }
+                // An absent static member is not expected to sync.
+                None => member.synced = true,
             }
         }
     }
@@ -809,7 +851,10 @@ impl Group {
         self.members.clear();
         self.statics.clear();
         let protocol = value.protocol.unwrap_or_default();
-        for m in value.members {
+        for mut m in value.members {
+            // Stored values are trusted no further than requests.
+            m.session_timeout_ms = m.session_timeout_ms.clamp(0, i32::MAX);
+            m.rebalance_timeout_ms = m.rebalance_timeout_ms.clamp(0, i32::MAX);
             if let Some(instance) = &m.instance_id {
                 self.statics.insert(instance.clone(), m.member_id.clone());
             }

@@ -25,6 +25,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
             result.low_watermark = -1;
             match known.filter(|t| p.partition_index >= 0 && p.partition_index < t.partitions) {
                 None => result.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                Some(t) if t.is_internal() => result.error_code = ResponseError::InvalidTopicException.code(),
                 Some(t) => {
                     let tp = t.tp(p.partition_index);
                     let offset = if p.offset == -1 { high_watermark(broker, tp).await } else { Ok(p.offset) };

@@ -200,6 +200,7 @@ pub fn error_code(error: PartitionError) -> i16 {
         PartitionError::NotAvailable => ResponseError::NotLeaderOrFollower,
         PartitionError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber,
         PartitionError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
+        PartitionError::InternalTopic => ResponseError::InvalidTopicException,
     };
     e.code()
 }

@@ -110,10 +110,14 @@ async fn fetch(
 /// Groups offsets by topic (in first-seen order) and builds each topic entry.
 fn by_topic<T>(offsets: Vec<FetchedOffset>, mut make: impl FnMut(TopicName, Vec<FetchedOffset>) -> T) -> Vec<T> {
     let mut topics: Vec<(String, Vec<FetchedOffset>)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for o in offsets {
-        match topics.iter_mut().find(|(name, _)| *name == o.topic) {
-            Some((_, list)) => list.push(o),
-            None => topics.push((o.topic.clone(), vec![o])),
+        match index.get(&o.topic) {
+            Some(&i) => topics[i].1.push(o),
+            None => {
+                index.insert(o.topic.clone(), topics.len());
+                topics.push((o.topic.clone(), vec![o]));
+            }
         }
     }
     topics.into_iter().map(|(name, list)| make(TopicName(str_bytes(&name)), list)).collect()

@@ -29,6 +29,9 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) ->
                 let Some(topic) = known.filter(|t| partition.index >= 0 && partition.index < t.partitions) else {
                     return Err(PartitionError::UnknownTopicOrPartition);
                 };
+                if topic.is_internal() {
+                    return Err(PartitionError::InternalTopic); // as Kafka: only the broker writes there
+                }
                 let Some(records) = partition.records.clone() else {
                     return Err(PartitionError::InvalidRecord);
                 };
