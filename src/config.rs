@@ -90,6 +90,10 @@ pub struct Config {
     /// Committed offsets of a group empty this long are deleted.
     pub offsets_retention_minutes: i64,
     pub offsets_retention_check_interval_ms: u64,
+    /// An offsets partition that grew by this much since its last
+    /// checkpoint is checkpointed: its live state written again and
+    /// everything older deleted (bounds `__consumer_offsets` without a cleaner).
+    pub offsets_checkpoint_bytes: u64,
     /// Longest commit metadata string (OFFSET_METADATA_TOO_LARGE beyond).
     pub offset_metadata_max_bytes: usize,
     /// A rebalance of an empty group waits this long for more members (and
@@ -146,6 +150,7 @@ impl Default for Config {
             offsets_retention_minutes: 7 * 24 * 60,
             offsets_retention_check_interval_ms: 600_000,
             offset_metadata_max_bytes: 4096,
+            offsets_checkpoint_bytes: 64 << 20,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,

@@ -690,3 +690,115 @@ fn every_advertised_group_api_version_answers() {
         assert_eq!(resp.results[0].error_code, 0, "DeleteGroups v{delete_v}");
     }
 }
+
+/// Segment files of `__consumer_offsets-0` under `broker`'s data directory.
+fn offsets_segments(broker: &TestBroker) -> usize {
+    let dir = broker.dir.join("data").join("__consumer_offsets-0");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+        .count()
+}
+
+#[test]
+fn checkpoints_bound_the_offsets_topic_and_lose_nothing() {
+    // One offsets partition, 64 KiB segments, a checkpoint every 64 KiB.
+    let extra = [
+        "group_initial_rebalance_delay_ms=0",
+        "offsets_topic_num_partitions=1",
+        "offsets_topic_segment_bytes=65536",
+        "offsets_checkpoint_bytes=65536",
+    ];
+    let dir = temp_dir("groups-checkpoint");
+    let broker = TestBroker::start(&dir, &extra);
+    let mut client = broker.client();
+    client.create_topic("t", 4, &[]).unwrap();
+    client.find_coordinator("g0").unwrap();
+    let (member, generation) = join_alone(&mut client, "member-group", b"assigned");
+    let groups: Vec<String> = (0..20).map(|g| format!("g{g}")).collect();
+    let mut last = std::collections::HashMap::new();
+    for round in 0..400i64 {
+        for (i, g) in groups.iter().enumerate() {
+            let p = (i % 4) as i32;
+            let codes = client.commit_offsets(g, -1, "", &[("t", p, round * 10 + i as i64, "m")]).unwrap();
+            assert_eq!(codes, vec![0]);
+            last.insert(g.clone(), (p, round * 10 + i as i64));
+        }
+        if round % 50 == 0 {
+            assert_eq!(heartbeat(&mut client, "member-group", generation, &member), 0);
+        }
+    }
+    // 8,000 commits of ~100 bytes: many checkpoints, old segments deleted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.list_offset("__consumer_offsets", 0, -2).unwrap() == 0 || offsets_segments(&broker) > 8 {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint moved the log start ({} segments)",
+            offsets_segments(&broker)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(broker.log().contains("checkpointed consumer groups"));
+    let check = |client: &mut Client| {
+        for (g, (p, offset)) in &last {
+            let got = client.fetch_offsets(g, Some(&[("t", vec![*p])])).unwrap();
+            assert_eq!((got[0].offset, got[0].metadata.as_str()), (*offset, "m"), "group {g}");
+        }
+    };
+    check(&mut client);
+    drop(client);
+
+    // After kill -9 the log holds a checkpoint and what came after it.
+    broker.kill9();
+    let broker = TestBroker::start(&dir, &extra);
+    let mut client = broker.client();
+    let _ = committed(&mut client, "g0"); // waits out the load
+    check(&mut client);
+    let described = client.describe_group("member-group").unwrap();
+    assert_eq!(described.group_state.as_str(), "Stable", "the membership survives checkpoints");
+    assert_eq!(&described.members[0].member_assignment[..], b"assigned");
+    drop(client);
+
+    // kill -9 while commits stream and checkpoints run (one every ~700
+    // commits): every group keeps its last acknowledged commit.
+    let acked = Arc::new(std::sync::Mutex::new(last.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let committer = {
+        let (acked, stop, addr, groups) = (acked.clone(), stop.clone(), broker.addr.clone(), groups.clone());
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&addr).unwrap();
+            for round in 1_000i64.. {
+                for (i, g) in groups.iter().enumerate() {
+                    let p = (i % 4) as i32;
+                    let offset = round * 10 + i as i64;
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match client.commit_offsets(g, -1, "", &[("t", p, offset, "m")]) {
+                        Ok(codes) if codes == [0] => {
+                            acked.lock().unwrap().insert(g.clone(), (p, offset));
+                        }
+                        _ => return,
+                    }
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    while broker.log().matches("checkpointed consumer groups").count() < 14
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.kill9();
+    stop.store(true, Ordering::Relaxed);
+    committer.join().unwrap();
+    let broker = TestBroker::start(&dir, &extra);
+    let mut client = broker.client();
+    let _ = committed(&mut client, "g0");
+    for (g, (p, offset)) in acked.lock().unwrap().iter() {
+        let got = client.fetch_offsets(g, Some(&[("t", vec![*p])])).unwrap()[0].offset;
+        // The one commit in flight at the kill may have landed too.
+        assert!(got == *offset || got == offset + 10, "group {g}: committed {got}, last acknowledged {offset}");
+    }
+}

@@ -41,6 +41,8 @@ pub const GROUP_TICK_MS: u64 = 100;
 pub const MAX_STORED_STRING_BYTES: usize = i16::MAX as usize;
 /// Longest wait of an OffsetFetch or DeleteGroups for commits being written.
 const SETTLE_COMMITS_MAX: Duration = Duration::from_secs(10);
+/// Bytes of records per batch a checkpoint appends (under the topic's message limit).
+const CHECKPOINT_BATCH_BYTES: usize = 256 << 10;
 /// Bytes read per step while loading a partition of `__consumer_offsets`.
 const LOAD_READ_BYTES: usize = 1 << 20;
 
@@ -157,6 +159,14 @@ pub struct Coordinator {
     partitions: RefCell<HashMap<i32, Load>>,
     /// Per offsets partition: held while a batch gets its offsets.
     append_locks: RefCell<HashMap<i32, Rc<glommio::sync::Semaphore>>>,
+    /// Per offsets partition: its size after the last checkpoint (or load).
+    checkpointed_bytes: RefCell<HashMap<i32, u64>>,
+    /// Per offsets partition: appends whose records are not yet applied to memory.
+    unapplied: RefCell<HashMap<i32, Rc<std::cell::Cell<u32>>>>,
+    /// Offsets partitions with a checkpoint under way.
+    checkpointing: RefCell<std::collections::HashSet<i32>>,
+    /// New bytes in an offsets partition that start a checkpoint.
+    checkpoint_bytes: u64,
     limits: GroupLimits,
 }
 
@@ -170,6 +180,10 @@ impl Coordinator {
             groups: RefCell::new(HashMap::new()),
             partitions: RefCell::new(HashMap::new()),
             append_locks: RefCell::new(HashMap::new()),
+            checkpointed_bytes: RefCell::new(HashMap::new()),
+            checkpointing: RefCell::new(std::collections::HashSet::new()),
+            unapplied: RefCell::new(HashMap::new()),
+            checkpoint_bytes: config.offsets_checkpoint_bytes,
             limits: GroupLimits {
                 initial_rebalance_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
                 min_session_timeout_ms: config.group_min_session_timeout_ms,
@@ -321,9 +335,10 @@ impl Coordinator {
             Some(Synced::Store(rx, value)) => {
                 let generation = value.generation;
                 let record = (records::group_key(id), Some(records::group_value(&value)));
-                let stored = self.append(broker, partition, vec![record], None).await;
+                let (stored, applying) = self.append(broker, partition, vec![record], None).await;
                 let stored = stored.map(|_| value).map_err(store_error);
                 self.with_group(id, |g| g.finish_sync(generation, stored, storage::now_ms()));
+                drop(applying);
                 rx
             }
         };
@@ -393,7 +408,7 @@ impl Coordinator {
             .iter()
             .map(|(_, t, p, v)| (records::offset_key(id, t, *p), Some(records::offset_value(v))))
             .collect();
-        let stored = self.append(broker, partition, batch, Some(appended)).await;
+        let (stored, applying) = self.append(broker, partition, batch, Some(appended)).await;
         self.with_group(id, |g| {
             for key in &keys {
                 if let Some(n) = g.pending_commits.get_mut(key) {
@@ -409,6 +424,7 @@ impl Coordinator {
                 }
             }
         });
+        drop(applying);
         if let Err(e) = stored {
             let code = store_error(e).code();
             for (i, ..) in &accepted {
@@ -541,7 +557,8 @@ impl Coordinator {
             tombstones.push((records::group_key(id), None));
             tombstones
         };
-        match self.append(broker, partition, tombstones, None).await {
+        let (stored, _applying) = self.append(broker, partition, tombstones, None).await;
+        match stored {
             Ok(_) => {
                 info!(group = %id, "group deleted");
                 self.groups.borrow_mut().remove(id);
@@ -588,7 +605,8 @@ impl Coordinator {
             return GroupReply::Codes(0, codes);
         }
         let batch = tombstones.iter().map(|(t, p)| (records::offset_key(id, t, *p), None)).collect();
-        match self.append(broker, partition, batch, None).await {
+        let (stored, _applying) = self.append(broker, partition, batch, None).await;
+        match stored {
             Ok(base) => {
                 self.with_group(id, |g| {
                     for (i, (t, p)) in tombstones.into_iter().enumerate() {
@@ -611,46 +629,150 @@ impl Coordinator {
         partition: i32,
         records: Vec<(Bytes, Option<Bytes>)>,
         appended: Option<oneshot::Sender<()>>,
-    ) -> Result<i64, StorageError> {
+    ) -> (Result<i64, StorageError>, Applying) {
         let Some(log) = offsets_partition_log(broker, partition) else {
-            return Err(StorageError::Io(std::io::Error::other("offsets partition is not here")));
+            let error = StorageError::Io(std::io::Error::other("offsets partition is not here"));
+            return (Err(error), Applying(None));
         };
         let batch = records::batch(records, storage::now_ms());
         let lock = self.append_lock(partition);
         let permit = lock.acquire_permit(1).await;
         let info = log.append(batch, storage::now_ms()).await;
+        // Counted before the lock is released: a checkpoint that takes the
+        // lock next waits until the caller has applied these records.
+        let applying = if info.is_ok() { self.applying(partition) } else { Applying(None) };
         drop(permit);
         drop(appended);
-        let info = info?;
-        log.wait_durable(info.last_offset, Durability::Synced).await?;
-        Ok(info.base_offset)
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => return (Err(e), applying),
+        };
+        let durable = log.wait_durable(info.last_offset, Durability::Synced).await;
+        (durable.map(|_| info.base_offset), applying)
+    }
+
+    /// Counts an append of `partition` whose records are not yet applied.
+    fn applying(&self, partition: i32) -> Applying {
+        let counter = self.unapplied.borrow_mut().entry(partition).or_default().clone();
+        counter.set(counter.get() + 1);
+        Applying(Some(counter))
     }
 
     /// Persists the groups of `partition` whose membership changed.
     async fn store_wanted(&self, broker: &Rc<Broker>, partition: i32) {
         let now_ms = storage::now_ms();
-        let wanted: Vec<(Bytes, Option<Bytes>)> = {
+        let count = offsets_partition_count(broker);
+        let wanted: Vec<(String, records::GroupValue)> = {
             let mut groups = self.groups.borrow_mut();
             groups
                 .values_mut()
-                .filter(|g| g.store_wanted)
-                .filter(|g| offsets_partition(&g.id, offsets_partition_count(broker)) == partition)
+                .filter(|g| g.store_wanted && offsets_partition(&g.id, count) == partition)
                 .map(|g| {
                     g.store_wanted = false;
-                    (records::group_key(&g.id), Some(records::group_value(&g.stored(now_ms))))
+                    (g.id.clone(), g.stored(now_ms))
                 })
                 .collect()
         };
         if wanted.is_empty() {
             return;
         }
-        if let Err(e) = self.append(broker, partition, wanted, None).await {
-            warn!("storing group metadata: {e:?}");
+        let batch = wanted.iter().map(|(id, v)| (records::group_key(id), Some(records::group_value(v)))).collect();
+        let (stored, _applying) = self.append(broker, partition, batch, None).await;
+        match stored {
+            Ok(_) => {
+                for (id, value) in wanted {
+                    self.with_group(&id, |g| g.last_stored = Some(value));
+                }
+            }
+            Err(e) => warn!("storing group metadata: {e:?}"),
         }
     }
 
+    /// Starts a checkpoint of every offsets partition that grew by
+    /// `offsets_checkpoint_bytes` since its last one.
+    fn start_checkpoints(self: &Rc<Self>, broker: &Rc<Broker>) {
+        let loaded: Vec<i32> =
+            self.partitions.borrow().iter().filter(|(_, l)| **l == Load::Loaded).map(|(p, _)| *p).collect();
+        for p in loaded {
+            let Some(log) = offsets_partition_log(broker, p) else { continue };
+            let size = log.log.borrow().size_bytes();
+            let base = self.checkpointed_bytes.borrow().get(&p).copied().unwrap_or(0);
+            if size.saturating_sub(base) < self.checkpoint_bytes || !self.checkpointing.borrow_mut().insert(p) {
+                continue;
+            }
+            let (me, broker) = (self.clone(), broker.clone());
+            glommio::spawn_local(async move {
+                match me.checkpoint(&broker, p, &log).await {
+                    Ok(start) => info!(partition = p, log_start = start, "checkpointed consumer groups"),
+                    Err(e) => warn!(partition = p, "checkpointing consumer groups: {e:?}"),
+                }
+                let size = log.log.borrow().size_bytes();
+                me.checkpointed_bytes.borrow_mut().insert(p, size);
+                me.checkpointing.borrow_mut().remove(&p);
+            })
+            .detach();
+        }
+    }
+
+    /// Bounds an offsets partition without a log cleaner: the coordinator
+    /// holds its whole live state, so it writes that state again (every
+    /// committed offset, every group's last stored membership) and moves the
+    /// log start to it; older segments go. The append lock is held while
+    /// commits already appended settle and the snapshot is appended, so the
+    /// snapshot is exactly the log's state; the log start moves only once
+    /// the snapshot is durable, so a crash at any point loses nothing.
+    async fn checkpoint(&self, broker: &Rc<Broker>, partition: i32, log: &Rc<Partition>) -> Result<i64, StorageError> {
+        let count = offsets_partition_count(broker);
+        let lock = self.append_lock(partition);
+        let permit = lock.acquire_permit(1).await;
+        // Appends made before the lock was taken are applied to memory first.
+        let deadline = Instant::now() + SETTLE_COMMITS_MAX;
+        while self.unapplied.borrow().get(&partition).is_some_and(|n| n.get() > 0) {
+            if Instant::now() >= deadline {
+                return Err(StorageError::Io(std::io::Error::other("appended records were not applied in time")));
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        let snapshot = self.snapshot_records(partition, count);
+        let now_ms = storage::now_ms();
+        let mut first = None;
+        let mut last = -1;
+        for chunk in chunk_by_bytes(snapshot, CHECKPOINT_BATCH_BYTES) {
+            let info = log.append(records::batch(chunk, now_ms), now_ms).await?;
+            first.get_or_insert(info.base_offset);
+            last = info.last_offset;
+        }
+        drop(permit);
+        let start = match first {
+            Some(first) => {
+                log.wait_durable(last, Durability::Synced).await?;
+                first
+            }
+            None => log.log.borrow().end_offset(), // no group left: nothing to keep
+        };
+        log.delete_records(start).await
+    }
+
+    /// Every live record of `partition`'s groups: their last stored
+    /// membership, then their committed offsets.
+    fn snapshot_records(&self, partition: i32, count: i32) -> Vec<(Bytes, Option<Bytes>)> {
+        let groups = self.groups.borrow();
+        let mut out = Vec::new();
+        for g in groups.values().filter(|g| offsets_partition(&g.id, count) == partition && g.state != GroupState::Dead)
+        {
+            if let Some(value) = &g.last_stored {
+                out.push((records::group_key(&g.id), Some(records::group_value(value))));
+            }
+            for ((topic, p), c) in &g.offsets {
+                out.push((records::offset_key(&g.id, topic, *p), Some(records::offset_value(&c.value))));
+            }
+        }
+        out
+    }
+
     /// Group timers, and stores what they changed; run every [`GROUP_TICK_MS`].
-    pub async fn tick(&self, broker: &Rc<Broker>) {
+    pub async fn tick(self: &Rc<Self>, broker: &Rc<Broker>) {
+        self.start_checkpoints(broker);
         let now = Instant::now();
         let now_ms = storage::now_ms();
         let mut touched = Vec::new();
@@ -705,6 +827,7 @@ impl Coordinator {
         }
         let batch = expired.iter().map(|(g, t, p)| (records::offset_key(g, t, *p), None)).collect();
         let info = log.append(records::batch(batch, storage::now_ms()), storage::now_ms()).await;
+        let applying = if info.is_ok() { self.applying(partition) } else { Applying(None) };
         drop(permit);
         let stored = match info {
             Ok(info) => log.wait_durable(info.last_offset, Durability::Synced).await.map(|_| info.base_offset),
@@ -713,8 +836,14 @@ impl Coordinator {
         match stored {
             Ok(base) => {
                 info!(offsets = expired.len(), partition, "expired committed offsets");
+                let mut touched = Vec::new();
                 for (i, (id, t, part)) in expired.into_iter().enumerate() {
                     self.with_group(&id, |g| g.apply_offset(t, part, None, base + i as i64));
+                    touched.push(id);
+                }
+                drop(applying); // applied: a checkpoint may go on
+                touched.dedup();
+                for id in touched {
                     self.forget_empty_group(broker, &id).await;
                 }
             }
@@ -855,6 +984,37 @@ impl Coordinator {
         self.groups.borrow_mut().extend(loaded);
         Ok(n)
     }
+}
+
+/// An append whose records are being applied to memory; dropped once they are.
+struct Applying(Option<Rc<std::cell::Cell<u32>>>);
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        if let Some(counter) = &self.0 {
+            counter.set(counter.get() - 1);
+        }
+    }
+}
+
+/// Splits records into runs of about `max_bytes` (a larger record alone).
+fn chunk_by_bytes(records: Vec<(Bytes, Option<Bytes>)>, max_bytes: usize) -> Vec<Vec<(Bytes, Option<Bytes>)>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        let len = record.0.len() + record.1.as_ref().map_or(0, Bytes::len) + 32;
+        if !current.is_empty() && bytes + len > max_bytes {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += len;
+        current.push(record);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
 }
 
 fn apply_loaded(groups: &mut HashMap<String, Group>, record: GroupRecord, record_offset: i64, now: Instant) {

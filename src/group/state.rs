@@ -148,6 +148,9 @@ pub struct Group {
     pub pending_commits: HashMap<(String, i32), u32>,
     /// The group changed in a way that must be stored (became empty).
     pub store_wanted: bool,
+    /// The membership as last stored: what a checkpoint of the offsets
+    /// partition writes again (not the state of a rebalance under way).
+    pub last_stored: Option<GroupValue>,
 }
 
 fn error(code: ResponseError) -> i16 {
@@ -191,6 +194,7 @@ impl Group {
             offsets: HashMap::new(),
             pending_commits: HashMap::new(),
             store_wanted: false,
+            last_stored: None,
         }
     }
 
@@ -635,6 +639,7 @@ impl Group {
         }
         match stored {
             Ok(value) => {
+                self.last_stored = Some(value.clone());
                 for m in value.members {
                     if let Some(member) = self.members.get_mut(&m.member_id) {
                         member.assignment = m.assignment;
@@ -843,6 +848,7 @@ impl Group {
     /// Restores membership from a stored record (at load): Stable with its
     /// members, whose sessions start now, or Empty.
     pub fn restore(&mut self, value: GroupValue, now: Instant) {
+        self.last_stored = Some(value.clone());
         self.generation = value.generation;
         self.protocol_type = (!value.protocol_type.is_empty()).then_some(value.protocol_type);
         self.protocol = value.protocol.clone();
