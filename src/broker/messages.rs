@@ -122,6 +122,6 @@ pub enum ShardMsg {
     /// To every shard: the groups it coordinates (state filter, any case).
     ListGroups {
         states: Vec<String>,
-        reply: Reply<Vec<ListedGroup>>,
+        reply: Reply<Result<Vec<ListedGroup>, i16>>,
     },
 }

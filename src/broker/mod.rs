@@ -160,15 +160,16 @@ impl Broker {
     }
 
     /// The groups every shard coordinates, for ListGroups.
-    pub async fn list_groups(&self, states: Vec<String>) -> Vec<ListedGroup> {
-        let mut all = self.groups.list(&states);
+    /// Err: a Kafka error code (a coordinator still loading its groups).
+    pub async fn list_groups(&self, states: Vec<String>) -> Result<Vec<ListedGroup>, i16> {
+        let mut all = self.groups.list(&states)?;
         for shard in (0..self.shard_count).filter(|s| *s != self.shard_id) {
             let states = states.clone();
             if let Ok(groups) = self.mailbox.call(shard, |reply| ShardMsg::ListGroups { states, reply }).await {
-                all.extend(groups);
+                all.extend(groups?);
             }
         }
-        all
+        Ok(all)
     }
 
     pub(crate) fn local_partition(&self, tp: &TopicPartition) -> Option<Rc<Partition>> {

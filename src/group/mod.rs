@@ -336,7 +336,11 @@ impl Coordinator {
                 let generation = value.generation;
                 let record = (records::group_key(id), Some(records::group_value(&value)));
                 let (stored, applying) = self.append(broker, partition, vec![record], None).await;
-                let stored = stored.map(|_| value).map_err(store_error);
+                // A group record over the size limit is the broker's problem here, as in Kafka.
+                let stored = stored.map(|_| value).map_err(|e| match store_error(e) {
+                    ResponseError::InvalidCommitOffsetSize => ResponseError::UnknownServerError,
+                    other => other,
+                });
                 self.with_group(id, |g| g.finish_sync(generation, stored, storage::now_ms()));
                 drop(applying);
                 rx
@@ -372,11 +376,10 @@ impl Coordinator {
             let mut groups = self.groups.borrow_mut();
             match groups.get_mut(id) {
                 Some(g) => g.check_commit(generation, member_id, instance_id, Instant::now()),
-                None if generation < 0 && !id.is_empty() => {
+                None if generation < 0 => {
                     groups.insert(id.to_string(), Group::new(id.to_string(), storage::now_ms()));
                     Ok(())
                 }
-                None if id.is_empty() => Err(ResponseError::InvalidGroupId),
                 None => Err(ResponseError::IllegalGeneration),
             }
         };
@@ -520,11 +523,13 @@ impl Coordinator {
     }
 
     /// Every group on this shard, for ListGroups (`states`: filter, any case).
-    pub fn list(&self, states: &[String]) -> Vec<ListedGroup> {
-        let loaded: Vec<i32> =
-            self.partitions.borrow().iter().filter(|(_, l)| **l == Load::Loaded).map(|(p, _)| *p).collect();
-        let _ = loaded;
-        self.groups
+    /// Err(COORDINATOR_LOAD_IN_PROGRESS) while a partition's groups load, as Kafka.
+    pub fn list(&self, states: &[String]) -> Result<Vec<ListedGroup>, i16> {
+        if self.partitions.borrow().values().any(|l| *l == Load::Loading) {
+            return Err(ResponseError::CoordinatorLoadInProgress.code());
+        }
+        let listed = self
+            .groups
             .borrow()
             .values()
             .filter(|g| g.state != GroupState::Dead)
@@ -537,7 +542,8 @@ impl Coordinator {
                 l.group_type = str_bytes("classic");
                 l
             })
-            .collect()
+            .collect();
+        Ok(listed)
     }
 
     async fn delete(&self, broker: &Rc<Broker>, partition: i32, id: &str) -> i16 {

@@ -13,7 +13,14 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     let body: ListGroupsRequest = decode_body(request)?;
     let version = request.version();
     let states: Vec<String> = body.states_filter.iter().map(|s| s.to_string()).collect();
-    let mut groups = broker.list_groups(states).await;
+    let mut response = ListGroupsResponse::default();
+    let mut groups = match broker.list_groups(states).await {
+        Ok(groups) => groups,
+        Err(code) => {
+            response.error_code = code;
+            return Ok(encode(request, &response));
+        }
+    };
     groups.sort_by(|a, b| a.group_id.0.cmp(&b.group_id.0));
     for g in &mut groups {
         if version < 4 {
@@ -21,7 +28,6 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
         }
         g.group_type = StrBytes::default();
     }
-    let mut response = ListGroupsResponse::default();
     response.groups = groups;
     Ok(encode(request, &response))
 }
