@@ -310,16 +310,8 @@ pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
-/// A committed offset as OffsetFetch returns it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CommittedOffset {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub leader_epoch: i32,
-    pub metadata: String,
-    pub error_code: i16,
-}
+/// A committed offset as OffsetFetch returns it: the coordinator's own type.
+pub use crate::group::FetchedOffset as CommittedOffset;
 
 /// Group administration and committed offsets (for `spate group` and tests).
 impl Client {

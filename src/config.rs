@@ -208,10 +208,12 @@ impl Config {
         if self.offsets_topic_num_partitions < 1 || self.offsets_topic_num_partitions > self.max_partitions_per_topic {
             bail!("offsets_topic_num_partitions must be between 1 and max_partitions_per_topic");
         }
-        if self.group_max_size == 0 || self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
-            bail!(
-                "group_max_size must be positive and group_min_session_timeout_ms at most group_max_session_timeout_ms"
-            );
+        // A session timeout becomes a deadline: it must be positive.
+        if self.group_max_size == 0
+            || self.group_min_session_timeout_ms < 1
+            || self.group_min_session_timeout_ms > self.group_max_session_timeout_ms
+        {
+            bail!("group_max_size and group_min_session_timeout_ms must be positive, the minimum at most group_max_session_timeout_ms");
         }
         if self.connections_max_idle_ms == 0 || self.socket_request_read_timeout_ms == 0 {
             bail!("connections_max_idle_ms and socket_request_read_timeout_ms must be positive");
@@ -284,5 +286,6 @@ mod tests {
         assert!(Config::load(None, &["no_such_key=1".into()]).is_err());
         assert!(Config::load(None, &["write_buffer_bytes=1000".into()]).is_err());
         assert!(Config::load(None, &["segment_bytes=8589934592".into()]).is_err(), "index positions are 32-bit");
+        assert!(Config::load(None, &["group_min_session_timeout_ms=0".into()]).is_err(), "deadlines need a positive timeout");
     }
 }

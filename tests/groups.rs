@@ -92,6 +92,20 @@ fn commit(
     epoch: i32,
     metadata: &str,
 ) -> i16 {
+    let req = commit_request(group, generation, member, offset, epoch, metadata);
+    let resp: OffsetCommitResponse = client.call(ApiKey::OffsetCommit, 8, &req).unwrap();
+    resp.topics[0].partitions[0].error_code
+}
+
+/// An OffsetCommit of one offset of t/0, with a leader epoch and metadata.
+fn commit_request(
+    group: &str,
+    generation: i32,
+    member: &str,
+    offset: i64,
+    epoch: i32,
+    metadata: &str,
+) -> OffsetCommitRequest {
     let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
     p.partition_index = 0;
     p.committed_offset = offset;
@@ -105,8 +119,7 @@ fn commit(
     req.generation_id_or_member_epoch = generation;
     req.member_id = str_bytes(member);
     req.topics = vec![t];
-    let resp: OffsetCommitResponse = client.call(ApiKey::OffsetCommit, 8, &req).unwrap();
-    resp.topics[0].partitions[0].error_code
+    req
 }
 
 /// The committed offset of t/0 for `group`, waiting out a coordinator that is loading.
@@ -801,4 +814,39 @@ fn checkpoints_bound_the_offsets_topic_and_lose_nothing() {
         // The one commit in flight at the kill may have landed too.
         assert!(got == *offset || got == offset + 10, "group {g}: committed {got}, last acknowledged {offset}");
     }
+}
+
+#[test]
+fn commits_cut_off_by_a_disconnect_land_whole_or_not_at_all() {
+    let dir = temp_dir("groups-disconnect");
+    let broker = TestBroker::start(&dir, FAST);
+    let mut client = broker.client();
+    client.create_topic("t", 1, &[]).unwrap();
+    client.find_coordinator("rude").unwrap();
+    // 200 pipelined commits, then the connection closes without reading a
+    // single answer: the broker cancels what it had not yet started.
+    let mut rude = broker.client();
+    for offset in 1..=200 {
+        rude.send(ApiKey::OffsetCommit, 8, &commit_request("rude", -1, "", offset, -1, "")).unwrap();
+    }
+    drop(rude);
+    // Whatever took effect did so in order; wait until it has settled.
+    let mut seen = committed(&mut client, "rude").offset;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = committed(&mut client, "rude").offset;
+        if now == seen {
+            break;
+        }
+        assert!(now > seen, "commits took effect out of order: {seen} then {now}");
+        assert!(Instant::now() < deadline, "commits kept changing");
+        seen = now;
+    }
+    assert!(seen == -1 || (1..=200).contains(&seen), "{seen}");
+    // What memory answers is what the log holds.
+    drop(client);
+    broker.kill9();
+    let broker = TestBroker::start(&dir, FAST);
+    assert_eq!(committed(&mut broker.client(), "rude").offset, seen);
 }

@@ -121,8 +121,8 @@ impl GroupOp {
     }
 }
 
-/// A committed offset as OffsetFetch answers it.
-#[derive(Debug)]
+/// A committed offset as OffsetFetch answers it (and the client reads it).
+#[derive(Clone, Debug, PartialEq)]
 pub struct FetchedOffset {
     pub topic: String,
     pub partition: i32,

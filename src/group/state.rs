@@ -233,7 +233,10 @@ impl Group {
             || args.session_timeout_ms > limits.max_session_timeout_ms
         {
             Some(ResponseError::InvalidSessionTimeout)
-        } else if args.instance_id.as_deref().is_some_and(too_long) || too_long(&args.protocol_type) {
+        } else if args.instance_id.as_deref().is_some_and(too_long)
+            || too_long(&args.protocol_type)
+            || args.protocols.iter().any(|(name, _)| too_long(name))
+        {
             Some(ResponseError::InvalidRequest)
         } else if metadata_bytes > limits.max_member_metadata_bytes {
             tracing::warn!(group = %self.id, metadata_bytes, "JoinGroup refused: member metadata over group_max_member_metadata_bytes");
