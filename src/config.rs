@@ -286,6 +286,9 @@ mod tests {
         assert!(Config::load(None, &["no_such_key=1".into()]).is_err());
         assert!(Config::load(None, &["write_buffer_bytes=1000".into()]).is_err());
         assert!(Config::load(None, &["segment_bytes=8589934592".into()]).is_err(), "index positions are 32-bit");
-        assert!(Config::load(None, &["group_min_session_timeout_ms=0".into()]).is_err(), "deadlines need a positive timeout");
+        assert!(
+            Config::load(None, &["group_min_session_timeout_ms=0".into()]).is_err(),
+            "deadlines need a positive timeout"
+        );
     }
 }
