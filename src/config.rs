@@ -105,6 +105,24 @@ pub struct Config {
     pub group_max_size: usize,
     /// Protocol names and metadata one member may send in a JoinGroup.
     pub group_max_member_metadata_bytes: usize,
+
+    /// Run the log cleaner (compaction of `cleanup.policy=compact` topics).
+    pub log_cleaner_enable: bool,
+    /// Each shard's cleaner looks for dirty compacted partitions this often.
+    pub log_cleaner_backoff_ms: u64,
+    /// Memory for one clean's key map, per shard (about 64 bytes per key).
+    pub log_cleaner_dedupe_buffer_bytes: usize,
+    /// Bytes per cleaner read or write (a multiple of 4096).
+    pub log_cleaner_io_buffer_bytes: usize,
+    /// Bytes read plus written per second by one shard's cleaner.
+    pub log_cleaner_io_max_bytes_per_second: u64,
+    /// A batch whose records decompress past this is kept whole by the cleaner.
+    pub log_cleaner_max_batch_decompressed_bytes: usize,
+    /// Defaults of the topic configs delete.retention.ms,
+    /// min.compaction.lag.ms and min.cleanable.dirty.ratio.
+    pub log_cleaner_delete_retention_ms: i64,
+    pub log_cleaner_min_compaction_lag_ms: i64,
+    pub log_cleaner_min_cleanable_ratio: f64,
 }
 
 impl Default for Config {
@@ -156,6 +174,15 @@ impl Default for Config {
             group_max_session_timeout_ms: 1_800_000,
             group_max_size: 10_000,
             group_max_member_metadata_bytes: 1 << 20,
+            log_cleaner_enable: true,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_bytes: 16 << 20,
+            log_cleaner_io_buffer_bytes: 1 << 20,
+            log_cleaner_io_max_bytes_per_second: 100 << 20,
+            log_cleaner_max_batch_decompressed_bytes: 64 << 20,
+            log_cleaner_delete_retention_ms: log.delete_retention_ms,
+            log_cleaner_min_compaction_lag_ms: log.min_compaction_lag_ms,
+            log_cleaner_min_cleanable_ratio: log.min_cleanable_dirty_ratio,
         }
     }
 }
@@ -215,6 +242,18 @@ impl Config {
         {
             bail!("group_max_size and group_min_session_timeout_ms must be positive, the minimum at most group_max_session_timeout_ms");
         }
+        if self.log_cleaner_io_buffer_bytes == 0 || !self.log_cleaner_io_buffer_bytes.is_multiple_of(4096) {
+            bail!("log_cleaner_io_buffer_bytes must be a positive multiple of 4096");
+        }
+        if self.log_cleaner_io_max_bytes_per_second == 0
+            || self.log_cleaner_dedupe_buffer_bytes < crate::storage::cleaner::MAP_ENTRY_BYTES
+            || self.log_cleaner_backoff_ms == 0
+        {
+            bail!("log_cleaner_io_max_bytes_per_second and log_cleaner_backoff_ms must be positive, log_cleaner_dedupe_buffer_bytes at least 64");
+        }
+        if !(0.0..=1.0).contains(&self.log_cleaner_min_cleanable_ratio) {
+            bail!("log_cleaner_min_cleanable_ratio must be between 0 and 1");
+        }
         if self.connections_max_idle_ms == 0 || self.socket_request_read_timeout_ms == 0 {
             bail!("connections_max_idle_ms and socket_request_read_timeout_ms must be positive");
         }
@@ -249,6 +288,20 @@ impl Config {
             write_buffer_bytes: self.write_buffer_bytes,
             cache_bytes: self.cache_bytes_per_shard,
             preallocate_step_bytes: self.preallocate_step_bytes,
+            compact: false,
+            delete_retention_ms: self.log_cleaner_delete_retention_ms,
+            min_compaction_lag_ms: self.log_cleaner_min_compaction_lag_ms,
+            min_cleanable_dirty_ratio: self.log_cleaner_min_cleanable_ratio,
+        }
+    }
+
+    /// The limits of each shard's log cleaner.
+    pub fn cleaner(&self) -> crate::storage::cleaner::CleanerConfig {
+        crate::storage::cleaner::CleanerConfig {
+            dedupe_buffer_bytes: self.log_cleaner_dedupe_buffer_bytes,
+            io_buffer_bytes: self.log_cleaner_io_buffer_bytes,
+            io_max_bytes_per_second: self.log_cleaner_io_max_bytes_per_second,
+            max_batch_decompressed_bytes: self.log_cleaner_max_batch_decompressed_bytes,
         }
     }
 }

@@ -208,6 +208,9 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "max.message.bytes",
     "message.timestamp.type",
     "index.interval.bytes",
+    "delete.retention.ms",
+    "min.compaction.lag.ms",
+    "min.cleanable.dirty.ratio",
 ];
 
 /// The default value of a topic config, as DescribeConfigs shows it.
@@ -221,35 +224,33 @@ pub fn default_config_value(key: &str, defaults: &LogConfig) -> Option<String> {
         "max.message.bytes" => defaults.max_message_bytes.to_string(),
         "message.timestamp.type" => "CreateTime".into(),
         "index.interval.bytes" => defaults.index_interval_bytes.to_string(),
+        "delete.retention.ms" => defaults.delete_retention_ms.to_string(),
+        "min.compaction.lag.ms" => defaults.min_compaction_lag_ms.to_string(),
+        "min.cleanable.dirty.ratio" => defaults.min_cleanable_dirty_ratio.to_string(),
         _ => return None,
     })
 }
 
-/// Applies topic configs over the broker defaults; the error names the bad key.
-/// Checks topic configs a client sets: as [`log_config`], but compaction is
-/// refused until the log cleaner exists (only `__consumer_offsets` is
-/// compacted, by the broker itself, and nothing cleans it yet).
+/// Checks topic configs a client sets (see [`log_config`]).
 pub fn check_user_configs(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
-    if configs.get("cleanup.policy").is_some_and(|v| v.contains("compact")) {
-        return Err("cleanup.policy=compact is not supported yet (no log cleaner)".into());
-    }
     log_config(defaults, configs)
 }
 
+/// Applies topic configs over the broker defaults; the error names the bad key.
 pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
     let mut log = defaults.clone();
+    let mut delete = true;
     for (key, value) in configs {
         let bad = || format!("invalid value {value:?} for {key}");
         let int = || value.parse::<i64>().map_err(|_| bad());
         match key.as_str() {
-            "cleanup.policy" if value == "delete" => {}
-            // Compacted topics are never deleted by time or size (the cleaner
-            // keeps the latest record per key); "compact,delete" is both.
-            "cleanup.policy" if value == "compact" => {
-                log.retention_ms = -1;
-                log.retention_bytes = -1;
+            "cleanup.policy" => (log.compact, delete) = cleanup_policy(value).ok_or_else(bad)?,
+            "delete.retention.ms" if int()? >= 0 => log.delete_retention_ms = int()?,
+            "min.compaction.lag.ms" if int()? >= 0 => log.min_compaction_lag_ms = int()?,
+            "min.cleanable.dirty.ratio" => {
+                log.min_cleanable_dirty_ratio =
+                    value.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(bad)?
             }
-            "cleanup.policy" => return Err(format!("cleanup.policy {value:?} is not supported")),
             "retention.ms" => log.retention_ms = int()?,
             "retention.bytes" => log.retention_bytes = int()?,
             "segment.bytes" if (1 << 14..=crate::storage::log::MAX_SEGMENT_BYTES as i64).contains(&int()?) => {
@@ -265,7 +266,27 @@ pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> R
             _ => return Err(format!("unknown topic config {key:?}")),
         }
     }
+    if !delete {
+        // Compacted only: never deleted by time or size; the cleaner keeps
+        // the latest record per key.
+        log.retention_ms = -1;
+        log.retention_bytes = -1;
+    }
     Ok(log)
+}
+
+/// cleanup.policy as (compact, delete): "delete", "compact", or both in
+/// either order (Kafka's list syntax).
+fn cleanup_policy(value: &str) -> Option<(bool, bool)> {
+    let (mut compact, mut delete) = (false, false);
+    for policy in value.split(',').map(str::trim) {
+        match policy {
+            "compact" => compact = true,
+            "delete" => delete = true,
+            _ => return None,
+        }
+    }
+    (compact || delete).then_some((compact, delete))
 }
 
 mod hex_id {

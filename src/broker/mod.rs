@@ -387,6 +387,32 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// One pass of the shard's log cleaner over its compacted partitions.
+    pub async fn clean_logs(&self) {
+        let config = self.config.cleaner();
+        for partition in self.local_partitions() {
+            if !partition.log.borrow().config.compact {
+                continue;
+            }
+            let dir = partition.log.borrow().dir.clone();
+            match storage::cleaner::clean(&partition, &config, storage::now_ms()).await {
+                Ok(Some(stats)) => info!(
+                    dir = %dir.display(),
+                    segments = stats.segments_rewritten,
+                    bytes_read = stats.bytes_read,
+                    bytes_written = stats.bytes_written,
+                    records_removed = stats.records_removed,
+                    cleaned_to = stats.cleaned_to,
+                    "log cleaned"
+                ),
+                Ok(None) => {}
+                Err(e) => error!(dir = %dir.display(), "log cleaner: {e}"),
+            }
+        }
+    }
+}
+
 impl From<StorageError> for PartitionError {
     fn from(e: StorageError) -> Self {
         use crate::storage::batch::BatchError;

@@ -15,17 +15,19 @@ pub const LOG_OVERHEAD_BYTES: usize = 12;
 const LENGTH_AT: usize = 8;
 const EPOCH_AT: usize = 12;
 const MAGIC_AT: usize = 16;
-const CRC_AT: usize = 17;
-const ATTRIBUTES_AT: usize = 21;
+pub(super) const CRC_AT: usize = 17;
+pub(super) const ATTRIBUTES_AT: usize = 21;
 const LAST_DELTA_AT: usize = 23;
-const MAX_TIMESTAMP_AT: usize = 35;
+/// The first record's timestamp; the records' deltas count from it.
+pub(super) const BASE_TIMESTAMP_AT: usize = 27;
+pub(super) const MAX_TIMESTAMP_AT: usize = 35;
 const PRODUCER_ID_AT: usize = 43;
 const PRODUCER_EPOCH_AT: usize = 51;
 const BASE_SEQUENCE_AT: usize = 53;
-const RECORD_COUNT_AT: usize = 57;
+pub(super) const RECORD_COUNT_AT: usize = 57;
 const TRANSACTIONAL_BIT: i16 = 1 << 4;
 const CONTROL_BIT: i16 = 1 << 5;
-const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
+pub(super) const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
 /// Attributes bits 0..3: the compression codec, 0 for none.
 const CODEC_MASK: i16 = 0b111;
 /// Smallest uncompressed record: a 1-byte length, then attributes,

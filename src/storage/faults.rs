@@ -1,11 +1,12 @@
 //! Fault injection under the storage code, for tests: chosen writes,
-//! fallocates, fdatasyncs and opens fail with an errno, or (writes) complete
-//! short. Off unless rules are installed, by the `SPATE_FAULTS` environment
+//! fallocates, fdatasyncs, opens and the cleaner's renames fail with an
+//! errno, or (writes) complete short, or the process aborts there (as a
+//! `kill -9` at exactly that step would stop it). Off unless rules are installed, by the `SPATE_FAULTS` environment
 //! variable at start or by [`set_rules`] in-process; when off, each storage
 //! call pays one relaxed atomic load.
 //!
 //! `SPATE_FAULTS` holds rules separated by `;`, each a comma-separated list of
-//! `op=write|fallocate|fdatasync|open`, `error=ENOSPC|EIO|EMFILE|short`,
+//! `op=write|fallocate|fdatasync|open|rename`, `error=ENOSPC|EIO|EMFILE|short|abort`,
 //! `after=N` (let the first N calls of that op pass; default 0),
 //! `times=M` (then fail M calls; default 1; 0 = forever), and
 //! `path=S` (only files whose path contains S). Example:
@@ -21,6 +22,8 @@ pub enum Op {
     Fallocate,
     Fdatasync,
     Open,
+    /// The log cleaner's renames (committing a clean, finishing its swap).
+    Rename,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,8 @@ pub enum Fault {
     Errno(i32),
     /// A write that completes with fewer bytes than asked.
     Short,
+    /// The process aborts at this call, as if killed.
+    Abort,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +99,7 @@ fn parse_op(value: &str) -> Result<Op, String> {
         "fallocate" => Op::Fallocate,
         "fdatasync" => Op::Fdatasync,
         "open" => Op::Open,
+        "rename" => Op::Rename,
         other => return Err(format!("unknown fault op {other:?}")),
     })
 }
@@ -104,6 +110,7 @@ fn parse_fault(value: &str) -> Result<Fault, String> {
         "EIO" => Fault::Errno(libc::EIO),
         "EMFILE" => Fault::Errno(libc::EMFILE),
         "short" => Fault::Short,
+        "abort" => Fault::Abort,
         other => return Err(format!("unknown fault {other:?}")),
     })
 }
@@ -122,6 +129,10 @@ pub fn check(op: Op, path: &Path) -> Option<Fault> {
         }
         rule.seen += 1;
         let failing = rule.seen > rule.after && (rule.times == 0 || rule.seen <= rule.after + rule.times);
+        if failing && rule.fault == Fault::Abort {
+            eprintln!("SPATE_FAULTS: aborting at {op:?} of {path}");
+            std::process::abort();
+        }
         if failing {
             return Some(rule.fault);
         }
@@ -135,7 +146,7 @@ pub fn fail(op: Op, path: &Path) -> std::io::Result<()> {
     match check(op, path) {
         None => Ok(()),
         Some(Fault::Errno(errno)) => Err(injected(errno)),
-        Some(Fault::Short) => Err(injected(libc::EIO)),
+        Some(Fault::Short | Fault::Abort) => Err(injected(libc::EIO)),
     }
 }
 

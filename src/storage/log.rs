@@ -40,6 +40,18 @@ pub struct LogConfig {
     /// The unwritten tail reads as zeros and is cut off by sealing, clean
     /// shutdown, or recovery.
     pub preallocate_step_bytes: u64,
+    /// cleanup.policy includes `compact`: the log cleaner keeps the latest
+    /// record per key in sealed segments.
+    pub compact: bool,
+    /// A tombstone (null value) this much older than now may be removed by
+    /// a clean once it is the latest record of its key (delete.retention.ms).
+    pub delete_retention_ms: i64,
+    /// Segments holding a record newer than this are not cleaned yet
+    /// (min.compaction.lag.ms).
+    pub min_compaction_lag_ms: i64,
+    /// A log is cleaned once this share of its cleanable bytes has not been
+    /// cleaned yet (min.cleanable.dirty.ratio).
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -55,6 +67,10 @@ impl Default for LogConfig {
             write_buffer_bytes: 1 << 20,
             cache_bytes: 8 << 20,
             preallocate_step_bytes: 8 << 20,
+            compact: false,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio: 0.5,
         }
     }
 }
@@ -87,8 +103,18 @@ pub enum ReadPlan {
     /// Whole batches from the cache, as write segments.
     Cached(Vec<Bytes>),
     /// Read `len` bytes at `position` of a segment file, then keep batches
-    /// ending at or after `offset`, cut to the byte budget.
-    Disk { file: SegmentFile, position: u64, len: usize, readable: u64, offset: i64, max_bytes: usize },
+    /// ending at or after `offset`, cut to the byte budget. `sealed_end` is
+    /// the sealed segment's next offset (None for the active one): a sealed
+    /// segment that compaction emptied past `offset` sends the read on there.
+    Disk {
+        file: SegmentFile,
+        position: u64,
+        len: usize,
+        readable: u64,
+        offset: i64,
+        max_bytes: usize,
+        sealed_end: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +140,26 @@ pub struct PartitionLog {
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
     producers: ProducerStates,
+    /// Offsets below this have been compacted (the cleaner's checkpoint).
+    pub cleaned_to: i64,
+}
+
+/// A sealed segment as the log cleaner sees it.
+#[derive(Clone)]
+pub struct SealedSegment {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size_bytes: u64,
+    pub max_timestamp: i64,
+    pub file: SegmentFile,
+}
+
+/// What the cleaner may clean now: sealed segments from the log start up to
+/// the first one too new to clean (min.compaction.lag.ms), and the base
+/// offset of the segment after the last of them.
+pub struct Cleanable {
+    pub segments: Vec<SealedSegment>,
+    pub end_offset: i64,
 }
 
 pub const LOG_START_FILE: &str = "log-start-offset";
@@ -147,6 +193,7 @@ impl PartitionLog {
             cache: VecDeque::new(),
             cache_bytes: 0,
             producers,
+            cleaned_to: 0,
         }
     }
 
@@ -416,16 +463,18 @@ impl PartitionLog {
 
     fn plan_disk_read(&self, offset: i64, max_bytes: usize) -> ReadPlan {
         let i = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-        let Some(segment) = self.segments[i..].iter().find(|s| s.next_offset > offset) else {
+        let Some(j) = self.segments[i..].iter().position(|s| s.next_offset > offset) else {
             return ReadPlan::Cached(Vec::new());
         };
+        let segment = &self.segments[i + j];
+        let sealed_end = (i + j + 1 < self.segments.len()).then_some(segment.next_offset);
         let relative = (offset.max(segment.base_offset) - segment.base_offset) as u32;
         let position = segment.index.position_for(relative) as u64;
         let readable = segment.flushed_bytes.min(segment.size_bytes);
         // Read past the budget by one index interval: the start may precede `offset`.
         let want = max_bytes as u64 + self.config.index_interval_bytes + batch::HEADER_BYTES as u64;
         let len = want.min(readable.saturating_sub(position)) as usize;
-        ReadPlan::Disk { file: segment.file(), position, len, readable, offset, max_bytes }
+        ReadPlan::Disk { file: segment.file(), position, len, readable, offset, max_bytes, sealed_end }
     }
 
     /// Segments from the one holding the first batch whose max timestamp is at
@@ -472,7 +521,15 @@ impl PartitionLog {
     pub fn take_expired_segments(&mut self, now_ms: i64) -> Vec<Segment> {
         let mut total = self.size_bytes() as i64;
         let mut expired = 0;
+        // Empty sealed segments (cleaned away) go only with a later expired
+        // one: removing the first segment moves the log start, and a
+        // compacted log's start must not move under its readers.
+        let mut empty_run = 0;
         for segment in &self.segments[..self.segments.len() - 1] {
+            if segment.size_bytes == 0 {
+                empty_run += 1;
+                continue;
+            }
             let below_start = segment.next_offset <= self.log_start_offset;
             let too_old = self.config.retention_ms >= 0
                 && segment.max_timestamp >= 0
@@ -483,13 +540,80 @@ impl PartitionLog {
                 break;
             }
             total -= segment.size_bytes as i64;
-            expired += 1;
+            expired += 1 + empty_run;
+            empty_run = 0;
         }
         let removed: Vec<Segment> = self.segments.drain(..expired).collect();
         if let Some(first) = self.segments.first() {
             self.advance_start(first.base_offset);
         }
         removed
+    }
+
+    /// Sealed segments the cleaner may rewrite (see [`Cleanable`]).
+    pub fn cleanable(&self, now_ms: i64) -> Cleanable {
+        let sealed = &self.segments[..self.segments.len() - 1];
+        let lag = self.config.min_compaction_lag_ms;
+        let too_new = sealed.iter().position(|s| lag > 0 && s.max_timestamp > now_ms.saturating_sub(lag));
+        let sealed = &sealed[..too_new.unwrap_or(sealed.len())];
+        let end_offset = self.segments[sealed.len()].base_offset;
+        let segments = sealed
+            .iter()
+            .filter(|s| s.next_offset > self.log_start_offset)
+            .map(|s| SealedSegment {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                size_bytes: s.size_bytes,
+                max_timestamp: s.max_timestamp,
+                file: s.file(),
+            })
+            .collect();
+        Cleanable { segments, end_offset }
+    }
+
+    /// Whether the sealed segments `replaced` (base offset and size of each,
+    /// in order) are all still in the log, unchanged.
+    pub fn has_segments(&self, replaced: &[(i64, u64)]) -> bool {
+        self.find_segments(replaced).is_some()
+    }
+
+    fn find_segments(&self, replaced: &[(i64, u64)]) -> Option<std::ops::Range<usize>> {
+        let first_base = replaced.first()?.0;
+        let first = self.segments.iter().position(|s| s.base_offset == first_base)?;
+        let last = first + replaced.len();
+        if last >= self.segments.len() {
+            return None; // the active segment is never replaced
+        }
+        let same = self.segments[first..last]
+            .iter()
+            .zip(replaced)
+            .all(|(s, &(base, size))| s.base_offset == base && s.size_bytes == size && !s.is_writable());
+        same.then_some(first..last)
+    }
+
+    /// Puts a cleaned segment in place of the sealed segments `replaced`
+    /// (base offset and size of each, in order), if they are all still
+    /// there unchanged. Returns their file paths.
+    pub fn replace_segments(&mut self, replaced: &[(i64, u64)], cleaned: Segment) -> Option<Vec<PathBuf>> {
+        let std::ops::Range { start: first, end: last } = self.find_segments(replaced)?;
+        assert_eq!(cleaned.base_offset, replaced[0].0, "a cleaned segment keeps its first base offset");
+        assert!(cleaned.next_offset <= self.segments[last].base_offset, "cleaning keeps offsets");
+        let next_base = self.segments[last].base_offset;
+        let old: Vec<Segment> = self.segments.splice(first..last, [cleaned]).collect();
+        // Cached batches of the replaced segments would serve what the clean
+        // removed; they are all written (sealed), so dropping them is safe.
+        while self.cache.front().is_some_and(|b| b.base_offset < next_base) {
+            let front = self.cache.pop_front().expect("checked non-empty");
+            assert!(front.last_offset < self.flushed_offset, "sealed batches are written");
+            self.cache_bytes -= front.len();
+        }
+        Some(old.iter().map(Segment::path).collect())
+    }
+
+    /// The cleaned segment at `base_offset` now has its usual file name;
+    /// returns the name it had.
+    pub fn finish_segment_rename(&mut self, base_offset: i64) -> Option<PathBuf> {
+        self.segments.iter_mut().find(|s| s.base_offset == base_offset)?.clear_path_override()
     }
 
     /// The oldest offset an OffsetForLeaderEpoch answer may give for `epoch`:

@@ -3,6 +3,7 @@
 //! checksummed bytes and nothing of the Kafka wire protocol.
 
 pub mod batch;
+pub mod cleaner;
 pub mod faults;
 pub mod index;
 pub mod log;
@@ -11,6 +12,7 @@ mod model_test;
 pub mod open_files;
 pub mod partition;
 pub mod producers;
+pub mod records;
 pub mod recovery;
 pub mod segment;
 

@@ -139,6 +139,13 @@ pub struct Partition {
     /// Serialises log-start checkpoints and segment deletions.
     meta_lock: Semaphore,
     writer_running: Cell<bool>,
+    /// Bumped whenever the log cleaner changes which file holds which
+    /// offsets: a read that opened a file by name after a bump may have
+    /// opened the new file with the old plan's positions, so it plans again.
+    layout_version: Cell<u64>,
+    /// Seals (index files being written) in flight: the cleaner waits for
+    /// them, since a late seal would write an index over a cleaned segment's.
+    seals_in_flight: Rc<Cell<usize>>,
 }
 
 impl Partition {
@@ -157,6 +164,8 @@ impl Partition {
             max_pending_bytes,
             meta_lock: Semaphore::new(1),
             writer_running: Cell::new(true),
+            layout_version: Cell::new(0),
+            seals_in_flight: Rc::new(Cell::new(0)),
         });
         let writer = partition.clone();
         glommio::spawn_local(async move { writer.run_writer().await }).detach();
@@ -408,10 +417,13 @@ impl Partition {
         };
         // Sealing touches only the old file (and small files beside it): it
         // runs beside the writes to the new segment, owned by its own task.
+        let seals = self.seals_in_flight.clone();
+        seals.set(seals.get() + 1);
         glommio::spawn_local(async move {
             if let Err(e) = seal.run().await {
                 warn!(dir = %dir.display(), "sealing segment: {e}; recovery will rebuild its index");
             }
+            seals.set(seals.get() - 1);
             write_producer_snapshot(dir, end, snapshot).await;
         })
         .detach();
@@ -511,20 +523,39 @@ impl Partition {
     /// Reads from `offset`: up to `max_bytes`, at least one whole batch.
     /// Returns the parts to send, in order.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
-        for _ in 0..REPLANS_MAX {
-            let plan = self.log.borrow().plan_read(offset, max_bytes);
-            let (file, position, len, readable, offset, max_bytes) = match plan {
+        let mut from = offset;
+        let mut replans = 0;
+        // Each pass either replans (bounded by REPLANS_MAX) or moves `from`
+        // past a whole sealed segment (bounded by the segment count).
+        loop {
+            let layout = self.layout_version.get();
+            let plan = self.log.borrow().plan_read(from, max_bytes);
+            let (file, position, len, readable, sealed_end) = match plan {
                 ReadPlan::OutOfRange => return Err(StorageError::OffsetOutOfRange),
                 ReadPlan::Cached(parts) => return Ok(parts),
-                ReadPlan::Disk { file, position, len, readable, offset, max_bytes } => {
-                    (file, position, len, readable, offset, max_bytes)
+                ReadPlan::Disk { file, position, len, readable, sealed_end, .. } => {
+                    (file, position, len, readable, sealed_end)
                 }
             };
-            let Some(file) = self.open_planned(&file).await? else { continue };
-            let kept = read_disk(&file, position, len, readable, offset, max_bytes).await?;
-            return Ok(if kept.is_empty() { Vec::new() } else { vec![kept] });
+            let opened = self.open_planned(&file).await?.filter(|_| self.layout_version.get() == layout);
+            let Some(file) = opened else {
+                replans += 1;
+                if replans == REPLANS_MAX {
+                    return Err(StorageError::Io(std::io::Error::other("segments kept vanishing under a read")));
+                }
+                continue;
+            };
+            let kept = read_disk(&file, position, len, readable, from, max_bytes).await?;
+            if !kept.is_empty() {
+                return Ok(vec![kept]);
+            }
+            // Compaction removed every record of this sealed segment from
+            // `from` on: the next record is in a later segment.
+            match sealed_end {
+                Some(end) if end > from => from = end,
+                _ => return Ok(Vec::new()),
+            }
         }
-        Err(StorageError::Io(std::io::Error::other("segments kept vanishing under a read")))
     }
 
     /// Opens a planned segment file; None if it was removed since the plan
@@ -563,8 +594,9 @@ impl Partition {
     pub async fn offset_for_time(&self, timestamp: i64) -> std::io::Result<Option<(i64, i64)>> {
         let mut plan = None;
         for _ in 0..REPLANS_MAX {
+            let layout = self.layout_version.get();
             let Some((file, position, readable)) = self.log.borrow().plan_time_lookup(timestamp) else { break };
-            if let Some(file) = self.open_planned(&file).await? {
+            if let Some(file) = self.open_planned(&file).await?.filter(|_| self.layout_version.get() == layout) {
                 plan = Some((file, position, readable));
                 break;
             }
@@ -632,6 +664,35 @@ impl Partition {
             segment.remove().await?;
         }
         Ok(())
+    }
+
+    /// Runs `work` holding the meta lock (no retention, DeleteRecords or
+    /// other clean moves files meanwhile), in a task of its own: dropping the
+    /// wait leaves it running to completion.
+    pub(super) async fn run_locked<T: 'static, F>(
+        self: &Rc<Self>,
+        work: impl FnOnce(Rc<Partition>) -> F + 'static,
+    ) -> std::io::Result<T>
+    where
+        F: Future<Output = std::io::Result<T>> + 'static,
+    {
+        let partition = self.clone();
+        run_owned(async move {
+            let _meta = acquire(&partition.meta_lock).await?;
+            work(partition.clone()).await
+        })
+        .await
+    }
+
+    /// Whether the cleaner may start on this partition: every seal done,
+    /// online, not stopping.
+    pub(super) fn may_clean(&self) -> bool {
+        self.seals_in_flight.get() == 0 && self.offline.borrow().is_none() && self.stop.get().is_none()
+    }
+
+    /// Which file holds which offsets changed: reads in flight plan again.
+    pub(super) fn bump_layout(&self) {
+        self.layout_version.set(self.layout_version.get() + 1);
     }
 
     /// Writes and syncs everything appended so far (the periodic flusher).

@@ -33,9 +33,10 @@ pub async fn open_log(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::
 
 async fn open_segments(dir: &Path, config: LogConfig, leader_epoch: i32) -> std::io::Result<PartitionLog> {
     let dir_owned = dir.to_path_buf();
-    let (bases, log_start, snapshots) = glommio::executor()
-        .spawn_blocking(move || -> std::io::Result<(Vec<i64>, i64, Vec<i64>)> {
+    let (bases, log_start, snapshots, cleaned_to) = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<(Vec<i64>, i64, Vec<i64>, i64)> {
             std::fs::create_dir_all(&dir_owned)?;
+            super::cleaner::recover(&dir_owned)?;
             let mut bases = Vec::new();
             for entry in std::fs::read_dir(&dir_owned)? {
                 let name = entry?.file_name().to_string_lossy().into_owned();
@@ -48,7 +49,7 @@ async fn open_segments(dir: &Path, config: LogConfig, leader_epoch: i32) -> std:
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0);
-            Ok((bases, start, list_snapshots(&dir_owned)?))
+            Ok((bases, start, list_snapshots(&dir_owned)?, super::cleaner::read_checkpoint(&dir_owned)))
         })
         .await?;
     let mut segments = Vec::with_capacity(bases.len() + 1);
@@ -70,7 +71,9 @@ async fn open_segments(dir: &Path, config: LogConfig, leader_epoch: i32) -> std:
         segments.push(Segment::create(dir, log_start, config.write_buffer_bytes, config.preallocate_step_bytes).await?);
     }
     let producers = recover_producers(dir, &segments, &snapshots, found, &config).await?;
-    Ok(PartitionLog::new(dir, config, leader_epoch, segments, log_start, producers))
+    let mut log = PartitionLog::new(dir, config, leader_epoch, segments, log_start, producers);
+    log.cleaned_to = cleaned_to;
+    Ok(log)
 }
 
 /// Producer state: the newest snapshot within the recovered log, plus every

@@ -83,6 +83,9 @@ pub struct Segment {
     pub index: SegmentIndex,
     bytes_since_index: u64,
     appender: Option<Appender>,
+    /// Where the file is when not at its usual name: a cleaned segment
+    /// between its swap-in and the rename that finishes it.
+    path_override: Option<PathBuf>,
 }
 
 impl Segment {
@@ -116,10 +119,20 @@ impl Segment {
     }
 
     fn with_file(dir: &Path, base_offset: i64, file: DmaFile) -> Segment {
+        Segment::empty(dir, base_offset, Some(Rc::new(file)), None)
+    }
+
+    /// A sealed segment being written by the log cleaner at `path`: no
+    /// handle of its own; [`Segment::track`] builds its index.
+    pub fn cleaned(dir: &Path, base_offset: i64, path: PathBuf) -> Segment {
+        Segment::empty(dir, base_offset, None, Some(path))
+    }
+
+    fn empty(dir: &Path, base_offset: i64, file: Option<Rc<DmaFile>>, path_override: Option<PathBuf>) -> Segment {
         Segment {
             base_offset,
             dir: dir.to_path_buf(),
-            file: Some(Rc::new(file)),
+            file,
             size_bytes: 0,
             flushed_bytes: 0,
             next_offset: base_offset,
@@ -128,7 +141,13 @@ impl Segment {
             index: SegmentIndex::default(),
             bytes_since_index: 0,
             appender: None,
+            path_override,
         }
+    }
+
+    /// The cleaner renamed this segment's file to its usual name.
+    pub fn clear_path_override(&mut self) -> Option<PathBuf> {
+        self.path_override.take()
     }
 
     /// Makes a recovered segment writable at its logical end: cuts the file to
@@ -308,8 +327,8 @@ impl Segment {
         self.index.truncate_from_position(self.flushed_bytes as u32);
     }
 
-    fn path(&self) -> PathBuf {
-        log_path(&self.dir, self.base_offset)
+    pub fn path(&self) -> PathBuf {
+        self.path_override.clone().unwrap_or_else(|| log_path(&self.dir, self.base_offset))
     }
 
     /// Ends appending (after a final flush); the segment is read-only from here.
@@ -353,15 +372,15 @@ impl Segment {
 
     /// Deletes the segment's files.
     pub async fn remove(self) -> std::io::Result<()> {
-        let (dir, base) = (self.dir.clone(), self.base_offset);
-        open_files::forget(&self.path());
+        let (dir, base, path) = (self.dir.clone(), self.base_offset, self.path());
+        open_files::forget(&path);
         if let Some(Ok(file)) = self.file.map(Rc::try_unwrap) {
             let _ = file.close().await;
         }
         glommio::executor()
             .spawn_blocking(move || {
                 // The log first: an index without its log is ignored at start.
-                for path in [log_path(&dir, base), index_path(&dir, base), time_index_path(&dir, base)] {
+                for path in [path, log_path(&dir, base), index_path(&dir, base), time_index_path(&dir, base)] {
                     let _ = std::fs::remove_file(path);
                 }
                 let _ = std::fs::remove_file(super::producers::snapshot_path(&dir, base));
@@ -448,11 +467,12 @@ impl FlushJob {
 }
 
 /// Writes `buf` at `pos`; fewer bytes written than asked is an error.
-async fn write_whole(file: &DmaFile, path: &Path, buf: DmaBuffer, pos: u64) -> std::io::Result<()> {
+pub(super) async fn write_whole(file: &DmaFile, path: &Path, buf: DmaBuffer, pos: u64) -> std::io::Result<()> {
     let want = buf.len();
     let written = match faults::check(Op::Write, path) {
         None => file.write_at(buf, pos).await.map_err(os_error)?,
         Some(Fault::Errno(errno)) => return Err(faults::injected(errno)),
+        Some(Fault::Abort) => unreachable!("faults::check aborts the process"),
         Some(Fault::Short) => {
             let half = align_down(want as u64 / 2).max(BLOCK_BYTES.min(want as u64)) as usize;
             let mut short = file.alloc_dma_buffer(half);
