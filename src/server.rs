@@ -24,14 +24,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use futures::FutureExt;
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Semaphore, StaticPermit};
+use kafka_protocol::messages::ApiKey;
 use tracing::{debug, error, info, warn};
 
 use crate::broker::{Broker, ShardMsg};
 use crate::config::Config;
-use crate::handlers::{self, FrameError};
+use crate::handlers::{self, AppliedWait, FrameError};
 use crate::protocol::Reply;
 use wait::{ByteBudget, Charge, StopSignal};
 
@@ -310,17 +312,25 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
             break End::Abort;
         };
         // The previous request must have taken effect first: a connection's
-        // requests take effect in the order they arrived.
-        if let Some(previous) = previous_applied.take() {
-            if unless(previous, conn.writer_gone.raised()).await.is_none() {
+        // requests take effect in the order they arrived. An OffsetCommit
+        // behind an OffsetCommit waits for it itself (a commit never closes
+        // the connection once dispatched), so that commits pipelined to a
+        // coordinator on another shard need not each wait for a wake-up
+        // from there (see `handlers::Applied`).
+        let commit = is_offset_commit(&frame);
+        let mut handed_over: Option<AppliedWait> = None;
+        if let Some((previous, previous_commit)) = previous_applied.take() {
+            if commit && previous_commit {
+                handed_over = Some(previous);
+            } else if unless(previous.applied(), conn.writer_gone.raised()).await.is_none() {
                 break End::Abort;
             }
         }
         if conn.closing.get() {
             break End::Drain; // the writer answers what came before, then closes
         }
-        let Some((reply, applied)) = dispatch(net, &conn, frame) else { break End::Abort };
-        previous_applied = Some(applied);
+        let Some((reply, applied)) = dispatch(net, &conn, frame, handed_over) else { break End::Abort };
+        previous_applied = Some((applied, commit));
         // glommio's `send` waiting on a full queue does not notice that the
         // receiver is gone (it waits for room forever), so watch the writer.
         let queued = unless(pending_tx.send(Pending { reply, held: (permit, charge) }), conn.writer_gone.raised());
@@ -337,9 +347,15 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
     let _ = writer_task.await;
 }
 
+/// Whether a frame is an OffsetCommit request (by its API key).
+fn is_offset_commit(frame: &[u8]) -> bool {
+    frame.len() >= 2 && i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::OffsetCommit as i16
+}
+
 /// Parses a frame and starts its handler; None if the frame is not a request.
-/// Also returns what resolves once the request has taken effect.
-fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<(Handler, AppliedWait)> {
+/// Also returns what resolves once the request has taken effect. `previous`:
+/// the previous request's signal, for the handler to wait on.
+fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes, previous: Option<AppliedWait>) -> Option<(Handler, AppliedWait)> {
     let mut request = match handlers::parse_request(frame) {
         Ok(request) => request,
         Err(FrameError(reason)) => {
@@ -349,10 +365,23 @@ fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<(Handler, Applie
     };
     conn.unanswered.set(conn.unanswered.get() + 1);
     request.peer = Some(conn.peer.clone());
-    let (broker, conn) = (net.broker.clone(), conn.clone());
+    let broker = net.broker.clone();
     let (applied, applied_wait) = handlers::Applied::new();
-    let handler = glommio::spawn_local(async move {
-        let reply = handlers::handle(&broker, request, applied).await;
+    let handler = if request.api_key == ApiKey::OffsetCommit {
+        // Its own, small task: the router's future has room for any
+        // handler's state, and a task's future is allocated and moved whole.
+        spawn_handler(conn.clone(), handlers::handle_offset_commit(broker, request, applied, previous))
+    } else {
+        spawn_handler(conn.clone(), async move { handlers::handle(&broker, request, applied, previous).await })
+    };
+    Some((handler, applied_wait))
+}
+
+/// Runs a request's handler in a task of its own and notes how it answers.
+/// A combinator, not an `async` block: that would hold the handler's future
+/// twice (captured, then awaited), and a task's future is allocated whole.
+fn spawn_handler(conn: Rc<Conn>, handler: impl Future<Output = Result<Reply, FrameError>> + 'static) -> Handler {
+    glommio::spawn_local(handler.map(move |reply| {
         // Set before this task yields, so before the reader, woken by the
         // dropped `applied`, can dispatch the next request.
         match &reply {
@@ -361,14 +390,11 @@ fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes) -> Option<(Handler, Applie
             Ok(Reply::Nothing) => {}
         }
         reply
-    });
-    Some((handler, applied_wait))
+    }))
 }
 
 /// A request's handler task.
 type Handler = glommio::Task<Result<Reply, FrameError>>;
-/// Resolves (Ok or Canceled) once the request has taken effect.
-type AppliedWait = futures::channel::oneshot::Receiver<()>;
 
 /// Resolves when either `a` or `b` does.
 async fn either(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
@@ -499,7 +525,9 @@ async fn read_frame_body(
                     Woke::Stopping => return None,
                 }
             }
-            let arrived = reader.buffer().len() + queued_in_kernel(conn.fd);
+            // Asking the kernel costs a syscall: not when the rest is buffered here.
+            let buffered = reader.buffer().len();
+            let arrived = if buffered >= len - filled { buffered } else { buffered + queued_in_kernel(conn.fd) };
             let target = next_frame_capacity(filled, len, arrived);
             // The wait for the budget counts against the frame's time too:
             // otherwise half-sent frames holding all of it would wedge the shard.

@@ -65,6 +65,19 @@ impl<M: Send + 'static> Mailbox<M> {
         self.senders.send_to(to, msg).await.map_err(|_| SendError::Closed)
     }
 
+    /// Sends `msg` to shard `to` without waiting: Err(Some(msg)) gives it
+    /// back when the queue is full, Err(None) when the target is gone.
+    pub fn try_send(&self, to: ShardId, msg: M) -> Result<(), Option<M>> {
+        if to == self.me {
+            return Err(None);
+        }
+        match self.senders.try_send_to(to, msg) {
+            Ok(()) => Ok(()),
+            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg))) => Err(Some(msg)),
+            Err(_) => Err(None),
+        }
+    }
+
     /// Sends the message `make` builds around a reply slot, and awaits the reply.
     pub async fn call<R>(&self, to: ShardId, make: impl FnOnce(Reply<R>) -> M) -> Result<R, SendError> {
         let (reply, answer) = oneshot::channel();

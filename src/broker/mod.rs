@@ -17,7 +17,7 @@ use shards::{Mailbox, ShardId};
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::group::{offsets_partition, Coordinator, GroupOp, GroupResult, OFFSETS_TOPIC};
+use crate::group::{offsets_partition, CommitArgs, Coordinator, GroupOp, GroupResult, OFFSETS_TOPIC};
 use crate::storage::{self, Durability, Partition, StorageError};
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 pub use messages::{PartitionError, PartitionOk, PartitionOp, PartitionResult, ShardMsg};
@@ -28,6 +28,16 @@ const MIN_PARTITION_CACHE_BYTES: usize = 64 << 10;
 /// Write buffer of a `__consumer_offsets` partition: its records are small,
 /// and there are 50 of them.
 const OFFSETS_WRITE_BUFFER_BYTES: usize = 64 << 10;
+
+/// Where [`Broker::submit_commit`] put an OffsetCommit; its answer comes on the receiver.
+pub enum CommitSubmitted {
+    /// Queued on this shard (None), or on the link to that shard.
+    Sent(Option<ShardId>, futures::channel::oneshot::Receiver<GroupResult>),
+    /// The link to that shard is full: the message is to be sent when it has room.
+    Full(ShardId, Box<ShardMsg>, futures::channel::oneshot::Receiver<GroupResult>),
+    /// The coordinator's shard is gone.
+    Gone,
+}
 
 pub struct Broker {
     pub shard_id: ShardId,
@@ -64,7 +74,7 @@ impl Broker {
             connections: Cell::new(0),
             producer_ids: Cell::new((0, 0)),
             next_producer_id_block: Cell::new(0),
-            groups: Rc::new(Coordinator::new(&config)),
+            groups: Coordinator::new(&config),
         }
     }
 
@@ -77,8 +87,15 @@ impl Broker {
         self.ready.get()
     }
 
-    /// Handles a message from another shard. Work that may wait runs in its own task.
+    /// Handles a message from another shard. Work that may wait runs in its
+    /// own task; an OffsetCommit needs none (its coordinator queues it at once).
     pub fn on_message(self: &Rc<Self>, msg: ShardMsg) {
+        let msg = match msg {
+            ShardMsg::Group { partition, op: GroupOp::Commit(args), reply } => {
+                return self.groups.commit(self, partition, args, reply);
+            }
+            msg => msg,
+        };
         let broker = self.clone();
         glommio::spawn_local(async move {
             match msg {
@@ -127,21 +144,22 @@ impl Broker {
             .unwrap_or(Err(PartitionError::NotAvailable))
     }
 
-    /// Runs a group request on the group's coordinator: the shard owning the
-    /// `__consumer_offsets` partition its id hashes to. The work runs in a
+    /// The offsets partition a group belongs to and the shard coordinating
+    /// it: the shard owning that `__consumer_offsets` partition (the group
+    /// id's hash decides, as Kafka). Err: a Kafka error code.
+    pub fn group_route(&self, group_id: &str) -> Result<(i32, ShardId), i16> {
+        let unavailable = kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code();
+        let meta = self.meta.borrow();
+        let topic = meta.topic(OFFSETS_TOPIC).ok_or(unavailable)?;
+        let partition = offsets_partition(group_id, topic.partitions);
+        let placement = meta.placement(&topic.tp(partition)).ok_or(unavailable)?;
+        Ok((partition, placement.shard))
+    }
+
+    /// Runs a group request on the group's coordinator. The work runs in a
     /// task of its own there, so a caller that goes away cuts nothing short.
     pub async fn on_group(self: &Rc<Self>, op: GroupOp) -> GroupResult {
-        let (partition, shard) = {
-            let meta = self.meta.borrow();
-            let Some(topic) = meta.topic(OFFSETS_TOPIC) else {
-                return Err(kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code());
-            };
-            let partition = offsets_partition(op.group_id(), topic.partitions);
-            match meta.placement(&topic.tp(partition)) {
-                Some(placement) => (partition, placement.shard),
-                None => return Err(kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code()),
-            }
-        };
+        let (partition, shard) = self.group_route(op.group_id())?;
         let unavailable = kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code();
         if shard != self.shard_id {
             return self
@@ -151,12 +169,40 @@ impl Broker {
                 .unwrap_or(Err(unavailable));
         }
         let (reply, answer) = futures::channel::oneshot::channel();
-        let broker = self.clone();
-        glommio::spawn_local(async move {
-            let _ = reply.send(broker.groups.run(&broker, partition, op).await);
-        })
-        .detach();
+        match op {
+            GroupOp::Commit(args) => self.groups.commit(self, partition, args, reply),
+            op => {
+                let broker = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(broker.groups.run(&broker, partition, op).await);
+                })
+                .detach();
+            }
+        }
         answer.await.unwrap_or(Err(unavailable))
+    }
+    /// Hands an OffsetCommit to its coordinator at `route` (from
+    /// [`Broker::group_route`]), synchronously: queued there if it is this
+    /// shard, else put on the link to it. It needs no task of its own: its
+    /// coordinator's tasks own it once queued.
+    pub fn submit_commit(self: &Rc<Self>, route: (i32, ShardId), args: CommitArgs) -> CommitSubmitted {
+        let (partition, shard) = route;
+        let (reply, answer) = futures::channel::oneshot::channel();
+        if shard == self.shard_id {
+            self.groups.commit(self, partition, args, reply);
+            return CommitSubmitted::Sent(None, answer);
+        }
+        let msg = ShardMsg::Group { partition, op: GroupOp::Commit(args), reply };
+        match self.mailbox.try_send(shard, msg) {
+            Ok(()) => CommitSubmitted::Sent(Some(shard), answer),
+            Err(Some(msg)) => CommitSubmitted::Full(shard, Box::new(msg), answer),
+            Err(None) => CommitSubmitted::Gone,
+        }
+    }
+
+    /// Sends a message to `shard` once its mailbox has room; false if it is gone.
+    pub async fn send_when_room(&self, shard: ShardId, msg: ShardMsg) -> bool {
+        self.mailbox.send(shard, msg).await.is_ok()
     }
 
     /// The groups every shard coordinates, for ListGroups.

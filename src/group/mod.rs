@@ -11,12 +11,13 @@
 //! Each operation runs in a task of its own, so a client that goes away never
 //! cuts a write short.
 
+mod commit;
 pub mod records;
 pub mod state;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -30,7 +31,9 @@ use tracing::{error, info, warn};
 
 use crate::broker::{Broker, PartitionError};
 use crate::storage::{self, Durability, Partition, StorageError};
-use records::{GroupRecord, OffsetValue};
+use commit::AppendQueue;
+pub use commit::CommitArgs;
+use records::GroupRecord;
 use state::{Group, GroupLimits, GroupState, JoinArgs, Joined, Synced};
 
 /// The internal topic holding committed offsets and group metadata.
@@ -78,15 +81,8 @@ pub enum GroupOp {
         group_id: String,
         members: Vec<(String, Option<String>)>,
     },
-    /// `appended` is dropped once the commit has its place in the log.
-    Commit {
-        group_id: String,
-        generation: i32,
-        member_id: String,
-        instance_id: Option<String>,
-        offsets: Vec<(String, i32, OffsetValue)>,
-        appended: oneshot::Sender<()>,
-    },
+    /// Taken synchronously by [`Coordinator::commit`], without a task of its own.
+    Commit(CommitArgs),
     /// None: every committed offset of the group.
     FetchOffsets {
         group_id: String,
@@ -109,10 +105,10 @@ impl GroupOp {
     pub fn group_id(&self) -> &str {
         match self {
             GroupOp::Join(args) => &args.group_id,
+            GroupOp::Commit(args) => &args.group_id,
             GroupOp::Sync { group_id, .. }
             | GroupOp::Heartbeat { group_id, .. }
             | GroupOp::Leave { group_id, .. }
-            | GroupOp::Commit { group_id, .. }
             | GroupOp::FetchOffsets { group_id, .. }
             | GroupOp::Describe { group_id }
             | GroupOp::Delete { group_id }
@@ -155,10 +151,16 @@ enum Load {
 
 /// One shard's coordinator: the groups of the offsets partitions it owns.
 pub struct Coordinator {
+    /// Itself, for the tasks it starts.
+    me: Weak<Coordinator>,
     groups: RefCell<HashMap<String, Group>>,
     partitions: RefCell<HashMap<i32, Load>>,
     /// Per offsets partition: held while a batch gets its offsets.
     append_locks: RefCell<HashMap<i32, Rc<glommio::sync::Semaphore>>>,
+    /// Per offsets partition: appends waiting for the flusher, in log order.
+    queues: RefCell<HashMap<i32, AppendQueue>>,
+    /// Emptied batch vectors, for the next batches (at most `MAX_SPARE_BATCHES`).
+    spare_batches: RefCell<Vec<Vec<commit::Queued>>>,
     /// Per offsets partition: its size after the last checkpoint (or load).
     checkpointed_bytes: RefCell<HashMap<i32, u64>>,
     /// Per offsets partition: appends whose records are not yet applied to memory.
@@ -175,11 +177,14 @@ fn str_bytes(s: &str) -> StrBytes {
 }
 
 impl Coordinator {
-    pub fn new(config: &crate::config::Config) -> Coordinator {
-        Coordinator {
+    pub fn new(config: &crate::config::Config) -> Rc<Coordinator> {
+        Rc::new_cyclic(|me| Coordinator {
+            me: me.clone(),
             groups: RefCell::new(HashMap::new()),
             partitions: RefCell::new(HashMap::new()),
             append_locks: RefCell::new(HashMap::new()),
+            queues: RefCell::new(HashMap::new()),
+            spare_batches: RefCell::new(Vec::new()),
             checkpointed_bytes: RefCell::new(HashMap::new()),
             checkpointing: RefCell::new(std::collections::HashSet::new()),
             unapplied: RefCell::new(HashMap::new()),
@@ -191,19 +196,26 @@ impl Coordinator {
                 max_size: config.group_max_size,
                 max_member_metadata_bytes: config.group_max_member_metadata_bytes,
             },
-        }
+        })
     }
 
-    /// Runs `op` for a group of offsets partition `partition` (owned here).
-    pub async fn run(&self, broker: &Rc<Broker>, partition: i32, op: GroupOp) -> GroupResult {
+    /// Whether a request for group `group_id` of offsets partition
+    /// `partition` may be served here now; Err: a Kafka error code.
+    fn admit(&self, partition: i32, group_id: &str) -> Result<(), i16> {
         match self.partitions.borrow().get(&partition) {
             None => return Err(ResponseError::NotCoordinator.code()),
             Some(Load::Loading) => return Err(ResponseError::CoordinatorLoadInProgress.code()),
             Some(Load::Loaded) => {}
         }
-        if op.group_id().len() > MAX_STORED_STRING_BYTES {
+        if group_id.len() > MAX_STORED_STRING_BYTES {
             return Err(ResponseError::InvalidGroupId.code()); // its records could not hold it
         }
+        Ok(())
+    }
+
+    /// Runs `op` for a group of offsets partition `partition` (owned here).
+    pub async fn run(&self, broker: &Rc<Broker>, partition: i32, op: GroupOp) -> GroupResult {
+        self.admit(partition, op.group_id())?;
         let reply = match op {
             GroupOp::Join(args) => GroupReply::Join(self.join(broker, partition, args).await),
             GroupOp::Sync {
@@ -235,9 +247,10 @@ impl Coordinator {
                 self.forget_if_unused(&group_id);
                 GroupReply::Codes(0, codes)
             }
-            GroupOp::Commit { group_id, generation, member_id, instance_id, offsets, appended } => {
-                let member = (generation, member_id.as_str(), instance_id.as_deref());
-                self.commit(broker, partition, &group_id, member, offsets, appended).await
+            GroupOp::Commit(args) => {
+                let (reply, answer) = oneshot::channel();
+                self.commit(broker, partition, args, reply);
+                return answer.await.unwrap_or(Err(ResponseError::CoordinatorNotAvailable.code()));
             }
             GroupOp::FetchOffsets { group_id, partitions, require_stable } => {
                 if !require_stable {
@@ -335,7 +348,7 @@ impl Coordinator {
             Some(Synced::Store(rx, value)) => {
                 let generation = value.generation;
                 let record = (records::group_key(id), Some(records::group_value(&value)));
-                let (stored, applying) = self.append(broker, partition, vec![record], None).await;
+                let (stored, applying) = self.append(broker, partition, vec![record]).await;
                 // A group record over the size limit is the broker's problem here, as in Kafka.
                 let stored = stored.map(|_| value).map_err(|e| match store_error(e) {
                     ResponseError::InvalidCommitOffsetSize => ResponseError::UnknownServerError,
@@ -360,82 +373,6 @@ impl Coordinator {
                 .unwrap_or(ResponseError::UnknownMemberId.code())
             })
             .collect()
-    }
-
-    async fn commit(
-        &self,
-        broker: &Rc<Broker>,
-        partition: i32,
-        id: &str,
-        member: (i32, &str, Option<&str>),
-        offsets: Vec<(String, i32, OffsetValue)>,
-        appended: oneshot::Sender<()>,
-    ) -> GroupReply {
-        let (generation, member_id, instance_id) = member;
-        let checked = {
-            let mut groups = self.groups.borrow_mut();
-            match groups.get_mut(id) {
-                Some(g) => g.check_commit(generation, member_id, instance_id, Instant::now()),
-                None if generation < 0 => {
-                    groups.insert(id.to_string(), Group::new(id.to_string(), storage::now_ms()));
-                    Ok(())
-                }
-                None => Err(ResponseError::IllegalGeneration),
-            }
-        };
-        if let Err(e) = checked {
-            return GroupReply::Codes(0, vec![e.code(); offsets.len()]);
-        }
-        let meta = broker.meta();
-        let max_metadata = broker.config.offset_metadata_max_bytes;
-        let mut codes = Vec::with_capacity(offsets.len());
-        let mut accepted = Vec::new();
-        for (topic, p, value) in offsets {
-            let code = if !meta.topic(&topic).is_some_and(|t| (0..t.partitions).contains(&p)) {
-                ResponseError::UnknownTopicOrPartition.code()
-            } else if value.metadata.len() > max_metadata {
-                ResponseError::OffsetMetadataTooLarge.code()
-            } else {
-                accepted.push((codes.len(), topic, p, value));
-                0
-            };
-            codes.push(code);
-        }
-        if accepted.is_empty() {
-            self.forget_if_unused(id);
-            return GroupReply::Codes(0, codes);
-        }
-        let keys: Vec<(String, i32)> = accepted.iter().map(|(_, t, p, _)| (t.clone(), *p)).collect();
-        self.with_group(id, |g| keys.iter().for_each(|k| *g.pending_commits.entry(k.clone()).or_default() += 1));
-        let batch: Vec<(Bytes, Option<Bytes>)> = accepted
-            .iter()
-            .map(|(_, t, p, v)| (records::offset_key(id, t, *p), Some(records::offset_value(v))))
-            .collect();
-        let (stored, applying) = self.append(broker, partition, batch, Some(appended)).await;
-        self.with_group(id, |g| {
-            for key in &keys {
-                if let Some(n) = g.pending_commits.get_mut(key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        g.pending_commits.remove(key);
-                    }
-                }
-            }
-            if let Ok(base) = stored {
-                for (i, (_, t, p, v)) in accepted.iter().enumerate() {
-                    g.apply_offset(t.clone(), *p, Some(v.clone()), base + i as i64);
-                }
-            }
-        });
-        drop(applying);
-        if let Err(e) = stored {
-            let code = store_error(e).code();
-            for (i, ..) in &accepted {
-                codes[*i] = code;
-            }
-        }
-        self.forget_if_unused(id);
-        GroupReply::Codes(0, codes)
     }
 
     fn fetch_offsets(&self, id: &str, wanted: Option<Vec<(String, i32)>>, require_stable: bool) -> Vec<FetchedOffset> {
@@ -563,7 +500,7 @@ impl Coordinator {
             tombstones.push((records::group_key(id), None));
             tombstones
         };
-        let (stored, _applying) = self.append(broker, partition, tombstones, None).await;
+        let (stored, _applying) = self.append(broker, partition, tombstones).await;
         match stored {
             Ok(_) => {
                 info!(group = %id, "group deleted");
@@ -611,7 +548,7 @@ impl Coordinator {
             return GroupReply::Codes(0, codes);
         }
         let batch = tombstones.iter().map(|(t, p)| (records::offset_key(id, t, *p), None)).collect();
-        let (stored, _applying) = self.append(broker, partition, batch, None).await;
+        let (stored, _applying) = self.append(broker, partition, batch).await;
         match stored {
             Ok(base) => {
                 self.with_group(id, |g| {
@@ -626,42 +563,17 @@ impl Coordinator {
         }
     }
 
-    /// Appends records to offsets partition `partition` and waits until they
-    /// are durable; returns the first record's offset. `appended` is dropped
-    /// once they have their offsets.
-    async fn append(
-        &self,
-        broker: &Rc<Broker>,
-        partition: i32,
-        records: Vec<(Bytes, Option<Bytes>)>,
-        appended: Option<oneshot::Sender<()>>,
-    ) -> (Result<i64, StorageError>, Applying) {
-        let Some(log) = offsets_partition_log(broker, partition) else {
-            let error = StorageError::Io(std::io::Error::other("offsets partition is not here"));
-            return (Err(error), Applying(None));
-        };
-        let batch = records::batch(records, storage::now_ms());
-        let lock = self.append_lock(partition);
-        let permit = lock.acquire_permit(1).await;
-        let info = log.append(batch, storage::now_ms()).await;
-        // Counted before the lock is released: a checkpoint that takes the
-        // lock next waits until the caller has applied these records.
-        let applying = if info.is_ok() { self.applying(partition) } else { Applying(None) };
-        drop(permit);
-        drop(appended);
-        let info = match info {
-            Ok(info) => info,
-            Err(e) => return (Err(e), applying),
-        };
-        let durable = log.wait_durable(info.last_offset, Durability::Synced).await;
-        (durable.map(|_| info.base_offset), applying)
-    }
-
     /// Counts an append of `partition` whose records are not yet applied.
     fn applying(&self, partition: i32) -> Applying {
+        Applying(Some(self.count_unapplied(partition, 1)))
+    }
+
+    /// Counts `n` appends of `partition` whose records are not yet applied;
+    /// each is to be counted off by an [`Applying`] holding the counter.
+    fn count_unapplied(&self, partition: i32, n: usize) -> Rc<std::cell::Cell<u32>> {
         let counter = self.unapplied.borrow_mut().entry(partition).or_default().clone();
-        counter.set(counter.get() + 1);
-        Applying(Some(counter))
+        counter.set(counter.get() + u32::try_from(n).expect("appends per batch fit in u32"));
+        counter
     }
 
     /// Persists the groups of `partition` whose membership changed.
@@ -683,7 +595,7 @@ impl Coordinator {
             return;
         }
         let batch = wanted.iter().map(|(id, v)| (records::group_key(id), Some(records::group_value(v)))).collect();
-        let (stored, _applying) = self.append(broker, partition, batch, None).await;
+        let (stored, _applying) = self.append(broker, partition, batch).await;
         match stored {
             Ok(_) => {
                 for (id, value) in wanted {
@@ -1041,8 +953,8 @@ fn apply_loaded(groups: &mut HashMap<String, Group>, record: GroupRecord, record
 }
 
 /// How a failed append is reported to group clients (Kafka's mapping).
-fn store_error(e: StorageError) -> ResponseError {
-    match PartitionError::from(e) {
+fn store_error(e: PartitionError) -> ResponseError {
+    match e {
         PartitionError::UnknownTopicOrPartition => ResponseError::CoordinatorNotAvailable,
         PartitionError::NotAvailable | PartitionError::StorageError => ResponseError::NotCoordinator,
         PartitionError::MessageTooLarge => ResponseError::InvalidCommitOffsetSize,

@@ -20,18 +20,24 @@ mod list_groups;
 mod list_offsets;
 mod metadata;
 mod offset_commit;
+pub use offset_commit::handle as handle_offset_commit;
 mod offset_delete;
 mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 
 use bytes::{Buf, Bytes};
+use futures::channel::oneshot;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::Decodable;
+use shards::ShardId;
 
 use crate::broker::{Broker, PartitionError};
 use crate::protocol::{Reply, Request};
@@ -119,18 +125,73 @@ pub fn decode_body<T: Decodable>(request: &Request) -> Result<T, FrameError> {
 /// request only then, so a connection's requests take effect in the order
 /// they arrived (as Kafka's one-request-at-a-time connections), while their
 /// waits for durability still overlap. Dropping it fires it.
-pub struct Applied(futures::channel::oneshot::Sender<()>);
+///
+/// An OffsetCommit sent to another shard may say earlier that it is
+/// *sequenced* on the link to that shard: the link is FIFO and the shard
+/// queues commits in arrival order, synchronously, so a commit sent after it
+/// on the same link takes effect after it. A commit pipelined behind another
+/// then need not wait for the cross-shard wake-up of its `Applied`.
+pub struct Applied {
+    applied: oneshot::Sender<()>,
+    sequenced: oneshot::Sender<ShardId>,
+}
+
+/// What the request after this one waits on.
+pub struct AppliedWait {
+    applied: oneshot::Receiver<()>,
+    sequenced: oneshot::Receiver<ShardId>,
+}
 
 impl Applied {
     /// The signal, and what the connection waits on.
-    pub fn new() -> (Applied, futures::channel::oneshot::Receiver<()>) {
-        let (tx, rx) = futures::channel::oneshot::channel();
-        (Applied(tx), rx)
+    pub fn new() -> (Applied, AppliedWait) {
+        let (applied, applied_rx) = oneshot::channel();
+        let (sequenced, sequenced_rx) = oneshot::channel();
+        (Applied { applied, sequenced }, AppliedWait { applied: applied_rx, sequenced: sequenced_rx })
     }
 
     /// The signal as a plain sender, to hand to another shard (dropping it fires).
-    pub fn into_sender(self) -> futures::channel::oneshot::Sender<()> {
-        self.0
+    pub fn into_sender(self) -> oneshot::Sender<()> {
+        self.applied
+    }
+
+    /// The plain sender, and the signal that the request is sequenced on a
+    /// link: call it with the shard once its message is on that link.
+    pub fn into_parts(self) -> (oneshot::Sender<()>, impl FnOnce(ShardId)) {
+        let sequenced = self.sequenced;
+        (self.applied, move |shard| {
+            let _ = sequenced.send(shard);
+        })
+    }
+}
+
+impl AppliedWait {
+    /// Resolves (Ok or Canceled) once the request has taken effect.
+    pub async fn applied(self) {
+        let _ = self.applied.await;
+    }
+
+    /// Resolves once the request is ordered before whatever is sent from now
+    /// on over the link to shard `link` (None: no link, this shard): it took
+    /// effect, or it is sequenced on that very link.
+    pub async fn ordered_before(self, link: Option<ShardId>) {
+        let AppliedWait { mut applied, sequenced } = self;
+        let mut sequenced = Some(sequenced).filter(|_| link.is_some());
+        std::future::poll_fn(|cx| {
+            if Pin::new(&mut applied).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if let Some(rx) = sequenced.as_mut() {
+                if let Poll::Ready(on) = Pin::new(rx).poll(cx) {
+                    if on.ok() == link {
+                        return Poll::Ready(());
+                    }
+                    sequenced = None; // on another link, or never: only `applied` will do
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -151,12 +212,25 @@ fn changes_nothing(api: ApiKey) -> bool {
 }
 
 /// Serves one request. `applied` fires when it has taken effect: a Produce
-/// once its batches have offsets, a request that changes nothing at once,
-/// any other when it is done.
-pub async fn handle(broker: &Rc<Broker>, request: Request, applied: Applied) -> Result<Reply, FrameError> {
+/// once its batches have offsets, an OffsetCommit once queued on its
+/// coordinator, a request that changes nothing at once, any other when it is
+/// done. `previous`: the previous request's signal when the connection did
+/// not wait for it (an OffsetCommit behind an OffsetCommit): the request waits
+/// for it before taking effect.
+pub async fn handle(
+    broker: &Rc<Broker>,
+    request: Request,
+    applied: Applied,
+    previous: Option<AppliedWait>,
+) -> Result<Reply, FrameError> {
+    if request.api_key == ApiKey::OffsetCommit {
+        return offset_commit::handle(broker.clone(), request, applied, previous).await;
+    }
+    if let Some(previous) = previous {
+        previous.applied().await;
+    }
     let _applied_on_return = match request.api_key {
         ApiKey::Produce => return produce::handle(broker, &request, applied).await,
-        ApiKey::OffsetCommit => return offset_commit::handle(broker, &request, applied).await,
         api if changes_nothing(api) => None, // dropped: fired now
         _ => Some(applied),
     };
