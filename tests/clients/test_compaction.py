@@ -4,6 +4,7 @@ tombstones go after delete.retention.ms; a consumer seeking into a gap reads
 from the next kept offset."""
 
 import os
+import shutil
 import time
 
 import pytest
@@ -136,3 +137,39 @@ def test_tombstones_go_after_delete_retention(cbroker):
     offsets = produce(cbroker.addr, topic, records, "lz4")
     got = wait_cleaned(cbroker.addr, topic, records, offsets, False, cbroker.log)
     assert all(v is not None for _, v in got.values())
+
+
+def test_consumer_offsets_are_compacted_and_reload_after_kill9():
+    """Thousands of commits of one group fill many small segments of its
+    offsets partition; the cleaner compacts them, and after kill -9 the group
+    still has its latest commit (offset and metadata) for every partition."""
+    from test_groups import GroupBroker
+
+    b = GroupBroker(extra=["offsets_topic_segment_bytes=16384", "offsets_topic_num_partitions=1",
+                           "log_cleaner_backoff_ms=200"])
+    try:
+        admin = AdminClient({"bootstrap.servers": b.addr})
+        for f in admin.create_topics([NewTopic("committed", 3, 1)]).values():
+            f.result(timeout=30)
+        c = Consumer({"bootstrap.servers": b.addr, "group.id": "compacted", "enable.auto.commit": False})
+        for i in range(1500):
+            offsets = [TopicPartition("committed", p, i * 3 + p, metadata=f"m{i}-{p}") for p in range(3)]
+            c.commit(offsets=offsets, asynchronous=False)
+        c.close()
+        deadline = time.time() + 60
+        while not any("log cleaned" in line and "__consumer_offsets-0" in line for line in b.log().splitlines()):
+            assert time.time() < deadline, f"__consumer_offsets was never cleaned\n{b.logs()}"
+            time.sleep(0.2)
+        b.kill()
+        b.start()
+        c = Consumer({"bootstrap.servers": b.addr, "group.id": "compacted", "enable.auto.commit": False})
+        got = c.committed([TopicPartition("committed", p) for p in range(3)], timeout=30)
+        c.close()
+        assert [(tp.partition, tp.offset, tp.metadata) for tp in got] == [
+            (p, 1499 * 3 + p, f"m1499-{p}") for p in range(3)
+        ], b.logs()
+        b.terminate()
+        shutil.rmtree(b.dir, ignore_errors=True)
+    finally:
+        if b.alive():
+            b.kill()
