@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test spate has, installing what they need first when missing:
 # Debian's kcat (and Node.js if absent), a Python venv (.venv) with
-# confluent-kafka, kafka-python, aiokafka and pytest, and kafkajs from npm.
+# confluent-kafka, kafka-python, aiokafka, pytest and prometheus-client (its
+# text-format parser checks /metrics), and kafkajs from npm.
 # Safe to run again; installs are skipped once present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
-if ! .venv/bin/python -c 'import confluent_kafka, kafka, aiokafka, pytest' >/dev/null 2>&1; then
+if ! .venv/bin/python -c 'import confluent_kafka, kafka, aiokafka, pytest, prometheus_client' >/dev/null 2>&1; then
   log "creating .venv with the Python Kafka clients"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip

@@ -28,6 +28,13 @@ pub struct Config {
     pub pin_shards: bool,
     /// Busy-poll this long before an idle shard sleeps (lower wake-up latency, more CPU).
     pub spin_before_park_us: u64,
+    /// HTTP endpoint for /metrics, /v1/health, /v1/ready, /v1/status and
+    /// /v1/log-level (Redpanda's admin port); "" turns it off.
+    pub admin_listen: String,
+    /// `text` (colour only on a terminal) or `json` (one object per line).
+    pub log_format: crate::logging::LogFormat,
+    /// Requests slower than this (read to response written) are logged at WARN.
+    pub slow_request_ms: u64,
 
     pub auto_create_topics: bool,
     pub default_partitions: i32,
@@ -138,6 +145,9 @@ impl Default for Config {
             mailbox_capacity: 1024,
             pin_shards: true,
             spin_before_park_us: 0,
+            admin_listen: "0.0.0.0:9644".into(),
+            log_format: crate::logging::LogFormat::Text,
+            slow_request_ms: 1000,
             auto_create_topics: true,
             default_partitions: 1,
             max_partitions_per_topic: 10_000,
@@ -260,6 +270,15 @@ impl Config {
         Ok(())
     }
 
+    /// `key=value` for every setting that differs from its default, for the start-up line.
+    pub fn non_default_settings(&self) -> String {
+        let (Ok(mine), Ok(defaults)) = (toml::Table::try_from(self), toml::Table::try_from(Config::default())) else {
+            return String::new();
+        };
+        let changed = mine.iter().filter(|(key, value)| defaults.get(key.as_str()) != Some(*value));
+        changed.map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(" ")
+    }
+
     pub fn advertised_host(&self) -> String {
         if let Some(host) = &self.advertised_host {
             return host.clone();
@@ -306,6 +325,45 @@ impl Config {
     }
 }
 
+/// Every setting with its default, as a commented TOML file: the comments
+/// are the fields' doc comments, read from this file's source (compiled in),
+/// so the reference cannot drift from the code.
+pub fn defaults_toml() -> String {
+    let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialise");
+    let mut out = String::from(
+        "# spate configuration: every setting with its default.\n\
+         # Any key may also be set as SPATE_<KEY> in the environment or with --set key=value.\n",
+    );
+    for (key, docs) in field_docs(include_str!("config.rs")) {
+        out.push('\n');
+        for line in docs {
+            out.push_str(&format!("# {line}\n").replace("# \n", "#\n"));
+        }
+        match defaults.get(&key) {
+            Some(value) => out.push_str(&format!("{key} = {value}\n")),
+            None => out.push_str(&format!("# {key} = (unset)\n")),
+        }
+    }
+    out
+}
+
+/// (field, doc comment lines) of `struct Config`, in order, from its source.
+fn field_docs(source: &str) -> Vec<(String, Vec<String>)> {
+    let body = source.split("pub struct Config {").nth(1).and_then(|rest| rest.split("\n}").next()).unwrap_or("");
+    let mut fields = Vec::new();
+    let mut docs = Vec::new();
+    for line in body.lines().map(str::trim) {
+        if let Some(doc) = line.strip_prefix("///") {
+            docs.push(doc.trim().to_string());
+        } else if let Some((name, _)) = line.strip_prefix("pub ").and_then(|field| field.split_once(':')) {
+            fields.push((name.trim().to_string(), std::mem::take(&mut docs)));
+        } else {
+            docs.clear();
+        }
+    }
+    fields
+}
+
 /// Reads an override as a TOML value: integer, float, boolean, else string.
 fn parse_value(text: &str) -> toml::Value {
     if let Ok(i) = text.parse::<i64>() {
@@ -322,6 +380,18 @@ fn parse_value(text: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_defaults_cover_every_key_and_load_back() {
+        let printed = defaults_toml();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for key in defaults.keys() {
+            assert!(printed.contains(&format!("\n{key} = ")), "{key} missing from the printed defaults");
+        }
+        assert!(printed.contains("# Address every shard listens on"), "doc comments become comments");
+        let loaded: Config = toml::from_str(&printed).expect("the printed defaults are a valid config");
+        assert_eq!(toml::Table::try_from(loaded).unwrap(), defaults);
+    }
 
     #[test]
     fn layers_override_defaults() {

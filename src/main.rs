@@ -49,6 +49,12 @@ enum Command {
     },
     /// Load generator: measure produce, consume and end-to-end throughput and latency.
     Bench(Box<spate_bench::BenchArgs>),
+    /// The configuration reference.
+    Config {
+        /// Print every setting with its default and description, as a TOML file.
+        #[arg(long)]
+        print_defaults: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -72,16 +78,11 @@ struct ServeArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    // The bench's embedded broker should not talk over the results.
-    let default_level = if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG").unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a terminal: files and log pipelines get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // The bench's embedded broker should not talk over the results.
+        let default_level = if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info" };
+        spate::logging::init(default_level, spate::logging::LogFormat::Text);
+    }
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topic { command } => cli::topic(&brokers_or_default(&cli.brokers), command),
@@ -89,6 +90,11 @@ fn main() -> Result<()> {
         Command::Produce { args } => cli::produce(&brokers_or_default(&cli.brokers), args),
         Command::Consume { args } => cli::consume(&brokers_or_default(&cli.brokers), args),
         Command::Bench(args) => bench(*args, cli.brokers),
+        Command::Config { print_defaults } => {
+            anyhow::ensure!(print_defaults, "nothing to do: try `spate config --print-defaults`");
+            print!("{}", spate::config::defaults_toml());
+            Ok(())
+        }
     }
 }
 
@@ -104,13 +110,26 @@ fn serve(args: ServeArgs) -> Result<()> {
         sets.push(format!("shards={shards}"));
     }
     let config = Arc::new(Config::load(args.config.as_ref(), &sets)?);
+    spate::logging::init("info", config.log_format);
     abort_on_panic();
     spate::storage::faults::init_from_env().map_err(anyhow::Error::msg)?;
-    let (runtime, _lock) = start_broker(config)?;
-    let stop = runtime.stop_flag();
+    // Before the shards start: a signal at any moment of start-up is seen.
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let health = Arc::new(spate::admin_http::Health::default());
+    let (runtime, _lock) = start_broker_with(config, health.clone())?;
+    let stop = runtime.stop_flag();
     std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
+        for (count, signal) in signals.forever().enumerate() {
+            if count > 0 {
+                tracing::warn!(signal, "second signal: exiting without finishing the drain");
+                std::process::exit(1);
+            }
+            if !health.started() {
+                // Nothing is served yet, and recovery is crash-safe: it
+                // resumes at the next start.
+                info!(signal, "stopping during start-up");
+                std::process::exit(0);
+            }
             info!(signal, "shutting down");
             stop.store(true, Ordering::Release);
         }
@@ -156,6 +175,14 @@ fn keep_freed_memory_for_reuse() {
 /// Starts the shards of a broker for `config`; returns once they are
 /// launched, with the data directory's lock (hold it until they are joined).
 fn start_broker(config: Arc<Config>) -> Result<(shards::ShardRuntime, data_dir::DirLock)> {
+    start_broker_with(config, Arc::new(spate::admin_http::Health::default()))
+}
+
+/// As [`start_broker`], reporting the shards' progress to `health`.
+fn start_broker_with(
+    config: Arc<Config>,
+    health: Arc<spate::admin_http::Health>,
+) -> Result<(shards::ShardRuntime, data_dir::DirLock)> {
     keep_freed_memory_for_reuse();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     // Before anything in the directory is opened: a second broker on it
@@ -165,13 +192,8 @@ fn start_broker(config: Arc<Config>) -> Result<(shards::ShardRuntime, data_dir::
     spate::fsutil::keep_reserve(config.data_dir.join(".reserve"));
     data_dir::check_port_free(&config.listen)?;
     let open_files_limit = raise_open_file_limit();
-    info!(
-        listen = %config.listen,
-        data_dir = %config.data_dir.display(),
-        node_id = config.node_id,
-        open_files_limit,
-        "starting spate"
-    );
+    log_start(&config, open_files_limit);
+    check_memlock(&config)?;
     let runtime_config = shards::RuntimeConfig {
         shard_count: config.shards,
         io_memory_bytes: config.io_memory_bytes,
@@ -182,13 +204,76 @@ fn start_broker(config: Arc<Config>) -> Result<(shards::ShardRuntime, data_dir::
     };
     let shard_config = config.clone();
     let barrier = Arc::new(spate::server::ShutdownBarrier::default());
+    let shard_health = health.clone();
     let runtime = shards::ShardRuntime::start(&runtime_config, move |shard| {
-        spate::server::run_shard(shard, shard_config.clone(), barrier.clone())
+        shard_health.set_shard_count(shard.count);
+        spate::server::run_shard(shard, shard_config.clone(), barrier.clone(), shard_health.clone())
     })
     .context("starting shards")?;
     info!(shards = runtime.shard_count(), "shards started");
     check_open_file_bounds(&config, runtime.shard_count(), open_files_limit);
     Ok((runtime, lock))
+}
+
+/// One line with what an operator needs to know about this start: version,
+/// commit, addresses, and every setting that differs from its default; a
+/// warning when a wildcard listener advertises `localhost`.
+fn log_start(config: &Config, open_files_limit: u64) {
+    let advertised = format!("{}:{}", config.advertised_host(), config.advertised_port());
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        commit = spate::git_commit(),
+        listen = %config.listen,
+        advertised = %advertised,
+        admin_listen = %config.admin_listen,
+        data_dir = %config.data_dir.display(),
+        node_id = config.node_id,
+        open_files_limit,
+        config = %config.non_default_settings(),
+        "starting spate"
+    );
+    let host = config.listen.rsplit_once(':').map_or("", |(h, _)| h);
+    let wildcard = matches!(host, "" | "0.0.0.0" | "[::]" | "::");
+    if wildcard && config.advertised_host() == "localhost" {
+        tracing::warn!(
+            listen = %config.listen,
+            advertised = %advertised,
+            "clients on other machines will be told to connect to localhost, which is themselves; \
+             set advertised_host (SPATE_ADVERTISED_HOST) to a name they can reach"
+        );
+    }
+}
+
+/// io_uring's registered buffers (`io_memory_bytes` per shard) count
+/// against RLIMIT_MEMLOCK; glommio refuses to start below 512 KiB and
+/// otherwise silently runs without registered buffers. Says which, with the fix.
+fn check_memlock(config: &Config) -> Result<()> {
+    const GLOMMIO_MIN_MEMLOCK_BYTES: u64 = 512 << 10;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid, owned struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return Ok(());
+    }
+    let fix = "raise it with `ulimit -l` (in the shell that starts spate), `LimitMEMLOCK=` in the systemd unit, \
+               or `--ulimit memlock=` for a container";
+    anyhow::ensure!(
+        limit.rlim_cur >= GLOMMIO_MIN_MEMLOCK_BYTES,
+        "the locked-memory limit (RLIMIT_MEMLOCK) is {} KiB; io_uring needs at least {} KiB: {fix}",
+        limit.rlim_cur >> 10,
+        GLOMMIO_MIN_MEMLOCK_BYTES >> 10
+    );
+    let shards =
+        if config.shards == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.shards };
+    let wanted = (config.io_memory_bytes as u64).saturating_mul(shards as u64);
+    if wanted > limit.rlim_cur {
+        tracing::warn!(
+            memlock_limit_kib = limit.rlim_cur >> 10,
+            wanted_kib = wanted >> 10,
+            "io_memory_bytes x shards exceeds the locked-memory limit: some shards will run without registered \
+             io_uring buffers (slower I/O); {fix}, or lower io_memory_bytes"
+        );
+    }
+    Ok(())
 }
 
 /// Raises the soft limit on open descriptors to the hard one (as Kafka's and

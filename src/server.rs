@@ -31,9 +31,11 @@ use glommio::sync::{Semaphore, StaticPermit};
 use kafka_protocol::messages::ApiKey;
 use tracing::{debug, error, info, warn};
 
+use crate::admin_http::Health;
 use crate::broker::{Broker, ShardMsg};
 use crate::config::Config;
 use crate::handlers::{self, AppliedWait, FrameError};
+use crate::metrics;
 use crate::protocol::Reply;
 use wait::{ByteBudget, Charge, StopSignal};
 
@@ -63,8 +65,15 @@ struct Net {
 
 /// The body every shard runs: join the broker, bind, serve until stopped,
 /// drain the connections, then flush and sync every partition it owns.
-pub async fn run_shard(mut shard: shards::Shard<ShardMsg>, config: Arc<Config>, barrier: Arc<ShutdownBarrier>) {
+pub async fn run_shard(
+    mut shard: shards::Shard<ShardMsg>,
+    config: Arc<Config>,
+    barrier: Arc<ShutdownBarrier>,
+    health: Arc<Health>,
+) {
     let broker = Rc::new(Broker::new(shard.id, shard.count, config.clone(), shard.mailbox.clone()));
+    // First, so that health answers while the shards recover their logs.
+    let admin = (shard.id == crate::broker::admin::CONTROLLER_SHARD).then(|| start_admin(&broker, &health)).flatten();
     if let Err(e) = crate::storage::segment::probe_device(&config.data_dir, shard.id).await {
         error!("data directory {} is not usable: {e}", config.data_dir.display());
         std::process::exit(1);
@@ -89,17 +98,35 @@ pub async fn run_shard(mut shard: shards::Shard<ShardMsg>, config: Arc<Config>, 
         }
     };
     info!(shard = shard.id, listen = %config.listen, "listening");
-    let request_budget = ByteBudget::new(config.queued_max_request_bytes);
+    health.shard_listening();
+    let request_budget = ByteBudget::reported(config.queued_max_request_bytes);
     let net = Rc::new(Net { broker: broker.clone(), request_budget, stop: StopSignal::default() });
     let flusher = start_periodic_tasks(&broker);
     let acceptor = glommio::spawn_local(accept_loop(net.clone(), listener));
     shard.stopped().await;
+    health.set_stopping();
     // Dropping the task cancels the accept loop, which closes the listener.
     drop(acceptor);
     drain(&net, shard.count, &barrier).await;
     info!(shard = shard.id, "stopping: flushing partitions");
     drop(flusher);
     broker.close_all().await;
+    drop(admin);
+}
+
+/// Starts the admin HTTP endpoint (unless `admin_listen` is ""); exits the
+/// process if its address cannot be bound, as for the Kafka listener.
+fn start_admin(broker: &Rc<Broker>, health: &Arc<Health>) -> Option<glommio::Task<()>> {
+    if broker.config.admin_listen.is_empty() {
+        return None;
+    }
+    match crate::admin_http::start(broker.clone(), health.clone()) {
+        Ok(task) => Some(task),
+        Err(e) => {
+            error!(admin_listen = %broker.config.admin_listen, "cannot serve the admin endpoint: {e}; free the port or change admin_listen");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Lets open connections finish their in-flight requests, then waits for the
@@ -156,6 +183,10 @@ fn start_periodic_tasks(broker: &Rc<Broker>) -> Vec<glommio::Task<()>> {
     if broker.config.log_cleaner_enable {
         tasks.push(start_cleaner(broker.clone()));
     }
+    tasks.push(shards::periodic(Duration::from_millis(metrics::BUSY_SAMPLE_MS), || async {
+        metrics::with(metrics::ShardMetrics::sample_busy);
+        true
+    }));
     if broker.config.flush_interval_ms > 0 {
         let flush_broker = broker.clone();
         tasks.push(shards::periodic(Duration::from_millis(broker.config.flush_interval_ms), move || {
@@ -202,6 +233,7 @@ async fn accept_loop(net: Rc<Net>, listener: TcpListener) {
             }
         };
         if broker.connections.get() >= broker.config.max_connections_per_shard {
+            metrics::with(|m| metrics::bump(&m.connections_refused, 1));
             warn!(
                 limit = broker.config.max_connections_per_shard,
                 "refusing connection: shard at its connection limit"
@@ -209,6 +241,10 @@ async fn accept_loop(net: Rc<Net>, listener: TcpListener) {
             continue;
         }
         broker.connections.set(broker.connections.get() + 1);
+        metrics::with(|m| metrics::bump(&m.connections_accepted, 1));
+        if let Ok(peer) = stream.peer_addr() {
+            debug!(%peer, connections = broker.connections.get(), "connection accepted");
+        }
         let net = net.clone();
         glommio::spawn_local(async move {
             serve_connection(&net, stream).await;
@@ -263,6 +299,31 @@ enum End {
 struct Pending {
     reply: Handler,
     held: (StaticPermit, Charge),
+    timing: Timing,
+    _in_flight: InFlight,
+}
+
+/// When a request was read and dispatched, for its latency metrics.
+struct Timing {
+    api: ApiKey,
+    read_at: Instant,
+    dispatched_at: Instant,
+}
+
+/// Counts a request in the shard's in-flight gauge while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        metrics::with(|m| metrics::bump(&m.requests_in_flight, 1));
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::with(|m| m.requests_in_flight.set(m.requests_in_flight.get().saturating_sub(1)));
+    }
 }
 
 async fn serve_connection(net: &Net, stream: TcpStream) {
@@ -281,7 +342,7 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
     });
     let (reader, writer) = stream.split();
     let (pending_tx, pending_rx) = local_channel::new_bounded::<Pending>(config.max_inflight_requests);
-    let writer_task = glommio::spawn_local(write_responses(pending_rx, writer, conn.clone()));
+    let writer_task = glommio::spawn_local(write_responses(pending_rx, writer, conn.clone(), config.slow_request_ms));
     let mut reader = BufReader::with_capacity(SOCKET_BUFFER_BYTES, reader);
     // Bytes of requests in flight on this connection; reading waits when spent.
     let budget_bytes = config.max_inflight_request_bytes;
@@ -311,6 +372,7 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
         let Some((frame, charge)) = read_frame_body(net, &conn, &mut reader, len, deadline).await else {
             break End::Abort;
         };
+        let read_at = Instant::now();
         // The previous request must have taken effect first: a connection's
         // requests take effect in the order they arrived. An OffsetCommit
         // behind an OffsetCommit waits for it itself (a commit never closes
@@ -329,11 +391,15 @@ async fn serve_connection(net: &Net, stream: TcpStream) {
         if conn.closing.get() {
             break End::Drain; // the writer answers what came before, then closes
         }
-        let Some((reply, applied)) = dispatch(net, &conn, frame, handed_over) else { break End::Abort };
+        let in_flight = InFlight::new();
+        let dispatched_at = Instant::now();
+        let Some((reply, applied, api)) = dispatch(net, &conn, frame, handed_over) else { break End::Abort };
         previous_applied = Some((applied, commit));
+        let timing = Timing { api, read_at, dispatched_at };
+        let pending = Pending { reply, held: (permit, charge), timing, _in_flight: in_flight };
         // glommio's `send` waiting on a full queue does not notice that the
         // receiver is gone (it waits for room forever), so watch the writer.
-        let queued = unless(pending_tx.send(Pending { reply, held: (permit, charge) }), conn.writer_gone.raised());
+        let queued = unless(pending_tx.send(pending), conn.writer_gone.raised());
         if !matches!(queued.await, Some(Ok(()))) {
             break End::Abort; // the writer gave up on this connection
         }
@@ -355,16 +421,23 @@ fn is_offset_commit(frame: &[u8]) -> bool {
 /// Parses a frame and starts its handler; None if the frame is not a request.
 /// Also returns what resolves once the request has taken effect. `previous`:
 /// the previous request's signal, for the handler to wait on.
-fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes, previous: Option<AppliedWait>) -> Option<(Handler, AppliedWait)> {
+fn dispatch(
+    net: &Net,
+    conn: &Rc<Conn>,
+    frame: Bytes,
+    previous: Option<AppliedWait>,
+) -> Option<(Handler, AppliedWait, ApiKey)> {
     let mut request = match handlers::parse_request(frame) {
         Ok(request) => request,
         Err(FrameError(reason)) => {
-            warn!(peer = %conn.peer, "closing connection: {reason}");
+            crate::logging::client_error(&conn.peer, &format!("closing connection: {reason}"));
             return None;
         }
     };
     conn.unanswered.set(conn.unanswered.get() + 1);
     request.peer = Some(conn.peer.clone());
+    let api = request.api_key;
+    metrics::with(|m| m.request(api, request.version()));
     let broker = net.broker.clone();
     let (applied, applied_wait) = handlers::Applied::new();
     let handler = if request.api_key == ApiKey::OffsetCommit {
@@ -374,7 +447,7 @@ fn dispatch(net: &Net, conn: &Rc<Conn>, frame: Bytes, previous: Option<AppliedWa
     } else {
         spawn_handler(conn.clone(), async move { handlers::handle(&broker, request, applied, previous).await })
     };
-    Some((handler, applied_wait))
+    Some((handler, applied_wait, api))
 }
 
 /// Runs a request's handler in a task of its own and notes how it answers.
@@ -389,12 +462,12 @@ fn spawn_handler(conn: Rc<Conn>, handler: impl Future<Output = Result<Reply, Fra
             Ok(Reply::Close(_)) | Err(_) => conn.closing.set(true),
             Ok(Reply::Nothing) => {}
         }
-        reply
+        (reply, Instant::now())
     }))
 }
 
-/// A request's handler task.
-type Handler = glommio::Task<Result<Reply, FrameError>>;
+/// A request's handler task: its reply, and when it was ready.
+type Handler = glommio::Task<(Result<Reply, FrameError>, Instant)>;
 
 /// Resolves when either `a` or `b` does.
 async fn either(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
@@ -482,7 +555,9 @@ async fn read_frame_len(net: &Net, conn: &Conn, reader: &mut Reader) -> Result<(
     let len = i32::from_be_bytes(header);
     let max_bytes = net.broker.config.socket_request_max_bytes;
     if len < 0 || len as usize > max_bytes {
-        warn!(peer = %conn.peer, len, max_bytes, "closing connection: frame length out of bounds (socket_request_max_bytes)");
+        let message =
+            format!("closing connection: frame length {len} out of bounds (socket_request_max_bytes {max_bytes})");
+        crate::logging::client_error(&conn.peer, &message);
         return Err(End::Abort);
     }
     Ok((len as usize, deadline.unwrap_or_else(|| Instant::now() + read_timeout)))
@@ -586,12 +661,10 @@ fn closed_mid_frame<T>(conn: &Conn) -> Option<T> {
 }
 
 fn frame_timed_out<T>(conn: &Conn, filled: usize, len: usize) -> Option<T> {
-    warn!(
-        peer = %conn.peer,
-        received_bytes = filled,
-        frame_bytes = len,
-        "closing connection: frame not received within socket_request_read_timeout_ms"
+    let message = format!(
+        "closing connection: frame not received within socket_request_read_timeout_ms ({filled} of {len} bytes)"
     );
+    crate::logging::client_error(&conn.peer, &message);
     None
 }
 
@@ -599,9 +672,10 @@ async fn write_responses<W: futures::io::AsyncWrite + Unpin>(
     pending: local_channel::LocalReceiver<Pending>,
     writer: W,
     conn: Rc<Conn>,
+    slow_request_ms: u64,
 ) {
     let mut writer = BufWriter::with_capacity(SOCKET_BUFFER_BYTES, writer);
-    let flushed = send_in_order(&pending, &mut writer, &conn).await;
+    let flushed = send_in_order(&pending, &mut writer, &conn, slow_request_ms).await;
     // Wake a reader waiting to queue a request or for a budget only the
     // writer gives back.
     drop(pending);
@@ -621,6 +695,7 @@ async fn send_in_order<W: futures::io::AsyncWrite + Unpin>(
     pending: &local_channel::LocalReceiver<Pending>,
     writer: &mut W,
     conn: &Conn,
+    slow_request_ms: u64,
 ) -> bool {
     let mut unflushed = false;
     loop {
@@ -638,12 +713,12 @@ async fn send_in_order<W: futures::io::AsyncWrite + Unpin>(
                 next
             }
         };
-        let Some(Pending { reply, held }) = next else {
+        let Some(Pending { reply, held, timing, _in_flight }) = next else {
             return !unflushed || flush(writer, conn, &mut unflushed).await;
         };
         // Dropping an abandoned handler cancels it.
         let mut reply = pin!(reply);
-        let reply = match futures::poll!(reply.as_mut()) {
+        let (reply, done_at) = match futures::poll!(reply.as_mut()) {
             Poll::Ready(reply) => reply,
             Poll::Pending => {
                 if unflushed && !flush(writer, conn, &mut unflushed).await {
@@ -668,15 +743,47 @@ async fn send_in_order<W: futures::io::AsyncWrite + Unpin>(
             }
             Ok(Reply::Nothing) => {}
             Ok(Reply::Close(reason)) | Err(FrameError(reason)) => {
-                warn!(peer = %conn.peer, "closing connection: {reason}");
+                metrics::with(|m| m.error(timing.api, metrics::CONNECTION_CLOSED));
+                crate::logging::client_error(&conn.peer, &format!("closing connection: {reason}"));
                 return !unflushed || flush(writer, conn, &mut unflushed).await;
             }
         }
+        observe_latency(conn, &timing, done_at, slow_request_ms);
         // Only now are the request's bytes released: a slow reader holds its
         // budgets and so stops its own reading.
         drop(held);
         conn.unanswered.set(conn.unanswered.get() - 1);
         conn.touch();
+    }
+}
+
+/// Records where a request's time went, once its response is written, and
+/// logs it if it took longer than `slow_request_ms`. APIs that wait by
+/// design (a long-polling Fetch, a JoinGroup or SyncGroup waiting for the
+/// rebalance) are not called slow for it.
+fn observe_latency(conn: &Conn, timing: &Timing, done_at: Instant, slow_request_ms: u64) {
+    let written_at = Instant::now();
+    let queue = timing.dispatched_at.saturating_duration_since(timing.read_at);
+    let storage = done_at.saturating_duration_since(timing.dispatched_at);
+    let network = written_at.saturating_duration_since(done_at);
+    metrics::with(|m| {
+        m.latency(timing.api, metrics::Stage::Queue, queue);
+        m.latency(timing.api, metrics::Stage::Storage, storage);
+        m.latency(timing.api, metrics::Stage::Network, network);
+    });
+    let total = written_at.saturating_duration_since(timing.read_at);
+    let waits_by_design = matches!(timing.api, ApiKey::Fetch | ApiKey::JoinGroup | ApiKey::SyncGroup);
+    if total.as_millis() as u64 >= slow_request_ms && !waits_by_design {
+        metrics::with(|m| metrics::bump(&m.slow_requests, 1));
+        warn!(
+            peer = %conn.peer,
+            api = ?timing.api,
+            total_ms = total.as_millis() as u64,
+            queue_ms = queue.as_millis() as u64,
+            storage_ms = storage.as_millis() as u64,
+            network_ms = network.as_millis() as u64,
+            "slow request (slow_request_ms)"
+        );
     }
 }
 

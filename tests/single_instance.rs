@@ -19,7 +19,7 @@ fn second_broker(listen: &str, data_dir: &Path, extra: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
-        .args(["--shards", "2", "--set", "pin_shards=false"])
+        .args(["--shards", "2", "--set", "pin_shards=false", "--set", "admin_listen=127.0.0.1:0"])
         .args(extra.iter().flat_map(|set| ["--set", set]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

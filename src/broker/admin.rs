@@ -284,6 +284,7 @@ impl Broker {
                 if validate_only {
                     return Ok(false);
                 }
+                info!(topic = %name, from = topic.partitions, to = count, "adding partitions");
                 let mut grown = (**topic).clone();
                 grown.partitions = count;
                 meta.put_topic(grown);
@@ -310,6 +311,7 @@ impl Broker {
                 if validate_only {
                     return Ok(false);
                 }
+                info!(topic = %name, configs = ?altered.configs, "topic configs changed");
                 meta.put_topic(altered);
                 Ok(true)
             }

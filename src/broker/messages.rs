@@ -124,4 +124,8 @@ pub enum ShardMsg {
         states: Vec<String>,
         reply: Reply<Result<Vec<ListedGroup>, i16>>,
     },
+    /// To every shard, for a metrics scrape: its figures.
+    Metrics {
+        reply: Reply<crate::metrics::ShardSnapshot>,
+    },
 }

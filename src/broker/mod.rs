@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod messages;
 pub mod metadata;
+mod stats;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -90,6 +91,7 @@ impl Broker {
     /// Handles a message from another shard. Work that may wait runs in its
     /// own task; an OffsetCommit needs none (its coordinator queues it at once).
     pub fn on_message(self: &Rc<Self>, msg: ShardMsg) {
+        crate::metrics::with(|m| crate::metrics::bump(&m.cross_shard_messages, 1));
         let msg = match msg {
             ShardMsg::Group { partition, op: GroupOp::Commit(args), reply } => {
                 return self.groups.commit(self, partition, args, reply);
@@ -122,6 +124,9 @@ impl Broker {
                 }
                 ShardMsg::ListGroups { states, reply } => {
                     let _ = reply.send(broker.groups.list(&states));
+                }
+                ShardMsg::Metrics { reply } => {
+                    let _ = reply.send(broker.metrics_snapshot());
                 }
             }
         })

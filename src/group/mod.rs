@@ -459,6 +459,20 @@ impl Coordinator {
         out
     }
 
+    /// Every committed offset of this shard's groups, for the lag metrics.
+    pub fn committed_snapshot(&self) -> Vec<crate::metrics::CommittedSnapshot> {
+        let groups = self.groups.borrow();
+        let offsets = groups.values().flat_map(|g| g.offsets.iter().map(move |(tp, c)| (g, tp, c)));
+        offsets
+            .map(|(group, (topic, partition), committed)| crate::metrics::CommittedSnapshot {
+                group: group.id.clone(),
+                topic: topic.clone(),
+                partition: *partition,
+                offset: committed.value.offset,
+            })
+            .collect()
+    }
+
     /// Every group on this shard, for ListGroups (`states`: filter, any case).
     /// Err(COORDINATOR_LOAD_IN_PROGRESS) while a partition's groups load, as Kafka.
     pub fn list(&self, states: &[String]) -> Result<Vec<ListedGroup>, i16> {

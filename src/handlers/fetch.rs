@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchPartition;
-use kafka_protocol::messages::FetchRequest;
+use kafka_protocol::messages::{ApiKey, FetchRequest};
 
 use super::{check_leader_epoch, decode_body, error_code, FrameError};
 use crate::broker::{Broker, ClusterMeta, PartitionOk, PartitionOp, TopicMeta, TopicPartition};
@@ -267,6 +267,10 @@ fn apply_response_limit(slots: &mut [Slot], max_bytes: usize) {
 /// closes the connection instead of sending a negative length. (Unreachable
 /// with the budget capped at [`FETCH_MAX_BYTES`]; checked all the same.)
 fn encode(request: &Request, top_error: i16, topics: &[(String, usize)], slots: &[Slot]) -> Reply {
+    crate::metrics::with(|m| {
+        let errors = std::iter::once(top_error).chain(slots.iter().map(|slot| slot.error));
+        errors.filter(|code| *code != 0).for_each(|code| m.error(ApiKey::Fetch, code));
+    });
     let parts = encode_response(request.version(), request.header.correlation_id, top_error, topics, slots);
     let frame_bytes = parts.iter().fold(0usize, |sum, p| sum.saturating_add(p.len()));
     if i32::try_from(frame_bytes.saturating_sub(4)).is_err() {

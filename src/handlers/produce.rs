@@ -75,6 +75,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) ->
                 Ok(None) => out.error_code = ResponseError::InvalidRequiredAcks.code(),
                 Err(e) => {
                     out.error_code = error_code(e);
+                    crate::metrics::with(|m| m.error(request.api_key, out.error_code));
                     failed = Some(e);
                 }
             }

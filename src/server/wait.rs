@@ -80,11 +80,27 @@ impl Waiters {
 pub struct ByteBudget {
     available_bytes: Cell<i64>,
     waiters: Waiters,
+    /// Some(total): the shard's request budget, whose held bytes are a metric.
+    reported_total: Option<i64>,
 }
 
 impl ByteBudget {
     pub fn new(total_bytes: usize) -> Rc<ByteBudget> {
-        Rc::new(ByteBudget { available_bytes: Cell::new(clamp(total_bytes)), waiters: Waiters::default() })
+        let available_bytes = Cell::new(clamp(total_bytes));
+        Rc::new(ByteBudget { available_bytes, waiters: Waiters::default(), reported_total: None })
+    }
+
+    /// A budget whose held bytes are the shard's `spate_request_buffer_bytes`.
+    pub fn reported(total_bytes: usize) -> Rc<ByteBudget> {
+        let available_bytes = Cell::new(clamp(total_bytes));
+        Rc::new(ByteBudget { available_bytes, waiters: Waiters::default(), reported_total: Some(clamp(total_bytes)) })
+    }
+
+    fn report(&self) {
+        if let Some(total) = self.reported_total {
+            let held = (total - self.available_bytes.get()).max(0) as u64;
+            crate::metrics::with(|m| m.request_buffer_bytes.set(held));
+        }
     }
 
     /// Resolves once some budget is left.
@@ -95,11 +111,13 @@ impl ByteBudget {
     /// Takes `bytes` without waiting (an overdraft is allowed).
     pub fn take(&self, bytes: usize) {
         self.available_bytes.set(self.available_bytes.get() - clamp(bytes));
+        self.report();
     }
 
     pub fn give_back(&self, bytes: usize) {
         let before = self.available_bytes.get();
         self.available_bytes.set(before + clamp(bytes));
+        self.report();
         if before <= 0 && self.available_bytes.get() > 0 {
             self.waiters.wake_all();
         }

@@ -222,6 +222,15 @@ impl PartitionLog {
         self.synced_offset
     }
 
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Bytes of batches in the tail cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.size_bytes).sum()
     }

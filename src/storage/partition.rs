@@ -25,6 +25,7 @@ use super::batch::BatchError;
 use super::log::{cut_batches, AppendInfo, PartitionLog, ReadPlan, LOG_START_FILE};
 use super::open_files::SegmentFile;
 use super::segment::{fdatasync, read_at, Segment};
+use crate::metrics;
 
 #[derive(Debug)]
 pub enum StorageError {
@@ -146,6 +147,8 @@ pub struct Partition {
     /// Seals (index files being written) in flight: the cleaner waits for
     /// them, since a late seal would write an index over a cleaned segment's.
     seals_in_flight: Rc<Cell<usize>>,
+    /// Bytes and records in and out, for the metrics.
+    pub counters: metrics::PartitionCounters,
 }
 
 impl Partition {
@@ -166,6 +169,7 @@ impl Partition {
             writer_running: Cell::new(true),
             layout_version: Cell::new(0),
             seals_in_flight: Rc::new(Cell::new(0)),
+            counters: metrics::PartitionCounters::default(),
         });
         let writer = partition.clone();
         glommio::spawn_local(async move { writer.run_writer().await }).detach();
@@ -209,6 +213,8 @@ impl Partition {
         // Synchronous from the checks above: no roll can start in between.
         let info = self.log.borrow_mut().append(&records, now_ms)?;
         self.write_signal.notify();
+        metrics::bump(&self.counters.bytes_in, records.len() as u64);
+        metrics::bump(&self.counters.records_in, (info.last_offset - info.base_offset + 1) as u64);
         Ok(info)
     }
 
@@ -415,6 +421,7 @@ impl Partition {
             let snapshot = log.producer_snapshot();
             (log.swap_active(next), snapshot)
         };
+        tracing::debug!(dir = %dir.display(), base_offset = end, "rolled to a new segment");
         // Sealing touches only the old file (and small files beside it): it
         // runs beside the writes to the new segment, owned by its own task.
         let seals = self.seals_in_flight.clone();
@@ -523,6 +530,12 @@ impl Partition {
     /// Reads from `offset`: up to `max_bytes`, at least one whole batch.
     /// Returns the parts to send, in order.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
+        let parts = self.read_parts(offset, max_bytes).await?;
+        self.counters.count_out(&parts);
+        Ok(parts)
+    }
+
+    async fn read_parts(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
         let mut from = offset;
         let mut replans = 0;
         // Each pass either replans (bounded by REPLANS_MAX) or moves `from`
@@ -532,8 +545,14 @@ impl Partition {
             let plan = self.log.borrow().plan_read(from, max_bytes);
             let (file, position, len, readable, sealed_end) = match plan {
                 ReadPlan::OutOfRange => return Err(StorageError::OffsetOutOfRange),
-                ReadPlan::Cached(parts) => return Ok(parts),
+                ReadPlan::Cached(parts) => {
+                    if !parts.is_empty() {
+                        metrics::with(|m| metrics::bump(&m.cache_hits, 1));
+                    }
+                    return Ok(parts);
+                }
                 ReadPlan::Disk { file, position, len, readable, sealed_end, .. } => {
+                    metrics::with(|m| metrics::bump(&m.cache_misses, 1));
                     (file, position, len, readable, sealed_end)
                 }
             };

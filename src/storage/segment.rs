@@ -470,7 +470,12 @@ impl FlushJob {
 pub(super) async fn write_whole(file: &DmaFile, path: &Path, buf: DmaBuffer, pos: u64) -> std::io::Result<()> {
     let want = buf.len();
     let written = match faults::check(Op::Write, path) {
-        None => file.write_at(buf, pos).await.map_err(os_error)?,
+        None => {
+            let started = std::time::Instant::now();
+            let written = file.write_at(buf, pos).await.map_err(os_error)?;
+            crate::metrics::with(|m| m.write_latency.observe(started.elapsed()));
+            written
+        }
         Some(Fault::Errno(errno)) => return Err(faults::injected(errno)),
         Some(Fault::Abort) => unreachable!("faults::check aborts the process"),
         Some(Fault::Short) => {
@@ -489,7 +494,10 @@ pub(super) async fn write_whole(file: &DmaFile, path: &Path, buf: DmaBuffer, pos
 /// fdatasync through io_uring, with fault injection.
 pub async fn fdatasync(file: &DmaFile, path: &Path) -> std::io::Result<()> {
     faults::fail(Op::Fdatasync, path)?;
-    file.fdatasync().await.map_err(os_error)
+    let started = std::time::Instant::now();
+    let synced = file.fdatasync().await.map_err(os_error);
+    crate::metrics::with(|m| m.fdatasync_latency.observe(started.elapsed()));
+    synced
 }
 
 /// glommio's error as an `io::Error` that keeps the OS errno (glommio's own

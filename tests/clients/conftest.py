@@ -31,7 +31,7 @@ class Broker:
         self.addr = f"127.0.0.1:{self.port}"
         self.log_path = self.dir / "broker.log"
         cmd = [str(SPATE), "serve", "--listen", self.addr, "--data-dir", str(self.dir / "data"),
-               "--shards", str(SHARDS), "--set", "pin_shards=false"]
+               "--shards", str(SHARDS), "--set", "pin_shards=false", "--set", "admin_listen=127.0.0.1:0"]
         for item in extra:
             cmd += ["--set", item]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))

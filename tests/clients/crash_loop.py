@@ -135,7 +135,7 @@ class Broker:
 
     def _start_on(self, round_no):
         cmd = [str(self.spate_bin), "serve", "--listen", self.addr, "--data-dir", str(self.data_dir),
-               "--shards", "2", "--set", "pin_shards=false", "--set", "segment_bytes=65536",
+               "--shards", "2", "--set", "pin_shards=false", "--set", "segment_bytes=65536", "--set", "admin_listen=127.0.0.1:0",
                "--set", "auto_create_topics=false"]
         log = open(self.log_path, "a")
         log.write(f"\n===== round {round_no}: start on {self.addr} =====\n")

@@ -76,7 +76,7 @@ class GroupBroker:
         self.log_path = self.dir / f"broker-{self.starts}.log"
         self.starts += 1
         cmd = [str(SPATE), "serve", "--listen", self.addr, "--data-dir", str(self.dir / "data"),
-               "--shards", str(SHARDS), "--set", "pin_shards=false"]
+               "--shards", str(SHARDS), "--set", "pin_shards=false", "--set", "admin_listen=127.0.0.1:0"]
         for item in self.extra:
             cmd += ["--set", item]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))

@@ -57,7 +57,7 @@ impl TestBroker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
         let data = env.iter().find(|(k, _)| *k == "SPATE_TEST_DATA_DIR").map_or(dir.join("data"), |(_, v)| v.into());
         cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(data);
-        cmd.args(["--shards", &SHARDS.to_string(), "--set", "pin_shards=false"]);
+        cmd.args(["--shards", &SHARDS.to_string(), "--set", "pin_shards=false", "--set", "admin_listen=127.0.0.1:0"]);
         for arg in extra {
             cmd.args(["--set", arg]);
         }

@@ -1,0 +1,50 @@
+//! A shard's figures for a metrics scrape, and the scrape itself: the shard
+//! serving it asks every other shard for its snapshot by actor message.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::{Broker, ShardMsg};
+use crate::metrics::{self, PartitionSnapshot, Scrape, ShardSnapshot};
+
+impl Broker {
+    /// This shard's counters, partitions and committed offsets.
+    pub fn metrics_snapshot(&self) -> ShardSnapshot {
+        let mut snapshot = metrics::with(|m| m.snapshot(self.shard_id));
+        snapshot.connections = self.connections.get() as u64;
+        let meta = self.meta();
+        let names: HashMap<[u8; 16], &str> = meta.topics.values().map(|t| (t.id, t.name.as_str())).collect();
+        for (tp, partition) in self.partitions.borrow().iter() {
+            let Some(topic) = names.get(&tp.topic_id) else { continue };
+            let log = partition.log.borrow();
+            let counters = &partition.counters;
+            snapshot.cache_bytes += log.cache_bytes() as u64;
+            snapshot.partitions.push(PartitionSnapshot {
+                topic: topic.to_string(),
+                partition: tp.partition,
+                high_watermark: log.high_watermark(),
+                log_start_offset: log.log_start_offset(),
+                size_bytes: log.size_bytes(),
+                segments: log.segment_count() as u64,
+                bytes_in: counters.bytes_in.get(),
+                records_in: counters.records_in.get(),
+                bytes_out: counters.bytes_out.get(),
+                records_out: counters.records_out.get(),
+            });
+        }
+        snapshot.committed = self.groups.committed_snapshot();
+        snapshot
+    }
+
+    /// Every shard's snapshot (a shard that does not answer is left out).
+    pub async fn scrape(self: &Rc<Self>) -> Scrape {
+        let mut shards = vec![self.metrics_snapshot()];
+        for shard in (0..self.shard_count).filter(|s| *s != self.shard_id) {
+            if let Ok(snapshot) = self.mailbox.call(shard, |reply| ShardMsg::Metrics { reply }).await {
+                shards.push(snapshot);
+            }
+        }
+        shards.sort_by_key(|s| s.shard);
+        Scrape { shards, ..Scrape::default() }
+    }
+}
