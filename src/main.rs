@@ -315,30 +315,70 @@ fn check_open_file_bounds(config: &Config, shards: usize, open_files_limit: u64)
 }
 
 /// `spate bench`: against `--brokers`, or an embedded broker on a temporary
-/// data directory that is removed afterwards.
+/// data directory that is removed afterwards (after errors and signals too).
+/// Exits 1 when the run had errors, 128 + signal when a signal stopped it.
 fn bench(args: spate_bench::BenchArgs, brokers: Option<String>) -> Result<()> {
-    if let Some(target) = brokers {
-        spate_bench::run(&args, &target)?;
-        return Ok(());
+    // Before the embedded broker starts: from here a signal stops the run
+    // gracefully, and the temporary directory is still removed.
+    spate_bench::signals::install()?;
+    let report = match brokers {
+        Some(address) => spate_bench::run(&args, &spate_bench::Target { address, embedded_config: None })?,
+        None => match bench_embedded(args) {
+            Ok(report) => report,
+            // A signal before the run began (the broker still starting).
+            Err(e) => match spate_bench::signals::interrupted() {
+                Some(signal) => {
+                    eprintln!("stopped by {}: {e:#}", spate_bench::signals::name(signal));
+                    std::process::exit(128 + signal)
+                }
+                None => return Err(e),
+            },
+        },
+    };
+    match report.outcome() {
+        spate_bench::Outcome::Passed => Ok(()),
+        spate_bench::Outcome::Failed(errors) => {
+            anyhow::bail!("the run had {errors} errors; its figures cover only what succeeded")
+        }
+        spate_bench::Outcome::Interrupted(signal) => std::process::exit(128 + signal),
     }
+}
+
+fn bench_embedded(mut args: spate_bench::BenchArgs) -> Result<spate_bench::Report> {
     let dir = std::env::temp_dir().join(format!("spate-bench-{}", std::process::id()));
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let sets = [format!("listen=127.0.0.1:{port}"), format!("data_dir={}", dir.display())];
     let config = Arc::new(Config::load(None, &sets)?);
-    let (runtime, lock) = start_broker(config)?;
-    let addr = format!("127.0.0.1:{port}");
+    // Tests make the embedded broker's storage fail through SPATE_FAULTS.
+    spate::storage::faults::init_from_env().map_err(anyhow::Error::msg)?;
+    let target = spate_bench::Target {
+        address: format!("127.0.0.1:{port}"),
+        embedded_config: Some(serde_json::to_value(&*config)?),
+    };
+    let (runtime, lock) = match start_broker(config) {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !data_dir::answers(&addr) {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the embedded broker did not start");
+    let mut answering = data_dir::answers(&target.address);
+    while !answering && std::time::Instant::now() < deadline && spate_bench::signals::interrupted().is_none() {
         std::thread::sleep(std::time::Duration::from_millis(10));
+        answering = data_dir::answers(&target.address);
     }
-    eprintln!("embedded spate broker at {addr}, data in {}", dir.display());
-    let mut args = args;
-    args.probe_disk.get_or_insert_with(|| dir.clone());
-    let result = spate_bench::run(&args, &addr);
+    let result = if answering {
+        eprintln!("embedded spate broker at {}, data in {}", target.address, dir.display());
+        args.probe_disk.get_or_insert_with(|| dir.clone());
+        spate_bench::run(&args, &target)
+    } else {
+        Err(anyhow::anyhow!("the embedded broker did not start"))
+    };
     runtime.stop();
-    runtime.join()?;
+    let joined = runtime.join();
     drop(lock);
     let _ = std::fs::remove_dir_all(&dir);
-    result.map(|_| ())
+    joined?;
+    result
 }

@@ -16,6 +16,17 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// As `--compression` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Gzip => "gzip",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+
     pub fn parse(name: &str) -> Result<Codec> {
         Ok(match name {
             "none" => Codec::None,
@@ -54,6 +65,24 @@ impl Codec {
             }
             Codec::Zstd => zstd::bulk::compress(raw, 1)?,
         })
+    }
+}
+
+/// A v2 batch's header, before its records.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// Most bytes a record adds beside its key and value: its length, attributes,
+/// timestamp and offset deltas, key and value lengths (varints), header count.
+pub const MAX_RECORD_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 1;
+
+/// Record bytes (uncompressed) a batch may hold so that, header included and
+/// compressed with `codec`, it stays within `max_message_bytes`. Compression
+/// can grow incompressible data a little (zstd and lz4 by under 0.5%): 3% and
+/// 1 KiB are kept for it.
+pub fn record_budget(max_message_bytes: usize, codec: Codec) -> usize {
+    let room = max_message_bytes.saturating_sub(BATCH_HEADER_BYTES);
+    match codec {
+        Codec::None => room,
+        _ => room.saturating_sub(room / 32 + 1024),
     }
 }
 
@@ -101,6 +130,13 @@ impl BatchBuilder {
         self.records.len()
     }
 
+    /// Whether one more record with this key and value keeps the records
+    /// within `cap` bytes. An empty batch takes any record: a batch holds at
+    /// least one.
+    pub fn fits(&self, key_bytes: usize, value_bytes: usize, cap: usize) -> bool {
+        self.is_empty() || self.bytes() + key_bytes + value_bytes + MAX_RECORD_OVERHEAD <= cap
+    }
+
     pub fn first_timestamp(&self) -> i64 {
         self.first_timestamp
     }
@@ -140,7 +176,7 @@ impl BatchBuilder {
     pub fn finish(&mut self, codec: Codec) -> Result<Bytes> {
         assert!(self.count > 0, "a batch holds at least one record");
         let body = codec.compress(&self.records)?;
-        let mut b = BytesMut::with_capacity(61 + body.len());
+        let mut b = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
         b.put_i64(0); // base offset: the broker assigns it
         b.put_i32((49 + body.len()) as i32);
         b.put_i32(-1); // partition leader epoch
@@ -243,6 +279,32 @@ fn read_varint(b: &[u8]) -> Option<(i64, usize)> {
 mod tests {
     use super::*;
     use kafka_protocol::records::RecordBatchDecoder;
+
+    #[test]
+    fn a_batch_filled_to_its_budget_fits_max_message_bytes() {
+        const MAX: usize = 1 << 20;
+        for codec in [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            let budget = record_budget(MAX, codec);
+            let mut rng = 0x1234_5678_9abc_def1u64;
+            let mut value = vec![0u8; 1000];
+            let mut builder = BatchBuilder::new(budget);
+            let key = b"key-12345";
+            while builder.fits(key.len(), value.len(), budget) {
+                // Incompressible: compression can only add bytes.
+                for b in value.iter_mut() {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    *b = rng as u8;
+                }
+                builder.push(i64::MAX / 2, Some(key), &value);
+                assert!(builder.bytes() <= budget, "{codec:?}");
+            }
+            let batch = builder.finish(codec).unwrap();
+            assert!(batch.len() <= MAX, "{codec:?}: {} bytes", batch.len());
+            assert!(batch.len() > MAX * 9 / 10, "{codec:?}: the batch is nearly full ({} bytes)", batch.len());
+        }
+    }
 
     #[test]
     fn every_codec_decodes_with_kafka_protocol() {

@@ -17,8 +17,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::conn::{check, Conn};
-use crate::stats::WorkerStats;
-use crate::workers::{fetch_round, ConsumerPlan, Shared};
+use crate::workers::{fetch_round, ConsumerPlan, Shared, ThreadStats};
 
 /// How a member takes part in its group.
 #[derive(Clone, Debug)]
@@ -176,7 +175,9 @@ async fn join(coord: &Conn, plan: &ConsumerPlan, group: &GroupPlan, member_id: &
     }
 }
 
-/// Where each assigned partition resumes: the committed offset, else the start.
+/// Where each assigned partition resumes: the committed offset, else the
+/// start; never before the start (the offsets at the start of the run), so
+/// a group that committed in an earlier run does not count old data.
 async fn resume_offsets(coord: &Conn, plan: &ConsumerPlan, group: &str, partitions: &[i32]) -> Result<Vec<(i32, i64)>> {
     let mut topic = offset_fetch_request::OffsetFetchRequestTopic::default();
     topic.name = TopicName(s(&plan.topic));
@@ -194,7 +195,7 @@ async fn resume_offsets(coord: &Conn, plan: &ConsumerPlan, group: &str, partitio
             .map_or(-1, |c| c.committed_offset)
     };
     let start = |p: i32| plan.partitions.iter().find(|(q, _)| *q == p).map_or(0, |(_, o)| *o);
-    Ok(partitions.iter().map(|&p| (p, if committed(p) >= 0 { committed(p) } else { start(p) })).collect())
+    Ok(partitions.iter().map(|&p| (p, committed(p).max(start(p)))).collect())
 }
 
 fn commit_request(group: &str, topic: &str, m: &Membership, offsets: &[(i32, i64)]) -> OffsetCommitRequest {
@@ -225,7 +226,8 @@ async fn commit(
     group: &str,
     m: &Membership,
     offsets: &[(i32, i64)],
-    stats: &mut WorkerStats,
+    stats: &ThreadStats,
+    shared: &Shared,
 ) -> Result<bool> {
     if offsets.is_empty() {
         return Ok(true);
@@ -233,7 +235,8 @@ async fn commit(
     let started = Instant::now();
     let resp: OffsetCommitResponse =
         coord.call(ApiKey::OffsetCommit, 7, &commit_request(group, &plan.topic, m, offsets)).await?;
-    let _ = stats.commit_latency_us.record(started.elapsed().as_micros().max(1) as u64);
+    let took = started.elapsed().as_micros() as u64;
+    stats.borrow_mut().commit_latency.record(shared.started.elapsed(), took, 1);
     for code in resp.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.error_code)) {
         if code == ResponseError::RebalanceInProgress.code()
             || code == ResponseError::IllegalGeneration.code()
@@ -248,10 +251,14 @@ async fn commit(
 
 /// A group member: consumes its assignment, commits every
 /// `commit_interval`, rejoins when the group rebalances, leaves at the end.
-pub async fn run_group_consumer(plan: ConsumerPlan, group: GroupPlan, shared: Arc<Shared>) -> Result<WorkerStats> {
+pub async fn run_group_consumer(
+    plan: ConsumerPlan,
+    group: GroupPlan,
+    shared: Arc<Shared>,
+    stats: ThreadStats,
+) -> Result<()> {
     let coord = Rc::new(coordinator(&plan.addr, &group.group).await?);
     let data = Conn::connect(&plan.addr).await?;
-    let mut stats = WorkerStats::new();
     let mut member_id = String::new();
     let mut idle_after_producers = 0;
     'membership: loop {
@@ -267,10 +274,12 @@ pub async fn run_group_consumer(plan: ConsumerPlan, group: GroupPlan, shared: Ar
         ));
         let mut last_commit = Instant::now();
         loop {
+            // Stopping (an error elsewhere, a signal): commit what was read and leave.
             let finished = plan.stop_at_total.is_some_and(|n| shared.done.load(Ordering::Relaxed) >= n)
-                || idle_after_producers >= 5;
+                || idle_after_producers >= 5
+                || shared.stopping();
             if finished || rebalancing.get() || last_commit.elapsed() >= group.commit_interval {
-                let current = commit(&coord, &plan, &group.group, &m, &offsets, &mut stats).await?;
+                let current = commit(&coord, &plan, &group.group, &m, &offsets, &stats, &shared).await?;
                 last_commit = Instant::now();
                 if finished {
                     drop(heartbeats);
@@ -282,7 +291,7 @@ pub async fn run_group_consumer(plan: ConsumerPlan, group: GroupPlan, shared: Ar
                     continue 'membership;
                 }
             }
-            let got = fetch_round(&data, &plan, &mut offsets, &mut stats, &shared).await?;
+            let got = fetch_round(&data, &plan, &mut offsets, &stats, &shared).await?;
             if got > 0 {
                 idle_after_producers = 0;
             } else if shared.producers_finished.load(Ordering::Acquire) {
@@ -290,7 +299,7 @@ pub async fn run_group_consumer(plan: ConsumerPlan, group: GroupPlan, shared: Ar
             }
         }
     }
-    Ok(stats)
+    Ok(())
 }
 
 async fn heartbeat(coord: Rc<Conn>, group: GroupPlan, member_id: String, generation: i32, rebalancing: Rc<Cell<bool>>) {
@@ -335,9 +344,8 @@ pub struct CommitPlan {
 
 /// Sends simple-consumer OffsetCommits (one partition each, offsets rising),
 /// `max_inflight` at a time, and times each.
-pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>) -> Result<WorkerStats> {
+pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>, stats: ThreadStats) -> Result<()> {
     let coord = Rc::new(coordinator(&plan.addr, &plan.group).await?);
-    let stats = Rc::new(std::cell::RefCell::new(WorkerStats::new()));
     let next = Rc::new(Cell::new(0u64));
     let failure: Rc<std::cell::RefCell<Option<anyhow::Error>>> = Rc::default();
     let lanes = (0..plan.max_inflight.max(1)).map(|_| {
@@ -350,6 +358,7 @@ pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>) -> Result<Work
                 if plan.commits.is_some_and(|n| i >= n)
                     || plan.deadline.is_some_and(|d| Instant::now() >= d)
                     || failure.borrow().is_some()
+                    || shared.stopping()
                 {
                     return;
                 }
@@ -363,8 +372,10 @@ pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>) -> Result<Work
                 match code.and_then(|c| check(c, "offset commit")) {
                     Ok(()) => {
                         let mut stats = stats.borrow_mut();
-                        stats.latency(started.elapsed().as_micros() as u64, 1);
-                        stats.count(shared.started.elapsed(), 1, 0);
+                        let at = shared.started.elapsed();
+                        stats.latency(at, started.elapsed().as_micros() as u64, 1);
+                        stats.count(at, 1, 0);
+                        stats.flush_live(&shared.live, false);
                         shared.done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => *failure.borrow_mut() = Some(e),
@@ -376,8 +387,7 @@ pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>) -> Result<Work
     if let Some(e) = failure.borrow_mut().take() {
         return Err(e);
     }
-    let stats = std::mem::take(&mut *stats.borrow_mut());
-    Ok(stats)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,94 +2,132 @@
 //! the protocol itself (glommio + the `kafka-protocol` crate, not librdkafka)
 //! so that the client is not the bottleneck, and measures throughput and
 //! latency (HDR histograms, corrected for coordinated omission).
+//!
+//! A run: flags → [`Workload`]; its own topic (unique unless `--topic`);
+//! the header line; the machine probes; the phases (each with a warm-up left
+//! out of its figures); the topic deleted; the summary, JSON and SVG. Any
+//! error fails the run (the caller exits non-zero); SIGINT or SIGTERM stops
+//! it with partial results.
 
+pub mod admin;
 pub mod batch;
 pub mod conn;
 pub mod group;
+pub mod meta;
 pub mod plot;
 pub mod probe;
+pub mod signals;
 pub mod stats;
 pub mod workers;
 
+use std::cell::RefCell;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kafka_protocol::messages::{
-    create_topics_request, list_offsets_request, ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
 use batch::Codec;
-use conn::Conn;
-use stats::{PhaseReport, Progress, WorkerStats};
-use workers::{ConsumerPlan, Keys, ProducerPlan, Shared};
+use meta::Machine;
+use stats::{LatencyPoint, PhaseReport, PhaseTiming, Progress, Warmup, WorkerStats};
+use workers::{ConsumerPlan, Keys, ProducerPlan, Shared, ThreadStats};
 
-#[derive(clap::Args, Debug, Clone, Default)]
+/// Every flag shows its default; presets override the defaults, flags given
+/// explicitly override presets.
+#[derive(clap::Args, Debug, Clone, Default, Serialize)]
 pub struct BenchArgs {
-    /// produce, consume, e2e, all (produce; consume what was produced; e2e at
-    /// half the produce rate), or commit (OffsetCommit requests per second).
+    /// What to measure: produce; consume (fill the topic, then read back
+    /// what this run wrote); e2e (produce and consume at once: latency from
+    /// send to receipt); all (produce, consume what was produced, then e2e at
+    /// half the produce rate); commit (OffsetCommit requests per second).
     #[arg(default_value = "all")]
     pub mode: String,
-    /// many-producers (64), keyed (10,000 keys), acks-all, many-partitions (1,000).
+    /// A preset workload: many-producers (64 producers), keyed (10,000
+    /// keys), acks-all, many-partitions (1,000 partitions). [default: none]
     #[arg(long)]
     pub preset: Option<String>,
+    /// Payload bytes per message. [default: 100]
     #[arg(long)]
     pub message_bytes: Option<usize>,
-    /// Messages to send (per phase); default 5,000,000 unless --duration-secs.
+    /// Messages per phase. [default: 5000000, or no limit with --duration-secs]
     #[arg(long)]
     pub messages: Option<u64>,
+    /// Seconds per phase; with --messages, whichever ends first. [default:
+    /// no limit; the e2e phase of `all` runs 5 s]
     #[arg(long)]
     pub duration_secs: Option<f64>,
+    /// Use this topic (created if missing, kept afterwards; data already in
+    /// it is never counted). [default: a new topic spate-bench-<ms>-<pid>,
+    /// deleted at the end]
     #[arg(long)]
     pub topic: Option<String>,
+    /// Partitions of the topic the run creates. [default: 8; an existing
+    /// --topic keeps its own count]
     #[arg(long)]
     pub partitions: Option<i32>,
+    /// Producer connections. [default: one per core]
     #[arg(long)]
     pub producers: Option<usize>,
+    /// Consumer connections (group members with --group). [default: one per core]
     #[arg(long)]
     pub consumers: Option<usize>,
+    /// Most record bytes per batch; clipped so that a batch never exceeds
+    /// the topic's max.message.bytes. [default: 262144]
     #[arg(long)]
     pub batch_bytes: Option<usize>,
+    /// Longest a batch waits to fill before it is sent. [default: 5]
     #[arg(long)]
     pub linger_ms: Option<u64>,
-    /// none, gzip, snappy, lz4, zstd
+    /// none, gzip, snappy, lz4 or zstd. [default: none]
     #[arg(long)]
     pub compression: Option<String>,
-    /// 0, 1 or all
+    /// 0, 1 or all: 0 expects no answer; 1 is answered once the batch is
+    /// written; all once it is also fsynced (and on every in-sync replica).
+    /// [default: 1; all with --preset acks-all]
     #[arg(long)]
     pub acks: Option<String>,
-    /// none, random, or a number of distinct keys
+    /// none, random, or a number of distinct keys; keyed messages go to the
+    /// partition of their key. [default: none]
     #[arg(long)]
     pub keys: Option<String>,
-    /// Open-loop target rate, messages per second over all producers.
+    /// Open-loop target rate, messages per second over all producers;
+    /// latency counts from each message's intended send time. [default: none:
+    /// closed loop, as fast as the broker answers]
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Produce requests in flight per producer.
+    /// Produce requests in flight per producer. [default: 8]
     #[arg(long)]
     pub max_inflight: Option<usize>,
-    /// Write every figure and the workload as JSON.
+    /// Seconds at the start of each phase left out of its rates and latency
+    /// figures; at most half of the phase (so short runs still measure their
+    /// second half), rounded to 0.1 s.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_secs: f64,
+    /// Write the report as JSON: build, date, machine, broker config, every
+    /// flag, and each phase's figures and series. [default: none]
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-    /// Draw throughput over time and the latency percentile curves as SVG.
+    /// Draw an SVG with one panel per phase: throughput and latency over
+    /// time, and the latency percentiles. [default: none]
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
     /// Measure this directory's sequential O_DIRECT write rate first and
-    /// report produce against it (the embedded broker's data directory by default).
+    /// report produce against it. [default: the embedded broker's data
+    /// directory; none against --brokers]
     #[arg(long)]
     pub probe_disk: Option<std::path::PathBuf>,
-    /// Seconds each probe (disk, loopback) runs.
+    /// Seconds each probe (disk, loopback) runs; loopback at most 1 s.
     #[arg(long, default_value_t = 3.0)]
     pub probe_secs: f64,
     /// Consume through this consumer group (subscribe, not assign): the
     /// consumers join it, share the partitions and commit periodically.
+    /// [default: none]
     #[arg(long)]
     pub group: Option<String>,
     /// Group consumers commit this often.
@@ -109,33 +147,77 @@ pub struct Workload {
     pub partitions: i32,
     pub producers: usize,
     pub consumers: usize,
+    /// Effective: the requested size clipped to fit `max_message_bytes`.
     pub batch_bytes: usize,
+    /// The topic's max.message.bytes (else the broker's message.max.bytes).
+    pub max_message_bytes: usize,
     pub linger_ms: u64,
     pub compression: Codec,
     pub acks: i16,
     pub keys: Keys,
     pub rate: Option<f64>,
     pub max_inflight: usize,
+    pub warmup_secs: f64,
     pub worker_cores: Vec<usize>,
     pub group: Option<String>,
     pub commit_interval_ms: u64,
 }
 
+/// Where the broker is; an embedded broker also gives the config it runs.
+pub struct Target {
+    pub address: String,
+    pub embedded_config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerInfo {
+    pub address: String,
+    pub embedded: bool,
+    /// The embedded broker's Config, or an external broker's DescribeConfigs
+    /// (best effort: `{"error": ...}` when it does not answer).
+    pub config: serde_json::Value,
+    /// The run created its topic (and deletes it at the end unless it was
+    /// named with --topic).
+    pub topic_created: bool,
+    pub topic_deleted: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    pub spate: meta::Build,
+    /// When the run started, RFC 3339 UTC.
+    pub date: String,
+    /// Stopped by a signal: the phases cover what ran.
+    pub partial: bool,
+    pub interrupted_by: Option<&'static str>,
+    /// Over every phase; any makes the run fail.
+    pub errors: u64,
+    /// Every flag as given (defaults filled in by clap).
+    pub flags: BenchArgs,
     pub workload: Workload,
+    pub broker: BrokerInfo,
     pub machine: Machine,
     pub phases: Vec<PhaseReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Machine {
-    pub cores: usize,
-    pub kernel: String,
-    /// The data directory's sequential O_DIRECT write rate, measured before the phases.
-    pub disk: Option<probe::DiskProbe>,
-    /// One loopback TCP stream's rate (when the broker is on this machine).
-    pub network: Option<probe::NetworkProbe>,
+/// How a run ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    /// This many errors: exit 1.
+    Failed(u64),
+    /// Stopped by this signal: exit 128 + signal.
+    Interrupted(i32),
+}
+
+impl Report {
+    pub fn outcome(&self) -> Outcome {
+        match signals::interrupted() {
+            Some(signal) if self.partial => Outcome::Interrupted(signal),
+            _ if self.errors > 0 => Outcome::Failed(self.errors),
+            _ => Outcome::Passed,
+        }
+    }
 }
 
 impl BenchArgs {
@@ -171,17 +253,19 @@ impl BenchArgs {
             message_bytes: self.message_bytes.unwrap_or(100),
             messages,
             duration_secs,
-            topic: self.topic.clone().unwrap_or_else(|| "spate-bench".into()),
+            topic: self.topic.clone().unwrap_or_else(admin::unique_topic_name),
             partitions: self.partitions.or(preset.partitions).unwrap_or(8),
             producers: self.producers.or(preset.producers).unwrap_or(cores.len()),
             consumers: self.consumers.unwrap_or(cores.len()),
             batch_bytes: self.batch_bytes.unwrap_or(256 << 10),
+            max_message_bytes: admin::DEFAULT_MAX_MESSAGE_BYTES,
             linger_ms: self.linger_ms.unwrap_or(5),
             compression: Codec::parse(self.compression.as_deref().unwrap_or("none"))?,
             acks,
             keys,
             rate: self.rate,
-            max_inflight: self.max_inflight.unwrap_or(8),
+            max_inflight: self.max_inflight.unwrap_or(8).max(1),
+            warmup_secs: Warmup::new(self.warmup_secs).duration().as_secs_f64(),
             worker_cores: cores,
             group: self.group.clone(),
             commit_interval_ms: self.commit_interval_ms.max(1),
@@ -192,6 +276,9 @@ impl BenchArgs {
         if !["produce", "consume", "e2e", "all", "commit"].contains(&workload.mode.as_str()) {
             bail!("mode must be produce, consume, e2e, all or commit");
         }
+        if !self.warmup_secs.is_finite() || self.warmup_secs < 0.0 {
+            bail!("--warmup-secs must be 0 or more");
+        }
         Ok(workload)
     }
 }
@@ -201,81 +288,161 @@ fn worker_cores() -> Vec<usize> {
     (0..n).collect()
 }
 
-/// Runs the benchmark against `broker` and prints, writes and returns the report.
-pub fn run(args: &BenchArgs, broker: &str) -> Result<Report> {
-    let w = args.resolve(broker)?;
-    let machine = probe_machine(args, broker)?;
-    let setup = w.clone();
-    on_thread(move || ensure_topic(setup))?;
-    let mut phases = Vec::new();
-    match w.mode.as_str() {
-        "produce" => phases.push(produce_phase("produce", &w, w.rate, !args.quiet)?),
-        "consume" => {
-            let target = w.messages.unwrap_or(5_000_000);
-            phases.push(produce_phase("fill", &w, None, !args.quiet)?);
-            phases.push(consume_phase(&w, target, !args.quiet)?);
+/// Runs the benchmark against `target` and prints, writes and returns the
+/// report. Errors in the phases are in the report ([`Report::outcome`]);
+/// `Err` is for a run that could not start (or write its outputs).
+pub fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
+    signals::install()?;
+    let date = meta::now_rfc3339();
+    let mut w = args.resolve(&target.address)?;
+    let topic = prepare_topic(&mut w, args)?;
+    let config = match &target.embedded_config {
+        Some(config) => config.clone(),
+        None => {
+            let addr = w.broker.clone();
+            on_thread(move || async move { Ok(admin::broker_config(&addr).await) })?
         }
-        "e2e" => phases.push(e2e_phase(&w, w.rate, !args.quiet)?),
-        "commit" => phases.push(commit_phase(&w, !args.quiet)?),
-        _ => {
-            let produced = produce_phase("produce", &w, w.rate, !args.quiet)?;
-            let half_rate = w.rate.unwrap_or(produced.msgs_per_sec) / 2.0;
-            let consumed = consume_phase(&w, produced.messages, !args.quiet)?;
-            phases.push(produced);
-            phases.push(consumed);
-            let e2e = Workload { messages: None, duration_secs: Some(w.duration_secs.unwrap_or(5.0)), ..w.clone() };
-            phases.push(e2e_phase(&e2e, Some(half_rate), !args.quiet)?);
-        }
+    };
+    let mut broker = BrokerInfo {
+        address: w.broker.clone(),
+        embedded: target.embedded_config.is_some(),
+        config,
+        topic_created: topic.created,
+        topic_deleted: false,
+    };
+    print_header(&w, &broker, args, &date);
+    let measured = measure(args, &w);
+    // Only a topic of its own: one named with --topic is kept, even if created.
+    if topic.created && args.topic.is_none() {
+        broker.topic_deleted = delete_topic(&w);
     }
-    let report = Report { workload: w, machine, phases };
+    let (machine, phases) = measured?;
+    let errors = phases.iter().map(|p| p.errors).sum();
+    let interrupted_by = signals::interrupted().map(signals::name);
+    let report = Report {
+        spate: meta::build(),
+        date,
+        partial: interrupted_by.is_some(),
+        interrupted_by,
+        errors,
+        flags: args.clone(),
+        workload: w,
+        broker,
+        machine,
+        phases,
+    };
     print_report(&report);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "spate bench: {} x {} B, {} partitions, acks {}",
-            report.workload.mode, report.workload.message_bytes, report.workload.partitions, report.workload.acks
-        );
-        std::fs::write(path, plot::svg(&title, &report.phases))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    write_outputs(args, &report)?;
     Ok(report)
+}
+
+/// Creates (or finds) the topic and fits the workload to it.
+fn prepare_topic(w: &mut Workload, args: &BenchArgs) -> Result<admin::Topic> {
+    let (addr, name, partitions, must_create) = (w.broker.clone(), w.topic.clone(), w.partitions, args.topic.is_none());
+    let topic = on_thread(move || async move { admin::prepare_topic(&addr, &name, partitions, must_create).await })?;
+    if !topic.created && args.partitions.is_some_and(|p| p != topic.partitions) {
+        eprintln!("topic {} exists with {} partitions: --partitions ignored", topic.name, topic.partitions);
+    }
+    w.partitions = topic.partitions;
+    w.max_message_bytes = topic.max_message_bytes;
+    w.batch_bytes = w.batch_bytes.min(batch::record_budget(topic.max_message_bytes, w.compression));
+    Ok(topic)
+}
+
+/// Deletes the run's topic; false (and a line saying why) if that failed.
+fn delete_topic(w: &Workload) -> bool {
+    let (addr, name) = (w.broker.clone(), w.topic.clone());
+    match on_thread(move || async move { admin::delete_topic(&addr, &name).await }) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("could not delete topic {}: {e:#}", w.topic);
+            false
+        }
+    }
+}
+
+/// The probes, then the phases.
+fn measure(args: &BenchArgs, w: &Workload) -> Result<(Machine, Vec<PhaseReport>)> {
+    let machine = probe_machine(args, &w.broker)?;
+    // Consume phases read from here: data already in the topic is not this run's.
+    let (addr, topic, partitions) = (w.broker.clone(), w.topic.clone(), w.partitions);
+    let starts = on_thread(move || async move { admin::offsets(&addr, &topic, partitions, -1).await })?;
+    let run = Phases { w, warmup: Warmup::new(args.warmup_secs), progress: !args.quiet, starts };
+    Ok((machine, run.all()?))
+}
+
+fn print_header(w: &Workload, broker: &BrokerInfo, args: &BenchArgs, date: &str) {
+    let build = meta::build();
+    let batch_requested = args.batch_bytes.unwrap_or(256 << 10);
+    let topic = match (broker.topic_created, args.topic.is_none()) {
+        (true, true) => "created by this run, deleted at its end",
+        (true, false) => "created by this run, kept",
+        (false, _) => "existing, kept",
+    };
+    let acks = match w.acks {
+        -1 => "all",
+        0 => "0",
+        _ => "1",
+    };
+    println!(
+        "spate bench {} ({}) {date}: {} against {}{}, acks {acks}, {} B messages, {}",
+        build.version,
+        build.commit,
+        w.mode,
+        w.broker,
+        if broker.embedded { " (embedded broker)" } else { "" },
+        w.message_bytes,
+        match (w.messages, w.duration_secs) {
+            (Some(n), Some(s)) => format!("{n} messages or {s} s per phase"),
+            (Some(n), None) => format!("{n} messages per phase"),
+            (None, Some(s)) => format!("{s} s per phase"),
+            (None, None) => "no limit".into(),
+        },
+    );
+    println!(
+        "  topic {} ({}), {} partitions, max.message.bytes {}; {} producers, {} consumers, compression {}, batch {} B{}, linger {} ms, {} in flight{}, warm-up {} s",
+        w.topic,
+        topic,
+        w.partitions,
+        w.max_message_bytes,
+        w.producers,
+        w.consumers,
+        w.compression.name(),
+        w.batch_bytes,
+        if w.batch_bytes < batch_requested { format!(" (clipped from {batch_requested} to fit)") } else { String::new() },
+        w.linger_ms,
+        w.max_inflight,
+        w.rate.map(|r| format!(", rate {r:.0}/s")).unwrap_or_default(),
+        w.warmup_secs
+    );
 }
 
 /// Cores, kernel, and the probes: the disk when asked, loopback when the
 /// broker is on this machine.
 fn probe_machine(args: &BenchArgs, broker: &str) -> Result<Machine> {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let disk = match &args.probe_disk {
-        Some(dir) => {
+        Some(dir) if signals::interrupted().is_none() => {
             eprintln!("probing {} for {} s (sequential O_DIRECT writes)", dir.display(), args.probe_secs);
             Some(probe::probe_disk(dir, args.probe_secs)?)
         }
-        None => None,
+        _ => None,
     };
     let local = broker.starts_with("127.") || broker.starts_with("localhost") || broker.starts_with("[::1]");
-    let network = if local { Some(probe::probe_loopback(args.probe_secs.min(1.0))?) } else { None };
-    Ok(Machine { cores: worker_cores().len(), kernel, disk, network })
+    let network = if local && signals::interrupted().is_none() {
+        Some(probe::probe_loopback(args.probe_secs.min(1.0))?)
+    } else {
+        None
+    };
+    Ok(Machine { cores: worker_cores().len(), kernel: meta::kernel(), disk, network })
 }
 
 fn print_report(report: &Report) {
-    let w = &report.workload;
-    println!(
-        "\nspate bench — {} against {}: {} B messages, {} partitions, {} producers, {} consumers, acks {}, {:?}, batch {} B, linger {} ms{}",
-        w.mode,
-        w.broker,
-        w.message_bytes,
-        w.partitions,
-        w.producers,
-        w.consumers,
-        w.acks,
-        w.compression,
-        w.batch_bytes,
-        w.linger_ms,
-        w.rate.map(|r| format!(", rate {r:.0}/s")).unwrap_or_default()
-    );
+    let status = match (report.interrupted_by, report.errors) {
+        (Some(signal), _) => format!(" — PARTIAL: interrupted by {signal}"),
+        (None, 0) => String::new(),
+        (None, n) => format!(" — FAILED: {n} errors"),
+    };
+    println!("\nspate bench results{status}");
     let machine = &report.machine;
     if let Some(disk) = &machine.disk {
         println!(
@@ -289,7 +456,7 @@ fn print_report(report: &Report) {
     }
     for phase in &report.phases {
         phase.print();
-        let mib_per_sec = phase.bytes as f64 / phase.seconds / (1 << 20) as f64;
+        let mib_per_sec = phase.mb_per_sec * 1e6 / (1 << 20) as f64;
         if let (Some(disk), true) = (&machine.disk, ["produce", "fill"].contains(&phase.phase.as_str())) {
             let share = 100.0 * mib_per_sec / disk.write_mib_per_sec;
             println!(
@@ -302,6 +469,32 @@ fn print_report(report: &Report) {
             println!("{:<9} {share:.0}% of one loopback stream", "");
         }
     }
+    println!("errors    {}", report.errors);
+    if report.errors > 0 {
+        println!("FAILED: {} errors; the figures above cover only what succeeded", report.errors);
+    }
+}
+
+fn write_outputs(args: &BenchArgs, report: &Report) -> Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let w = &report.workload;
+        let title = format!(
+            "spate bench {}: {} x {} B, {} partitions, acks {}{}",
+            report.spate.version,
+            w.mode,
+            w.message_bytes,
+            w.partitions,
+            w.acks,
+            if report.partial { " (partial)" } else { "" }
+        );
+        std::fs::write(path, plot::svg(&title, &report.phases))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Runs one future on a fresh executor thread and returns its output.
@@ -318,108 +511,309 @@ where
     handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e:?}"))?
 }
 
-async fn ensure_topic(w: Workload) -> Result<()> {
-    let conn = Conn::connect(&w.broker).await?;
-    let mut topic = create_topics_request::CreatableTopic::default();
-    topic.name = TopicName(StrBytes::from_string(w.topic.clone()));
-    topic.num_partitions = w.partitions;
-    topic.replication_factor = -1;
-    let mut req = CreateTopicsRequest::default();
-    req.topics = vec![topic];
-    req.timeout_ms = 60_000;
-    let resp: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &req).await?;
-    let code = resp.topics.first().map_or(0, |t| t.error_code);
-    if code != 0 && code != 36 {
-        conn::check(code, "creating the bench topic")?;
-    }
-    Ok(())
-}
-
-/// Latest (-1) or earliest (-2) offsets of every partition.
-async fn offsets(w: &Workload, which: i64) -> Result<Vec<(i32, i64)>> {
-    let conn = Conn::connect(&w.broker).await?;
-    let mut topic = list_offsets_request::ListOffsetsTopic::default();
-    topic.name = TopicName(StrBytes::from_string(w.topic.clone()));
-    topic.partitions = (0..w.partitions)
-        .map(|p| {
-            let mut part = list_offsets_request::ListOffsetsPartition::default();
-            part.partition_index = p;
-            part.timestamp = which;
-            part.current_leader_epoch = -1;
-            part
-        })
-        .collect();
-    let mut req = ListOffsetsRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.topics = vec![topic];
-    let resp: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 7, &req).await?;
-    let mut out = Vec::new();
-    for t in resp.topics {
-        for p in t.partitions {
-            conn::check(p.error_code, "list offsets")?;
-            out.push((p.partition_index, p.offset));
-        }
-    }
-    Ok(out)
-}
-
-/// Worker tasks spread over pinned executor threads (at most one per core).
-struct Group {
-    handles: Vec<glommio::ExecutorJoinHandle<Result<WorkerStats>>>,
+/// Worker tasks spread over pinned executor threads (at most one per core);
+/// the tasks of a thread share its stats.
+struct Workers {
+    handles: Vec<glommio::ExecutorJoinHandle<WorkerStats>>,
     running: Arc<AtomicUsize>,
 }
 
-impl Group {
-    fn start<F, Fut>(tasks: usize, cores: &[usize], make: F) -> Result<Group>
+impl Workers {
+    /// A task that fails counts one error and stops the phase (`what` names it).
+    fn start<F, Fut>(
+        what: &'static str,
+        tasks: usize,
+        cores: &[usize],
+        shared: &Arc<Shared>,
+        make: F,
+    ) -> Result<Workers>
     where
-        F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
-        Fut: Future<Output = Result<WorkerStats>> + 'static,
+        F: Fn(usize, ThreadStats) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = Result<()>> + 'static,
     {
         let threads = tasks.min(cores.len()).max(1);
         let running = Arc::new(AtomicUsize::new(threads));
         let mut handles = Vec::with_capacity(threads);
         for (t, &core) in cores.iter().enumerate().take(threads) {
-            let (make, running) = (make.clone(), running.clone());
+            let (make, running, shared) = (make.clone(), running.clone(), shared.clone());
             let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(core))
                 .name(&format!("bench-{t}"))
                 .io_memory(256 << 10)
                 .spawn(move || async move {
-                    let mine = (t..tasks).step_by(threads).map(&make);
-                    let results = futures::future::join_all(mine).await;
-                    running.fetch_sub(1, Ordering::Release);
-                    let mut total = WorkerStats::new();
-                    for r in results {
-                        total.merge(&r?);
+                    let stats: ThreadStats = Rc::new(RefCell::new(WorkerStats::new(shared.warmup)));
+                    let mine = (t..tasks).step_by(threads).map(|i| make(i, stats.clone()));
+                    for result in futures::future::join_all(mine).await {
+                        if let Err(e) = result {
+                            stats.borrow_mut().errors += 1;
+                            shared.fail(what, &e);
+                        }
                     }
-                    Ok(total)
+                    stats.borrow_mut().flush_live(&shared.live, true);
+                    running.fetch_sub(1, Ordering::Release);
+                    let total = std::mem::replace(&mut *stats.borrow_mut(), WorkerStats::new(Warmup::none()));
+                    total
                 })
                 .map_err(|e| anyhow::anyhow!("starting a bench thread: {e}"))?;
             handles.push(handle);
         }
-        Ok(Group { handles, running })
+        Ok(Workers { handles, running })
     }
 
     fn running(&self) -> bool {
         self.running.load(Ordering::Acquire) > 0
     }
 
-    fn join(self) -> Result<WorkerStats> {
-        let mut total = WorkerStats::new();
+    /// Every thread's stats merged; a thread that died counts one error.
+    fn join(self, warmup: Warmup) -> WorkerStats {
+        let mut total = WorkerStats::new(warmup);
         for h in self.handles {
-            total.merge(&h.join().map_err(|e| anyhow::anyhow!("bench thread failed: {e:?}"))??);
+            match h.join() {
+                Ok(stats) => total.merge(&stats),
+                Err(e) => {
+                    eprintln!("a bench thread failed: {e:?}");
+                    total.errors += 1;
+                }
+            }
         }
-        Ok(total)
+        total
     }
 }
 
-fn new_shared() -> Arc<Shared> {
-    Arc::new(Shared {
-        started: Instant::now(),
-        done: AtomicU64::new(0),
-        producers_finished: AtomicBool::new(false),
-        produced: AtomicU64::new(0),
-        first_data_us: AtomicU64::new(u64::MAX),
-    })
+/// Samples a running phase once a second: the progress line and the
+/// latency-over-time series.
+struct Watch<'a> {
+    shared: &'a Shared,
+    phase: &'a str,
+    message_bytes: f64,
+    progress: Progress,
+    series: Vec<LatencyPoint>,
+    last_sample: Instant,
+}
+
+/// How often the watcher looks whether the workers are done.
+const WATCH_POLL: Duration = Duration::from_millis(20);
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+impl<'a> Watch<'a> {
+    fn new(shared: &'a Shared, phase: &'a str, message_bytes: usize, progress: bool) -> Watch<'a> {
+        Watch {
+            shared,
+            phase,
+            message_bytes: message_bytes as f64,
+            progress: Progress::new(progress),
+            series: Vec::new(),
+            last_sample: Instant::now(),
+        }
+    }
+
+    fn wait_while(&mut self, running: impl Fn() -> bool) {
+        while running() {
+            std::thread::sleep(WATCH_POLL);
+            if self.last_sample.elapsed() >= SAMPLE_EVERY {
+                self.last_sample = Instant::now();
+                let point = self.shared.live.take(self.shared.started.elapsed());
+                self.series.extend(point);
+                let done = self.shared.done.load(Ordering::Relaxed);
+                self.progress.tick(self.phase, done, self.message_bytes, point.as_ref());
+            }
+        }
+    }
+
+    /// The series, with the last (shorter) interval.
+    fn finish(mut self) -> Vec<LatencyPoint> {
+        self.series.extend(self.shared.live.take(self.shared.started.elapsed()));
+        self.progress.done();
+        self.series
+    }
+}
+
+/// The phases of one run.
+struct Phases<'a> {
+    w: &'a Workload,
+    warmup: Warmup,
+    progress: bool,
+    /// Offsets at the start of the run: consume phases read from here.
+    starts: Vec<(i32, i64)>,
+}
+
+/// A phase that failed or was interrupted ends the run.
+fn go_on(phases: &[PhaseReport]) -> bool {
+    signals::interrupted().is_none() && phases.iter().all(|p| p.errors == 0)
+}
+
+impl Phases<'_> {
+    fn all(&self) -> Result<Vec<PhaseReport>> {
+        let w = self.w;
+        let mut phases = Vec::new();
+        if !go_on(&phases) {
+            return Ok(phases);
+        }
+        match w.mode.as_str() {
+            "produce" => phases.push(self.produce("produce", w, w.rate)?),
+            "e2e" => phases.push(self.e2e(w, w.rate)?),
+            "commit" => phases.push(self.commit()?),
+            "consume" => {
+                phases.push(self.produce("fill", w, None)?);
+                if go_on(&phases) {
+                    phases.push(self.consume(phases[0].messages)?);
+                }
+            }
+            _ => {
+                phases.push(self.produce("produce", w, w.rate)?);
+                let (produced, rate) = (phases[0].messages, phases[0].msgs_per_sec);
+                if go_on(&phases) {
+                    phases.push(self.consume(produced)?);
+                }
+                if go_on(&phases) {
+                    let e2e =
+                        Workload { messages: None, duration_secs: Some(w.duration_secs.unwrap_or(5.0)), ..w.clone() };
+                    phases.push(self.e2e(&e2e, Some(w.rate.unwrap_or(rate) / 2.0))?);
+                }
+            }
+        }
+        Ok(phases)
+    }
+
+    fn timing(&self, shared: &Shared, joined: Duration) -> PhaseTiming {
+        PhaseTiming {
+            elapsed: shared.started.elapsed(),
+            joined,
+            warmup: self.warmup,
+            interrupted: signals::interrupted().is_some(),
+        }
+    }
+
+    fn produce(&self, name: &str, w: &Workload, rate: Option<f64>) -> Result<PhaseReport> {
+        let shared = Arc::new(Shared::new(self.warmup));
+        let plans = producer_plans(w, rate, shared.started);
+        let s = shared.clone();
+        let workers = Workers::start("produce", plans.len(), &w.worker_cores, &shared, move |i, stats| {
+            workers::run_producer(plans[i].clone(), s.clone(), stats)
+        })?;
+        let mut watch = Watch::new(&shared, name, w.message_bytes, self.progress);
+        watch.wait_while(|| workers.running());
+        let stats = workers.join(self.warmup);
+        let timing = self.timing(&shared, Duration::ZERO);
+        Ok(PhaseReport::new(name, &stats, timing, watch.finish()))
+    }
+
+    /// Reads what this run wrote: from the offsets at its start until
+    /// `target` messages arrived.
+    fn consume(&self, target: u64) -> Result<PhaseReport> {
+        let w = self.w;
+        let shared = Arc::new(Shared::new(self.warmup));
+        shared.producers_finished.store(true, Ordering::Release);
+        let s = shared.clone();
+        let workers = match &w.group {
+            None => {
+                let plans = consumer_plans(w, &self.starts, Some(target), false);
+                Workers::start("consume", plans.len(), &w.worker_cores, &shared, move |i, stats| {
+                    workers::run_consumer(plans[i].clone(), s.clone(), stats)
+                })?
+            }
+            Some(name) => {
+                // Every member may be assigned any partition: each knows every start.
+                let plan = ConsumerPlan {
+                    partitions: self.starts.clone(),
+                    ..consumer_plans(w, &self.starts, Some(target), false)[0].clone()
+                };
+                let group = group::GroupPlan {
+                    group: name.clone(),
+                    partitions: w.partitions,
+                    commit_interval: Duration::from_millis(w.commit_interval_ms),
+                    session_timeout_ms: 30_000,
+                    heartbeat_interval: Duration::from_secs(3),
+                };
+                Workers::start("consume", w.consumers, &w.worker_cores, &shared, move |_, stats| {
+                    group::run_group_consumer(plan.clone(), group.clone(), s.clone(), stats)
+                })?
+            }
+        };
+        let mut watch = Watch::new(&shared, "consume", w.message_bytes, self.progress);
+        watch.wait_while(|| workers.running());
+        let stats = workers.join(self.warmup);
+        let mut joined = Duration::ZERO;
+        if let Some(group) = &w.group {
+            // As kafka-consumer-perf-test: the rate is over fetching, the join apart.
+            let first = shared.first_data_us.load(Ordering::Relaxed);
+            joined = Duration::from_micros(first.min(shared.started.elapsed().as_micros() as u64));
+            println!("consume   joined group {group} in {:.2} s", joined.as_secs_f64());
+        }
+        let timing = self.timing(&shared, joined);
+        Ok(PhaseReport::new("consume", &stats, timing, watch.finish()))
+    }
+
+    /// OffsetCommit load: `consumers` connections, each with `max_inflight`
+    /// commits in flight, one group per connection.
+    fn commit(&self) -> Result<PhaseReport> {
+        let w = self.w;
+        let shared = Arc::new(Shared::new(self.warmup));
+        let plans: Vec<group::CommitPlan> = (0..w.consumers)
+            .map(|i| group::CommitPlan {
+                addr: w.broker.clone(),
+                group: format!("{}-{i}", w.group.as_deref().unwrap_or("spate-bench-commit")),
+                topic: w.topic.clone(),
+                partitions: w.partitions,
+                commits: w.messages.map(|n| n / w.consumers as u64),
+                deadline: w.duration_secs.map(|d| shared.started + Duration::from_secs_f64(d)),
+                max_inflight: w.max_inflight,
+            })
+            .collect();
+        let s = shared.clone();
+        let workers = Workers::start("commit", plans.len(), &w.worker_cores, &shared, move |i, stats| {
+            group::run_committer(plans[i].clone(), s.clone(), stats)
+        })?;
+        let mut watch = Watch::new(&shared, "commit", 0, self.progress);
+        watch.wait_while(|| workers.running());
+        let stats = workers.join(self.warmup);
+        let timing = self.timing(&shared, Duration::ZERO);
+        Ok(PhaseReport::new("commit", &stats, timing, watch.finish()))
+    }
+
+    /// Producers and consumers at once; latency from the send time stamped
+    /// in each message to its receipt.
+    fn e2e(&self, w: &Workload, rate: Option<f64>) -> Result<PhaseReport> {
+        let (addr, topic, partitions) = (w.broker.clone(), w.topic.clone(), w.partitions);
+        let starts = on_thread(move || async move { admin::offsets(&addr, &topic, partitions, -1).await })?;
+        let shared = Arc::new(Shared::new(self.warmup));
+        let consumers = consumer_plans(w, &starts, None, true);
+        let cs = shared.clone();
+        let consumer_workers =
+            Workers::start("consume", consumers.len(), &w.worker_cores, &shared, move |i, stats| {
+                workers::run_consumer(consumers[i].clone(), cs.clone(), stats)
+            })?;
+        let producers = producer_plans(w, rate, shared.started);
+        let producer_shared = Arc::new(Shared::new(self.warmup));
+        let ps = producer_shared.clone();
+        let producer_workers =
+            Workers::start("produce", producers.len(), &w.worker_cores, &producer_shared, move |i, stats| {
+                workers::run_producer(producers[i].clone(), ps.clone(), stats)
+            })?;
+        let mut watch = Watch::new(&shared, "e2e", w.message_bytes, self.progress);
+        watch.wait_while(|| producer_workers.running());
+        let produced = producer_workers.join(self.warmup);
+        shared.producers_finished.store(true, Ordering::Release);
+        // Consumers drain what was acknowledged, for at most 30 s.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        watch.wait_while(|| {
+            consumer_workers.running()
+                && shared.done.load(Ordering::Relaxed) < produced.messages
+                && Instant::now() < deadline
+                && signals::interrupted().is_none()
+        });
+        shared.stop.store(true, Ordering::Relaxed); // consumers still waiting for more give up
+        let mut consumed = consumer_workers.join(self.warmup);
+        consumed.errors += produced.errors;
+        if consumed.messages < produced.messages && consumed.errors == 0 && signals::interrupted().is_none() {
+            eprintln!(
+                "e2e: consumers received {} of the {} messages acknowledged",
+                consumed.messages, produced.messages
+            );
+            consumed.errors += 1;
+        }
+        let timing = self.timing(&shared, Duration::ZERO);
+        Ok(PhaseReport::new("e2e", &consumed, timing, watch.finish()))
+    }
 }
 
 fn producer_plans(w: &Workload, rate: Option<f64>, started: Instant) -> Vec<ProducerPlan> {
@@ -434,6 +828,7 @@ fn producer_plans(w: &Workload, rate: Option<f64>, started: Instant) -> Vec<Prod
             messages: w.messages.map(|n| per_producer(n, i)),
             deadline: w.duration_secs.map(|s| started + Duration::from_secs_f64(s)),
             batch_bytes: w.batch_bytes,
+            max_message_bytes: w.max_message_bytes,
             linger: Duration::from_millis(w.linger_ms),
             codec: w.compression,
             acks: w.acks,
@@ -443,26 +838,6 @@ fn producer_plans(w: &Workload, rate: Option<f64>, started: Instant) -> Vec<Prod
             seed: 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1),
         })
         .collect()
-}
-
-fn watch(group: &Group, shared: &Shared, phase: &str, message_bytes: usize, progress: bool) {
-    let mut line = Progress::new(progress);
-    while group.running() {
-        std::thread::sleep(Duration::from_millis(100));
-        line.tick(phase, shared.done.load(Ordering::Relaxed), message_bytes as f64);
-    }
-    line.done();
-}
-
-fn produce_phase(name: &str, w: &Workload, rate: Option<f64>, progress: bool) -> Result<PhaseReport> {
-    let shared = new_shared();
-    let plans = producer_plans(w, rate, shared.started);
-    let s = shared.clone();
-    let group =
-        Group::start(plans.len(), &w.worker_cores, move |i| workers::run_producer(plans[i].clone(), s.clone()))?;
-    watch(&group, &shared, name, w.message_bytes, progress);
-    let stats = group.join()?;
-    Ok(PhaseReport::new(name, &stats, shared.started.elapsed()))
 }
 
 /// `target`: stop once all consumers together have this many messages.
@@ -486,98 +861,42 @@ fn consumer_plans(
         .collect()
 }
 
-fn consume_phase(w: &Workload, target: u64, progress: bool) -> Result<PhaseReport> {
-    let wc = w.clone();
-    let starts = on_thread(move || async move { offsets(&wc, -2).await })?;
-    let shared = new_shared();
-    shared.producers_finished.store(true, Ordering::Release);
-    let s = shared.clone();
-    let group = match &w.group {
-        None => {
-            let plans = consumer_plans(w, &starts, Some(target), false);
-            Group::start(plans.len(), &w.worker_cores, move |i| workers::run_consumer(plans[i].clone(), s.clone()))?
-        }
-        Some(name) => {
-            // Every member may be assigned any partition: each knows every start.
-            let plan = ConsumerPlan {
-                partitions: starts.clone(),
-                ..consumer_plans(w, &starts, Some(target), false)[0].clone()
-            };
-            let group = group::GroupPlan {
-                group: name.clone(),
-                partitions: w.partitions,
-                commit_interval: Duration::from_millis(w.commit_interval_ms),
-                session_timeout_ms: 30_000,
-                heartbeat_interval: Duration::from_secs(3),
-            };
-            Group::start(w.consumers, &w.worker_cores, move |_| {
-                group::run_group_consumer(plan.clone(), group.clone(), s.clone())
-            })?
-        }
-    };
-    watch(&group, &shared, "consume", w.message_bytes, progress);
-    let stats = group.join()?;
-    let mut elapsed = shared.started.elapsed();
-    if w.group.is_some() {
-        // As kafka-consumer-perf-test: the rate is over fetching, the join apart.
-        let joined =
-            Duration::from_micros(shared.first_data_us.load(Ordering::Relaxed).min(elapsed.as_micros() as u64));
-        println!("consume   joined group {} in {:.2} s", w.group.as_deref().unwrap_or(""), joined.as_secs_f64());
-        elapsed -= joined;
-    }
-    Ok(PhaseReport::new("consume", &stats, elapsed))
-}
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
 
-/// OffsetCommit load: `consumers` connections, each with `max_inflight`
-/// commits in flight, one group per connection.
-fn commit_phase(w: &Workload, progress: bool) -> Result<PhaseReport> {
-    let shared = new_shared();
-    let plans: Vec<group::CommitPlan> = (0..w.consumers)
-        .map(|i| group::CommitPlan {
-            addr: w.broker.clone(),
-            group: format!("{}-{i}", w.group.as_deref().unwrap_or("spate-bench-commit")),
-            topic: w.topic.clone(),
-            partitions: w.partitions,
-            commits: w.messages.map(|n| n / w.consumers as u64),
-            deadline: w.duration_secs.map(|d| shared.started + Duration::from_secs_f64(d)),
-            max_inflight: w.max_inflight,
-        })
-        .collect();
-    let s = shared.clone();
-    let group = Group::start(plans.len(), &w.worker_cores, move |i| group::run_committer(plans[i].clone(), s.clone()))?;
-    watch(&group, &shared, "commit", 0, progress);
-    let stats = group.join()?;
-    Ok(PhaseReport::new("commit", &stats, shared.started.elapsed()))
-}
+    use super::*;
 
-fn e2e_phase(w: &Workload, rate: Option<f64>, progress: bool) -> Result<PhaseReport> {
-    let wc = w.clone();
-    let starts = on_thread(move || async move { offsets(&wc, -1).await })?;
-    let shared = new_shared();
-    let consumers = consumer_plans(w, &starts, None, true);
-    let cs = shared.clone();
-    let consumer_group = Group::start(consumers.len(), &w.worker_cores, move |i| {
-        workers::run_consumer(consumers[i].clone(), cs.clone())
-    })?;
-    let producers = producer_plans(w, rate, shared.started);
-    let producer_shared = new_shared();
-    let ps = producer_shared.clone();
-    let producer_group = Group::start(producers.len(), &w.worker_cores, move |i| {
-        workers::run_producer(producers[i].clone(), ps.clone())
-    })?;
-    watch(&producer_group, &shared, "e2e", w.message_bytes, progress);
-    let produced = producer_group.join()?;
-    shared.producers_finished.store(true, Ordering::Release);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while consumer_group.running()
-        && shared.done.load(Ordering::Relaxed) < produced.messages
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
     }
-    let consumed = consumer_group.join()?;
-    if consumed.messages < produced.messages {
-        eprintln!("e2e: consumers received {} of {} messages", consumed.messages, produced.messages);
+
+    #[test]
+    fn every_flag_has_help_and_shows_its_default() {
+        let command = Cli::command();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if ["help", "quiet"].contains(&id) {
+                continue; // switches: off unless given
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.len() > 10, "--{id} has no help text");
+            let shown = !arg.get_default_values().is_empty() || help.contains("[default:");
+            assert!(shown, "--{id} does not show its default: {help}");
+        }
     }
-    Ok(PhaseReport::new("e2e", &consumed, shared.started.elapsed()))
+
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let args = Cli::parse_from(["bench"]).bench;
+        let w = args.resolve("127.0.0.1:9092").unwrap();
+        assert_eq!((w.mode.as_str(), w.acks, w.message_bytes, w.partitions), ("all", 1, 100, 8));
+        assert_eq!((w.batch_bytes, w.linger_ms, w.max_inflight, w.messages), (262_144, 5, 8, Some(5_000_000)));
+        assert_eq!((w.compression, w.keys, w.warmup_secs), (Codec::None, Keys::None, 2.0));
+        assert!(w.topic.starts_with("spate-bench-"), "a unique topic: {}", w.topic);
+        let acks_all = Cli::parse_from(["bench", "--preset", "acks-all"]).bench.resolve("x:1").unwrap();
+        assert_eq!(acks_all.acks, -1);
+    }
 }

@@ -1,7 +1,8 @@
 //! What the machine can do, measured in the same run as the benchmark so that
 //! its figures read against it: the data directory's sequential O_DIRECT write
 //! rate (as a broker writes its segments: 1 MiB aligned writes, a few in
-//! flight, through io_uring), and the loopback TCP rate.
+//! flight, through io_uring), and the loopback TCP rate. A signal cuts a
+//! probe short.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -56,7 +57,7 @@ async fn write_sequentially(path: PathBuf, limit: Duration) -> Result<(u64, Dura
         glommio::io::OpenOptions::new().create(true).write(true).dma_open(&path).await.map_err(std::io::Error::from)?;
     let started = Instant::now();
     let mut position = 0u64;
-    while started.elapsed() < limit && position < MAX_PROBE_FILE_BYTES {
+    while started.elapsed() < limit && position < MAX_PROBE_FILE_BYTES && crate::signals::interrupted().is_none() {
         let writes = (0..WRITES_IN_FLIGHT).map(|i| {
             let mut buffer = file.alloc_dma_buffer(WRITE_BYTES);
             buffer.as_bytes_mut().fill(0x5a);
@@ -91,7 +92,7 @@ pub fn probe_loopback(seconds: f64) -> Result<NetworkProbe> {
     let mut stream = std::net::TcpStream::connect(addr)?;
     let buffer = vec![0x5au8; WRITE_BYTES];
     let started = Instant::now();
-    while started.elapsed() < limit {
+    while started.elapsed() < limit && crate::signals::interrupted().is_none() {
         stream.write_all(&buffer)?;
     }
     drop(stream);

@@ -1,5 +1,7 @@
-//! The producer and consumer workers. Each runs on its own thread with its
-//! own glommio executor (pinned to a core) and its own connection.
+//! The producer and consumer workers. Each runs as a task on a pinned
+//! glommio executor thread with its own connection; the tasks of a thread
+//! share one [`WorkerStats`]. Every worker stops early when the phase fails
+//! or the run is interrupted ([`Shared::stopping`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,9 +18,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
-use crate::batch::{for_each_batch, for_each_record, BatchBuilder, Codec};
+use crate::batch::{for_each_batch, for_each_record, BatchBuilder, Codec, MAX_RECORD_OVERHEAD};
 use crate::conn::{check, Conn};
-use crate::stats::WorkerStats;
+use crate::stats::{LiveLatency, Warmup, WorkerStats};
+
+/// The stats the worker tasks of one thread share.
+pub type ThreadStats = Rc<RefCell<WorkerStats>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,9 +34,14 @@ pub enum Keys {
     Cardinality(u64),
 }
 
-/// Shared by all workers of a run.
+/// Shared by all workers of a phase.
 pub struct Shared {
     pub started: Instant,
+    pub warmup: Warmup,
+    /// Set at a phase's first error, or to end it: every worker stops.
+    pub stop: AtomicBool,
+    /// Recent latencies, for the progress line and the latency series.
+    pub live: LiveLatency,
     /// Completed messages, for the progress line.
     pub done: AtomicU64,
     /// Set when producers have finished (consumers of e2e runs then drain).
@@ -41,6 +51,33 @@ pub struct Shared {
     /// Microseconds from `started` to the first fetched message (u64::MAX:
     /// none yet); a group's consume rate is measured from there, after the join.
     pub first_data_us: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(warmup: Warmup) -> Shared {
+        Shared {
+            started: Instant::now(),
+            warmup,
+            stop: AtomicBool::new(false),
+            live: LiveLatency::new(),
+            done: AtomicU64::new(0),
+            producers_finished: AtomicBool::new(false),
+            produced: AtomicU64::new(0),
+            first_data_us: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The phase failed or a signal asked the run to stop.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || crate::signals::interrupted().is_some()
+    }
+
+    /// Records a failure; the phase's first one is printed.
+    pub fn fail(&self, what: &str, error: &anyhow::Error) {
+        if !self.stop.swap(true, Ordering::Relaxed) {
+            eprintln!("\n{what} failed: {error:#}");
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +90,8 @@ pub struct ProducerPlan {
     pub messages: Option<u64>,
     pub deadline: Option<Instant>,
     pub batch_bytes: usize,
+    /// The topic's `max.message.bytes`: no batch is built larger.
+    pub max_message_bytes: usize,
     pub linger: Duration,
     pub codec: Codec,
     pub acks: i16,
@@ -95,15 +134,20 @@ fn xorshift(state: &mut u64) -> u64 {
     *state
 }
 
-pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<WorkerStats> {
+/// One producer: generates messages into per-partition batches (sticky
+/// partitioner, or by key) and sends them with up to `max_inflight` Produce
+/// requests in flight. A batch is full when the next record would take it
+/// past `batch_bytes` or the topic's `max.message.bytes`; when the next
+/// message's batch is full and no request slot is free, it waits for a slot.
+pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>, stats: ThreadStats) -> Result<()> {
     let conn = Rc::new(Conn::connect(&plan.addr).await?);
-    let stats = Rc::new(RefCell::new(WorkerStats::new()));
     let inflight = Rc::new(Semaphore::new(plan.max_inflight as u64));
+    let cap = plan.batch_bytes.min(crate::batch::record_budget(plan.max_message_bytes, plan.codec));
     let mut pending: Vec<Pending> = plan
         .partitions
         .iter()
         .map(|_| Pending {
-            builder: BatchBuilder::new(plan.batch_bytes + plan.message_bytes + 64),
+            builder: BatchBuilder::new(cap + plan.message_bytes + MAX_RECORD_OVERHEAD),
             first_due: None,
             last_due: shared.started,
         })
@@ -113,12 +157,19 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
     for b in value.iter_mut() {
         *b = xorshift(&mut rng) as u8;
     }
+    let key_bytes = match plan.keys {
+        Keys::None => 0,
+        Keys::Random => 8,
+        Keys::Cardinality(n) => format!("key-{n}").len(),
+    };
+    let full = |p: &Pending| !p.builder.fits(key_bytes, plan.message_bytes, cap);
     let mut generated: u64 = 0;
     // Record bytes sitting in open batches, bounded by the buffer cap.
     let mut buffered: usize = 0;
+    let buffer_cap = plan.max_inflight.max(2) * cap;
     let mut sticky = (plan.seed as usize) % pending.len();
     let start = Instant::now();
-    loop {
+    while !shared.stopping() {
         let now = Instant::now();
         let out_of_time = plan.deadline.is_some_and(|d| now >= d);
         let out_of_messages = plan.messages.is_some_and(|n| generated >= n);
@@ -129,35 +180,36 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
             Some(rate) => ((now - start).as_secs_f64() * rate) as u64 + 1,
             None => u64::MAX,
         };
-        // Generate until a batch fills (then try to send it), or nothing is due.
-        let buffer_cap = plan.max_inflight.max(2) * plan.batch_bytes;
-        let mut filled = false;
+        // Generate until a batch fills (then try to send it), the next
+        // message's batch is full (`blocked`), or nothing is due.
+        let (mut filled, mut blocked) = (false, false);
         while !finishing && !filled && generated < due_total && plan.messages.is_none_or(|n| generated < n) {
             let due = match plan.rate {
                 Some(rate) => start + Duration::from_secs_f64(generated as f64 / rate),
                 None => now,
             };
-            let (slot, key) = choose_partition(&plan, &mut rng, &mut sticky, &pending);
+            let (slot, key) = choose_partition(&plan, &mut rng, &mut sticky, &pending, full);
+            let p = &mut pending[slot];
+            if full(p) {
+                blocked = true;
+                break;
+            }
             let sent_at_us = now_us() - (now - due).as_micros() as i64;
             if value.len() >= 8 {
                 value[..8].copy_from_slice(&sent_at_us.to_be_bytes());
             }
-            let p = &mut pending[slot];
             let before = p.builder.bytes();
             p.builder.push(sent_at_us / 1000, key.as_deref(), &value);
             p.first_due.get_or_insert(due);
             p.last_due = due;
             buffered += p.builder.bytes() - before;
             generated += 1;
-            filled = p.builder.bytes() >= plan.batch_bytes;
+            filled = full(p);
         }
         let ready: Vec<usize> = (0..pending.len())
             .filter(|&i| {
                 let p = &pending[i];
-                !p.builder.is_empty()
-                    && (finishing
-                        || p.builder.bytes() >= plan.batch_bytes
-                        || p.first_due.is_some_and(|d| now - d >= plan.linger))
+                !p.builder.is_empty() && (finishing || full(p) || p.first_due.is_some_and(|d| now - d >= plan.linger))
             })
             .collect();
         if ready.is_empty() {
@@ -171,7 +223,7 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
         // partitions' batches up to the buffer cap, then wait for a slot.
         let permit = match inflight.clone().try_acquire_static_permit(1) {
             Ok(permit) => permit,
-            Err(_) if !finishing && buffered < buffer_cap => {
+            Err(_) if !finishing && !blocked && buffered < buffer_cap => {
                 if plan.rate.is_some() || plan.keys != Keys::None {
                     glommio::timer::sleep(Duration::from_micros(50)).await;
                 }
@@ -179,6 +231,9 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
             }
             Err(_) => inflight.clone().acquire_static_permit(1).await.map_err(|e| anyhow::anyhow!("{e}"))?,
         };
+        if shared.stopping() {
+            break; // what is buffered is dropped: the phase is over
+        }
         let (request, sent) = build_request(&plan, &mut pending, &ready)?;
         buffered -= sent.iter().map(|b| b.wire_bytes).sum::<usize>();
         let (conn, stats, shared) = (conn.clone(), stats.clone(), shared.clone());
@@ -186,53 +241,55 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>) -> Result<Wor
         glommio::spawn_local(async move {
             let result = conn.send(ApiKey::Produce, 9, &request, acks != 0).await;
             let done = Instant::now();
-            let mut stats = stats.borrow_mut();
-            let ok = match result {
-                Ok(Some(mut body)) => ProduceResponse::decode(&mut body, 9).and_then(|r| {
-                    r.responses
-                        .iter()
-                        .flat_map(|t| &t.partition_responses)
-                        .try_for_each(|p| check(p.error_code, "produce"))
-                }),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = ok {
-                stats.errors += 1;
-                if stats.errors == 1 {
-                    eprintln!("\nproduce failed: {e:#}");
-                }
-                drop(permit);
-                return;
-            }
-            for batch in sent {
-                record_batch_latency(&mut stats, done, &batch);
-                stats.count(done - shared.started, batch.messages, batch.bytes);
-                shared.done.fetch_add(batch.messages, Ordering::Relaxed);
-                shared.produced.fetch_add(batch.messages, Ordering::Relaxed);
-            }
+            account_produce(result, &sent, done, &stats, &shared);
             drop(permit);
         })
         .detach();
     }
     let _all = inflight.acquire_permit(plan.max_inflight as u64).await;
-    let stats = Rc::try_unwrap(stats).map_err(|_| anyhow::anyhow!("sends still running"))?.into_inner();
-    Ok(stats)
+    Ok(())
 }
 
+/// Counts a Produce response: its batches' latencies and messages, or an error.
+fn account_produce(result: Result<Option<Bytes>>, sent: &[Sent], done: Instant, stats: &ThreadStats, shared: &Shared) {
+    let ok = match result {
+        Ok(Some(mut body)) => ProduceResponse::decode(&mut body, 9).and_then(|r| {
+            r.responses.iter().flat_map(|t| &t.partition_responses).try_for_each(|p| check(p.error_code, "produce"))
+        }),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    let mut stats = stats.borrow_mut();
+    if let Err(e) = ok {
+        stats.errors += 1;
+        shared.fail("produce", &e);
+        return;
+    }
+    let at = done - shared.started;
+    for batch in sent {
+        record_batch_latency(&mut stats, at, done, batch);
+        stats.count(at, batch.messages, batch.bytes);
+        shared.done.fetch_add(batch.messages, Ordering::Relaxed);
+        shared.produced.fetch_add(batch.messages, Ordering::Relaxed);
+    }
+    stats.flush_live(&shared.live, false);
+}
+
+/// The partition slot the next message goes to (and its key). Without
+/// keys, sticky: one batch until it is full, then the next that is not.
 fn choose_partition(
     plan: &ProducerPlan,
     rng: &mut u64,
     sticky: &mut usize,
     pending: &[Pending],
+    full: impl Fn(&Pending) -> bool,
 ) -> (usize, Option<Vec<u8>>) {
     match plan.keys {
         Keys::None => {
-            // Sticky partitioner: fill one batch, then move on.
-            if pending[*sticky].builder.bytes() >= plan.batch_bytes {
+            if full(&pending[*sticky]) {
                 *sticky = (0..pending.len())
                     .map(|i| (*sticky + 1 + i) % pending.len())
-                    .find(|&i| pending[i].builder.bytes() < plan.batch_bytes)
+                    .find(|&i| !full(&pending[i]))
                     .unwrap_or(*sticky);
             }
             (*sticky, None)
@@ -301,14 +358,14 @@ fn build_request(plan: &ProducerPlan, pending: &mut [Pending], ready: &[usize]) 
 /// Latency from each message's due time (not its send time, so a stalled
 /// broker cannot hide behind a stalled generator), sampled at eight points
 /// across the batch.
-fn record_batch_latency(stats: &mut WorkerStats, done: Instant, batch: &Sent) {
+fn record_batch_latency(stats: &mut WorkerStats, at: Duration, done: Instant, batch: &Sent) {
     const POINTS: u64 = 8;
     let points = POINTS.min(batch.messages).max(1);
     let span = batch.last_due.saturating_duration_since(batch.first_due);
     for i in 0..points {
         let due = batch.first_due + span.mul_f64((i as f64 + 0.5) / points as f64);
         let n = batch.messages / points + u64::from(i < batch.messages % points);
-        stats.latency(done.saturating_duration_since(due).as_micros() as u64, n);
+        stats.latency(at, done.saturating_duration_since(due).as_micros() as u64, n);
     }
 }
 
@@ -328,16 +385,15 @@ pub struct ConsumerPlan {
     pub message_bytes: usize,
 }
 
-pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>) -> Result<WorkerStats> {
+pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>, stats: ThreadStats) -> Result<()> {
     let conn = Conn::connect(&plan.addr).await?;
-    let mut stats = WorkerStats::new();
     let mut offsets = plan.partitions.clone();
     let mut idle_after_producers = 0;
-    loop {
+    while !shared.stopping() {
         if plan.stop_at_total.is_some_and(|n| shared.done.load(Ordering::Relaxed) >= n) {
             break;
         }
-        let got = fetch_round(&conn, &plan, &mut offsets, &mut stats, &shared).await?;
+        let got = fetch_round(&conn, &plan, &mut offsets, &stats, &shared).await?;
         if got > 0 {
             idle_after_producers = 0;
         } else if shared.producers_finished.load(Ordering::Acquire) {
@@ -347,7 +403,7 @@ pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>) -> Result<Wor
             }
         }
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// One Fetch of every partition in `offsets` (partition, next offset),
@@ -356,7 +412,7 @@ pub async fn fetch_round(
     conn: &Conn,
     plan: &ConsumerPlan,
     offsets: &mut [(i32, i64)],
-    stats: &mut WorkerStats,
+    stats: &ThreadStats,
     shared: &Shared,
 ) -> Result<u64> {
     if offsets.is_empty() {
@@ -365,6 +421,8 @@ pub async fn fetch_round(
     }
     let response: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(plan, offsets)).await?;
     let received_us = now_us();
+    let since_start = shared.started.elapsed();
+    let mut stats = stats.borrow_mut();
     let mut got = 0u64;
     for topic in &response.responses {
         for part in &topic.partitions {
@@ -381,24 +439,30 @@ pub async fn fetch_round(
                 slot.1 = next;
                 got += batch.records as u64;
                 if plan.measure_latency {
-                    consume_latency(stats, batch, records, received_us);
+                    consume_latency(&mut stats, since_start, batch, records, received_us);
                 }
             });
         }
     }
     if got > 0 {
-        let since_start = shared.started.elapsed();
         shared.first_data_us.fetch_min(since_start.as_micros() as u64, Ordering::Relaxed);
         stats.count(since_start, got, got * plan.message_bytes as u64);
+        stats.flush_live(&shared.live, false);
         shared.done.fetch_add(got, Ordering::Relaxed);
     }
     Ok(got)
 }
 
-fn consume_latency(stats: &mut WorkerStats, batch: &crate::batch::BatchSummary, records: &[u8], received_us: i64) {
+fn consume_latency(
+    stats: &mut WorkerStats,
+    at: Duration,
+    batch: &crate::batch::BatchSummary,
+    records: &[u8],
+    received_us: i64,
+) {
     if batch.compressed {
         let latency_us = (received_us - batch.max_timestamp * 1000).max(0) as u64;
-        stats.latency(latency_us, batch.records as u64);
+        stats.latency(at, latency_us, batch.records as u64);
         return;
     }
     for_each_record(records, |ts_delta, value| {
@@ -407,7 +471,7 @@ fn consume_latency(stats: &mut WorkerStats, batch: &crate::batch::BatchSummary, 
         } else {
             (batch.first_timestamp + ts_delta) * 1000
         };
-        stats.latency((received_us - sent_us).max(0) as u64, 1);
+        stats.latency(at, (received_us - sent_us).max(0) as u64, 1);
     });
 }
 
