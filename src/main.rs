@@ -347,7 +347,8 @@ fn bench(args: spate_bench::BenchArgs, brokers: Option<String>) -> Result<()> {
 fn bench_embedded(mut args: spate_bench::BenchArgs) -> Result<spate_bench::Report> {
     let dir = std::env::temp_dir().join(format!("spate-bench-{}", std::process::id()));
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let sets = [format!("listen=127.0.0.1:{port}"), format!("data_dir={}", dir.display())];
+    // No admin endpoint: a second bench, or a broker beside it, would want the same port.
+    let sets = [format!("listen=127.0.0.1:{port}"), format!("data_dir={}", dir.display()), "admin_listen=".into()];
     let config = Arc::new(Config::load(None, &sets)?);
     // Tests make the embedded broker's storage fail through SPATE_FAULTS.
     spate::storage::faults::init_from_env().map_err(anyhow::Error::msg)?;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::{Broker, ShardMsg};
 use crate::metrics::{self, PartitionSnapshot, Scrape, ShardSnapshot};
@@ -13,14 +14,14 @@ impl Broker {
         let mut snapshot = metrics::with(|m| m.snapshot(self.shard_id));
         snapshot.connections = self.connections.get() as u64;
         let meta = self.meta();
-        let names: HashMap<[u8; 16], &str> = meta.topics.values().map(|t| (t.id, t.name.as_str())).collect();
+        let names: HashMap<[u8; 16], Arc<str>> = meta.topics.values().map(|t| (t.id, Arc::from(t.name.as_str()))).collect();
         for (tp, partition) in self.partitions.borrow().iter() {
             let Some(topic) = names.get(&tp.topic_id) else { continue };
             let log = partition.log.borrow();
             let counters = &partition.counters;
             snapshot.cache_bytes += log.cache_bytes() as u64;
             snapshot.partitions.push(PartitionSnapshot {
-                topic: topic.to_string(),
+                topic: topic.clone(),
                 partition: tp.partition,
                 high_watermark: log.high_watermark(),
                 log_start_offset: log.log_start_offset(),

@@ -83,7 +83,7 @@ impl Scrape {
     fn encode_topics(&self, e: &mut DescriptorEncoder) -> Result<(), Error> {
         let mut topics: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
         for p in self.partitions() {
-            let t = topics.entry(p.topic.as_str()).or_default();
+            let t = topics.entry(&p.topic).or_default();
             for (sum, n) in t.iter_mut().zip([p.bytes_in, p.records_in, p.bytes_out, p.records_out]) {
                 *sum += n;
             }
@@ -113,8 +113,7 @@ impl Scrape {
         for (name, help, figure) in figures {
             let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for p in self.partitions() {
-                let partition = p.partition.to_string();
-                let labels = [("topic", p.topic.as_str()), ("partition", partition.as_str())];
+                let labels = ([("topic", &*p.topic)], [("partition", p.partition)]);
                 m.encode_family(&labels)?.encode_gauge(&figure(p))?;
             }
         }
@@ -178,9 +177,12 @@ impl Scrape {
     }
 
     fn encode_groups(&self, e: &mut DescriptorEncoder) -> Result<(), Error> {
-        let ends: HashMap<(&str, i32), i64> =
-            self.partitions().map(|p| ((p.topic.as_str(), p.partition), p.high_watermark)).collect();
         let committed = self.shards.iter().flat_map(|s| &s.committed);
+        let any_committed = committed.clone().next().is_some();
+        let ends: HashMap<(&str, i32), i64> = match any_committed {
+            true => self.partitions().map(|p| ((&*p.topic, p.partition), p.high_watermark)).collect(),
+            false => HashMap::new(),
+        };
         let mut m = e.encode_descriptor(
             "spate_consumer_group_committed_offset",
             "A group's committed offset of a partition.",

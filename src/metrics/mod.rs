@@ -203,7 +203,8 @@ pub fn bump(cell: &Cell<u64>, n: u64) {
 /// A partition's figures at a scrape.
 #[derive(Clone, Debug, Default)]
 pub struct PartitionSnapshot {
-    pub topic: String,
+    /// Shared by the topic's partitions on a shard (one allocation a topic).
+    pub topic: std::sync::Arc<str>,
     pub partition: i32,
     pub high_watermark: i64,
     pub log_start_offset: i64,
