@@ -35,12 +35,70 @@ pub struct Client {
     correlation_id: i32,
 }
 
+/// Longest response accepted. Kafka's own fetch responses stay under the
+/// request's max_bytes (16 MiB here); four bytes of text ("HTTP", "SSH-")
+/// read as a length are over a gigabyte.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+/// How long a new connection may take, and how long [`Client::connect_kafka`]
+/// waits for the broker's first answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HINT: &str = "set the broker's address with --brokers or SPATE_BROKERS";
+
 impl Client {
     pub fn connect(address: &str) -> Result<Client> {
-        let stream = TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
+        let stream = open(address)?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         stream.set_nodelay(true)?;
         Ok(Client { stream, correlation_id: 0 })
+    }
+
+    /// Connects and checks that the other end speaks Kafka (an ApiVersions
+    /// round trip); when it does not, the error says what answered instead.
+    pub fn connect_kafka(address: &str) -> Result<Client> {
+        let mut client = Client::connect(address)?;
+        client.stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+        let not_kafka = |what: String| {
+            anyhow::anyhow!("{address} does not speak the Kafka protocol ({what}): is it a Kafka port? {HINT}")
+        };
+        let sent = client.send(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default());
+        let mut head = [0u8; 4];
+        if let Err(e) = sent.map_err(io_error).and_then(|_| client.stream.read_exact(&mut head)) {
+            return Err(not_kafka(match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())
+                }
+                _ => "it closed the connection without answering".into(),
+            }));
+        }
+        let len = i32::from_be_bytes(head);
+        if len < 8 || len as usize > MAX_RESPONSE_BYTES {
+            return Err(not_kafka(format!("it answered {:?}", client.first_line(&head))));
+        }
+        let mut body = vec![0u8; len as usize];
+        client.stream.read_exact(&mut body).map_err(|_| not_kafka("a truncated answer".into()))?;
+        let mut body = Bytes::from(body);
+        let decoded = ResponseHeader::decode(&mut body, 0)
+            .ok()
+            .filter(|h| h.correlation_id == client.correlation_id)
+            .and_then(|_| ApiVersionsResponse::decode(&mut body, 0).ok());
+        if decoded.is_none() {
+            return Err(not_kafka("its answer is not an ApiVersions response".into()));
+        }
+        client.stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(client)
+    }
+
+    /// The first line of what the other end sent, starting with `head`
+    /// (whatever more arrives within a moment), for an error message.
+    fn first_line(&mut self, head: &[u8]) -> String {
+        let mut text = head.to_vec();
+        let _ = self.stream.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut more = [0u8; 80];
+        if let Ok(n) = self.stream.read(&mut more) {
+            text.extend_from_slice(&more[..n]);
+        }
+        let line = text.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+        String::from_utf8_lossy(&line[..line.len().min(60)]).into_owned()
     }
 
     /// Sends one request at `version` and decodes its response.
@@ -77,7 +135,11 @@ impl Client {
     pub fn receive<Resp: Decodable>(&mut self, api_key: ApiKey, version: i16, correlation_id: i32) -> Result<Resp> {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).context("reading response (did the broker close the connection?)")?;
-        let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
+        let len = i32::from_be_bytes(len).max(0) as usize;
+        if len > MAX_RESPONSE_BYTES {
+            bail!("a response of {len} bytes: the other end does not speak the Kafka protocol");
+        }
+        let mut body = vec![0u8; len];
         self.stream.read_exact(&mut body)?;
         let mut body = Bytes::from(body);
         let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))?;
@@ -126,6 +188,19 @@ impl Client {
         let now = crate::storage::now_ms();
         let records: Vec<Record> =
             records.iter().enumerate().map(|(i, (k, v))| new_record(i as i64, now, k.clone(), v.clone())).collect();
+        self.produce_records(topic, partition, &records, acks, compression)
+    }
+
+    /// Produces `records` (offsets 0.. in order) as one batch; returns its
+    /// base offset.
+    pub fn produce_records(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: &[Record],
+        acks: i16,
+        compression: Compression,
+    ) -> Result<i64> {
         let mut batch = BytesMut::new();
         RecordBatchEncoder::encode(&mut batch, records.iter(), &RecordEncodeOptions { version: 2, compression })?;
         self.produce_raw(topic, partition, batch.freeze(), acks)
@@ -252,7 +327,6 @@ impl Client {
     }
 }
 
-/// Turns a Kafka error code into an error naming `what` failed.
 /// A Produce request of one partition's batches.
 pub fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
     let mut pd = produce_request::PartitionProduceData::default();
@@ -268,6 +342,7 @@ pub fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -
     req
 }
 
+/// Turns a Kafka error code into an error naming `what` failed.
 pub fn check(code: i16, what: &str) -> Result<()> {
     match code.err() {
         None => Ok(()),
@@ -293,6 +368,68 @@ pub fn new_record(offset: i64, timestamp: i64, key: Option<Bytes>, value: Bytes)
         headers: Default::default(),
         delete_horizon: false,
     }
+}
+
+/// Opens a TCP connection to `address`, within [`CONNECT_TIMEOUT`]; the
+/// error says what to check.
+fn open(address: &str) -> Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let addrs = address.to_socket_addrs().map_err(|e| anyhow::anyhow!("cannot resolve {address} ({e}): {HINT}"))?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    let why = match last {
+        Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        Some(e) if e.kind() == std::io::ErrorKind::TimedOut => "no answer".to_string(),
+        Some(e) => e.to_string(),
+        None => "no address".to_string(),
+    };
+    bail!("cannot connect to {address} ({why}): is a Kafka broker listening there? {HINT}")
+}
+
+fn io_error(e: anyhow::Error) -> std::io::Error {
+    match e.downcast::<std::io::Error>() {
+        Ok(e) => e,
+        Err(e) => std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Java's `Utils.murmur2`, the hash Kafka's default partitioner applies to
+/// a record's key bytes (so keys land on the same partitions as with any
+/// Java, librdkafka `murmur2_random` or kafka-python producer).
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h = SEED ^ data.len() as u32;
+    let mut words = data.chunks_exact(4);
+    for word in words.by_ref() {
+        let mut k = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        for (i, &byte) in tail.iter().enumerate() {
+            h ^= u32::from(byte) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Kafka's default partitioner picks for `key` among
+/// `partitions`: `toPositive(murmur2(key)) % partitions`.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
 }
 
 pub fn compression_by_name(name: &str) -> Result<Compression> {
@@ -446,5 +583,34 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kafka's own test vectors (`UtilsTest.testMurmur2`).
+    #[test]
+    fn murmur2_matches_java() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ];
+        for (key, hash) in cases {
+            assert_eq!(murmur2(key), hash, "{}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[test]
+    fn partitions_are_positive_hash_modulo_count() {
+        // toPositive(-973932308) = 1173551340; 1173551340 % 8 = 4.
+        assert_eq!(partition_for_key(b"21", 8), 4);
+        assert_eq!(partition_for_key(b"foobar", 7), 0);
+        assert_eq!(partition_for_key(b"anything", 1), 0);
     }
 }

@@ -2,11 +2,19 @@
 //! assignments, committed offsets and lag), move an empty group's offsets,
 //! delete groups and offsets. Nothing here changes a group unless asked to.
 
+use std::io::Write;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
-use crate::cli::metadata;
+use crate::cli::partition_count;
 use crate::client::{check, Client};
+
+/// println! that returns an error instead of panicking when stdout is a
+/// closed pipe (`spate group list | head -1`); `main` ends quietly then.
+macro_rules! say {
+    ($($arg:tt)*) => { writeln!(std::io::stdout(), $($arg)*)? };
+}
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCommand {
@@ -50,14 +58,14 @@ pub struct ResetArgs {
 }
 
 pub fn group(brokers: &str, command: GroupCommand) -> Result<()> {
-    let mut client = Client::connect(brokers)?;
+    let mut client = Client::connect_kafka(brokers)?;
     match command {
         GroupCommand::List => {
             let mut groups = client.list_groups()?;
             groups.sort();
-            println!("{:<40} {:<12} STATE", "GROUP", "PROTOCOL");
+            say!("{:<40} {:<12} STATE", "GROUP", "PROTOCOL");
             for (id, protocol_type, state) in groups {
-                println!("{id:<40} {protocol_type:<12} {state}");
+                say!("{id:<40} {protocol_type:<12} {state}");
             }
         }
         GroupCommand::Describe { group } => describe(&mut client, &group)?,
@@ -65,13 +73,13 @@ pub fn group(brokers: &str, command: GroupCommand) -> Result<()> {
         GroupCommand::Delete { group } => {
             client.find_coordinator(&group)?;
             client.delete_group(&group)?;
-            println!("deleted group {group}");
+            say!("deleted group {group}");
         }
         GroupCommand::DeleteOffsets { group, topic } => {
             client.find_coordinator(&group)?;
             let partitions = partitions_of(&mut client, &topic)?;
             client.delete_offsets(&group, &topic, &partitions)?;
-            println!("deleted the committed offsets of {group} on {topic}");
+            say!("deleted the committed offsets of {group} on {topic}");
         }
     }
     Ok(())
@@ -83,19 +91,19 @@ fn describe(client: &mut Client, group: &str) -> Result<()> {
     if g.group_state.as_str() == "Dead" {
         bail!("no group {group}");
     }
-    println!(
+    say!(
         "group {group}: {} (protocol type {:?}, protocol {:?})",
         g.group_state.as_str(),
         g.protocol_type.as_str(),
         g.protocol_data.as_str()
     );
-    println!("{} members:", g.members.len());
+    say!("{} members:", g.members.len());
     for m in &g.members {
         let assigned = consumer_assignment(&m.member_assignment)
             .map(|a| a.iter().map(|(t, ps)| format!("{t}{ps:?}")).collect::<Vec<_>>().join(" "))
             .unwrap_or_default();
         let instance = m.group_instance_id.as_deref().map(|i| format!(" instance={i}")).unwrap_or_default();
-        println!(
+        say!(
             "  {} client={} host={}{instance} {assigned}",
             m.member_id.as_str(),
             m.client_id.as_str(),
@@ -104,10 +112,10 @@ fn describe(client: &mut Client, group: &str) -> Result<()> {
     }
     let mut offsets = client.fetch_offsets(group, None)?;
     offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    println!("{:<30} {:>9} {:>14} {:>14} {:>10}", "TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG");
+    say!("{:<30} {:>9} {:>14} {:>14} {:>10}", "TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG");
     for o in offsets {
         let end = client.list_offset(&o.topic, o.partition, -1)?;
-        println!("{:<30} {:>9} {:>14} {:>14} {:>10}", o.topic, o.partition, o.offset, end, (end - o.offset).max(0));
+        say!("{:<30} {:>9} {:>14} {:>14} {:>10}", o.topic, o.partition, o.offset, end, (end - o.offset).max(0));
     }
     Ok(())
 }
@@ -156,12 +164,12 @@ fn reset(client: &mut Client, args: ResetArgs) -> Result<()> {
         };
         new_offsets.push((p, wanted.clamp(start, end)));
     }
-    println!("{:<30} {:>9} {:>14}", "TOPIC", "PARTITION", "NEW-OFFSET");
+    say!("{:<30} {:>9} {:>14}", "TOPIC", "PARTITION", "NEW-OFFSET");
     for (p, offset) in &new_offsets {
-        println!("{:<30} {:>9} {:>14}", args.topic, p, offset);
+        say!("{:<30} {:>9} {:>14}", args.topic, p, offset);
     }
     if args.dry_run {
-        println!("(dry run: nothing committed)");
+        say!("(dry run: nothing committed)");
         return Ok(());
     }
     let commits: Vec<(&str, i32, i64, &str)> =
@@ -169,17 +177,12 @@ fn reset(client: &mut Client, args: ResetArgs) -> Result<()> {
     for code in client.commit_offsets(group, -1, "", &commits)? {
         check(code, &format!("commit offsets of {group}"))?;
     }
-    println!("committed the offsets of {group} on {}", args.topic);
+    say!("committed the offsets of {group} on {}", args.topic);
     Ok(())
 }
 
 fn partitions_of(client: &mut Client, topic: &str) -> Result<Vec<i32>> {
-    let resp = metadata(client, Some(vec![topic]))?;
-    let Some(t) = resp.topics.into_iter().next() else { bail!("no metadata for {topic}") };
-    check(t.error_code, &format!("topic {topic}"))?;
-    let mut partitions: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
-    partitions.sort_unstable();
-    Ok(partitions)
+    Ok((0..partition_count(client, topic, false)?).collect())
 }
 
 /// A consumer protocol assignment: (topic, partitions) pairs.

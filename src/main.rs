@@ -12,8 +12,11 @@ use spate::config::Config;
 use spate::data_dir;
 use tracing::{error, info};
 
+/// The version and the git commit built (from `build.rs`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SPATE_GIT_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
-#[command(name = "spate", version, about = "A Kafka-compatible message broker")]
+#[command(name = "spate", version = VERSION, about = "A Kafka-compatible message broker")]
 struct Cli {
     /// Broker address (host:port) for the client commands [default: 127.0.0.1:9092].
     /// `bench` without it starts an embedded broker.
@@ -42,7 +45,7 @@ enum Command {
         #[command(flatten)]
         args: ProduceArgs,
     },
-    /// Print records as OFFSET<TAB>KEY<TAB>VALUE lines.
+    /// Print records as OFFSET<TAB>KEY<TAB>VALUE lines (or as -f says).
     Consume {
         #[command(flatten)]
         args: ConsumeArgs,
@@ -76,7 +79,20 @@ struct ServeArgs {
     sets: Vec<String>,
 }
 
-fn main() -> Result<()> {
+/// Errors are told as one line, `error: ...`, with exit code 1: no
+/// backtrace or debug dump for a mistake in a command. A closed output pipe
+/// (`| head`) ends a command quietly.
+fn main() {
+    if let Err(e) = run() {
+        if cli::is_broken_pipe(&e) {
+            std::process::exit(0);
+        }
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         // The bench's embedded broker should not talk over the results.

@@ -1,5 +1,7 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), or the first
-//! batch whose max timestamp reaches a given time (through the time index).
+//! record whose timestamp reaches a given time, as Kafka answers it: the time
+//! index finds the batch, and only that batch is read (and decompressed) to
+//! find the record and its own timestamp.
 
 use std::rc::Rc;
 

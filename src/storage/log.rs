@@ -496,13 +496,14 @@ impl PartitionLog {
         Some((segment.file(), position, segment.flushed_bytes.min(segment.size_bytes)))
     }
 
-    /// First cached batch whose max timestamp reaches `timestamp`.
-    pub fn cached_time_lookup(&self, timestamp: i64) -> Option<(i64, i64)> {
+    /// Visible cached batches past `min_offset` whose max timestamp reaches
+    /// `timestamp`, whole (prefix and body joined), oldest first.
+    pub fn cached_batches_reaching(&self, timestamp: i64, min_offset: i64) -> impl Iterator<Item = Vec<u8>> + '_ {
         self.cache
             .iter()
             .take_while(|b| b.last_offset < self.high_watermark())
-            .find(|b| b.max_timestamp >= timestamp)
-            .map(|b| (b.max_timestamp, b.base_offset))
+            .filter(move |b| b.max_timestamp >= timestamp && b.last_offset >= min_offset)
+            .map(|b| [&b.prefix[..], &b.body[..]].concat())
     }
 
     /// The batch with the greatest timestamp: (timestamp, its last offset).

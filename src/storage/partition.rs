@@ -608,8 +608,9 @@ impl Partition {
         .await;
     }
 
-    /// First batch whose max timestamp is at least `timestamp`:
-    /// (that timestamp, its base offset).
+    /// The first record at or past the log start whose timestamp is at least
+    /// `timestamp`: (its timestamp, its offset), as Kafka answers ListOffsets.
+    /// The time index finds the batch; only that batch is decompressed.
     pub async fn offset_for_time(&self, timestamp: i64) -> std::io::Result<Option<(i64, i64)>> {
         let mut plan = None;
         for _ in 0..REPLANS_MAX {
@@ -620,23 +621,16 @@ impl Partition {
                 break;
             }
         }
-        if let Some((file, mut position, readable)) = plan {
-            while position < readable {
-                let chunk = read_at(&file, position, (readable - position).min(1 << 20) as usize).await?;
-                let mut at = 0;
-                while let Ok(info) = super::batch::peek(&chunk[at..]) {
-                    if info.max_timestamp >= timestamp {
-                        return Ok(Some((info.max_timestamp, info.base_offset)));
-                    }
-                    at += info.total_bytes;
-                }
-                if at == 0 {
-                    break;
-                }
-                position += at as u64;
+        let min_offset = self.log.borrow().log_start_offset();
+        if let Some((file, position, readable)) = plan {
+            if let Some(found) = scan_for_time(&file, position, readable, timestamp, min_offset).await? {
+                return Ok(Some(found));
             }
         }
-        Ok(self.log.borrow().cached_time_lookup(timestamp))
+        let log = self.log.borrow();
+        let found =
+            log.cached_batches_reaching(timestamp, min_offset).find_map(|b| record_for_time(&b, timestamp, min_offset));
+        Ok(found)
     }
 
     /// DeleteRecords: moves the log start to `offset`, durably before
@@ -756,6 +750,61 @@ impl Partition {
 /// Reads plan again when a planned segment was removed meanwhile; more than
 /// this many removals under one read is an error.
 const REPLANS_MAX: usize = 4;
+
+/// Bound on a batch decompressed for a timestamp lookup: the cleaner's
+/// default. A batch inflating past it is answered at batch precision.
+const TIME_LOOKUP_MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
+
+/// Scans the batches of a segment file from `position` (a batch boundary)
+/// to `readable` for the first record reaching `timestamp`.
+async fn scan_for_time(
+    file: &DmaFile,
+    mut position: u64,
+    readable: u64,
+    timestamp: i64,
+    min_offset: i64,
+) -> std::io::Result<Option<(i64, i64)>> {
+    const CHUNK_BYTES: usize = 1 << 20;
+    let mut want = CHUNK_BYTES;
+    while position < readable {
+        let chunk = read_at(file, position, (readable - position).min(want as u64) as usize).await?;
+        let mut at = 0;
+        while let Ok(info) = super::batch::peek(&chunk[at..]) {
+            let whole = &chunk[at..at + info.total_bytes];
+            if info.max_timestamp >= timestamp && info.last_offset() >= min_offset {
+                if let Some(found) = record_for_time(whole, timestamp, min_offset) {
+                    return Ok(Some(found));
+                }
+            }
+            at += info.total_bytes;
+        }
+        if at == 0 {
+            // A batch larger than the chunk: read it whole, once.
+            match super::log::first_batch_bytes(&chunk) {
+                Some(bytes) if bytes > want && (bytes as u64) <= readable - position => want = bytes,
+                _ => break,
+            }
+            continue;
+        }
+        want = CHUNK_BYTES;
+        position += at as u64;
+    }
+    Ok(None)
+}
+
+/// The first record of the batch `whole` reaching `timestamp` at or past
+/// `min_offset`. A batch that cannot be decompressed (past the bound, or an
+/// unknown codec) is answered as a whole: its max timestamp and first offset.
+fn record_for_time(whole: &[u8], timestamp: i64, min_offset: i64) -> Option<(i64, i64)> {
+    match super::records::first_at_or_after(whole, timestamp, min_offset, TIME_LOOKUP_MAX_DECOMPRESSED_BYTES) {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(?e, "timestamp lookup: batch not readable record by record, answering its first offset");
+            let info = super::batch::peek(whole).ok()?;
+            (info.max_timestamp >= timestamp).then_some((info.max_timestamp, info.base_offset.max(min_offset)))
+        }
+    }
+}
 
 /// Runs `work` in a task of its own and waits for it: dropping the wait
 /// leaves the work running to completion.

@@ -1,8 +1,9 @@
-//! The records inside a v2 batch, for the log cleaner only: decompressing a
-//! stored batch (with a bound on the bytes it may expand to), walking its
-//! records' keys, and rebuilding the batch from a subset of them with the same
-//! header, offsets and codec. The produce and fetch paths never come here:
-//! they treat batches as opaque bytes (see [`super::batch`]).
+//! The records inside a v2 batch, for the log cleaner and exact timestamp
+//! lookups (ListOffsets): decompressing a stored batch (with a bound on the
+//! bytes it may expand to), walking its records' keys and timestamps, and
+//! rebuilding the batch from a subset of them with the same header, offsets
+//! and codec. The produce and fetch paths never come here: they treat batches
+//! as opaque bytes (see [`super::batch`]).
 
 use std::io::Read;
 
@@ -84,6 +85,26 @@ pub fn timestamp(whole: &[u8], record: &RecordRef) -> i64 {
     } else {
         be_i64(whole, BASE_TIMESTAMP_AT).saturating_add(record.timestamp_delta)
     }
+}
+
+/// The first record of the batch `whole` at or past `min_offset` whose
+/// timestamp reaches `target`: (its timestamp, its offset), as Kafka answers
+/// ListOffsets by time. None if no record qualifies (a batch whose header
+/// claims a later max timestamp than its records carry, or records below the
+/// log start).
+pub fn first_at_or_after(
+    whole: &[u8],
+    target: i64,
+    min_offset: i64,
+    max_bytes: usize,
+) -> Result<Option<(i64, i64)>, RecordsError> {
+    let info = batch::peek(whole).map_err(|_| RecordsError::Corrupt)?;
+    let records = read(whole, max_bytes)?;
+    Ok(records.refs.iter().find_map(|record| {
+        let offset = info.base_offset + i64::from(record.offset_delta);
+        let ts = timestamp(whole, record);
+        (ts >= target && offset >= min_offset).then_some((ts, offset))
+    }))
 }
 
 /// Rebuilds the batch `whole` holding only the records `keep` (in order):
@@ -327,6 +348,26 @@ mod tests {
             assert_eq!(deltas, vec![2, 3]);
             assert_eq!(timestamp(&rebuilt, &again.refs[1]), 1003);
         }
+    }
+
+    #[test]
+    fn time_lookup_finds_the_first_record_reaching_the_target() {
+        let input: Vec<KeyValue> = vec![(None, Some(b"a")), (None, Some(b"b")), (None, Some(b"c"))];
+        for codec in 0..=4u8 {
+            // Timestamps 1000, 1001, 1002 at offsets 50, 51, 52.
+            let whole = batch_of(codec, 50, &input);
+            let find = |target, min| first_at_or_after(&whole, target, min, 1 << 20).unwrap();
+            assert_eq!(find(0, 0), Some((1000, 50)));
+            assert_eq!(find(1001, 0), Some((1001, 51)));
+            assert_eq!(find(1002, 0), Some((1002, 52)));
+            assert_eq!(find(1003, 0), None);
+            assert_eq!(find(1000, 52), Some((1002, 52)), "records below the log start are skipped");
+        }
+        // LogAppendTime: every record carries the batch's max timestamp.
+        let mut whole = batch_of(3, 50, &input);
+        whole[ATTRIBUTES_AT + 1] |= TIMESTAMP_TYPE_BIT as u8;
+        whole[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&5000i64.to_be_bytes());
+        assert_eq!(first_at_or_after(&whole, 4000, 0, 1 << 20).unwrap(), Some((5000, 50)));
     }
 
     #[test]
