@@ -14,7 +14,8 @@ impl Broker {
         let mut snapshot = metrics::with(|m| m.snapshot(self.shard_id));
         snapshot.connections = self.connections.get() as u64;
         let meta = self.meta();
-        let names: HashMap<[u8; 16], Arc<str>> = meta.topics.values().map(|t| (t.id, Arc::from(t.name.as_str()))).collect();
+        let names: HashMap<[u8; 16], Arc<str>> =
+            meta.topics.values().map(|t| (t.id, Arc::from(t.name.as_str()))).collect();
         for (tp, partition) in self.partitions.borrow().iter() {
             let Some(topic) = names.get(&tp.topic_id) else { continue };
             let log = partition.log.borrow();
