@@ -228,11 +228,19 @@ async fn route(request: HttpRequest, broker: &Rc<Broker>, health: &Health) -> Ht
 }
 
 async fn metrics_page(broker: &Rc<Broker>, health: &Health) -> HttpResponse {
+    let started = Instant::now();
     let mut scrape = broker.scrape().await;
+    let gathered = started.elapsed();
     scrape.uptime_seconds = health.uptime().as_secs_f64();
     scrape.version = env!("CARGO_PKG_VERSION");
     scrape.commit = crate::git_commit();
     let body = metrics::encode(scrape);
+    debug!(
+        gather_us = gathered.as_micros() as u64,
+        total_us = started.elapsed().as_micros() as u64,
+        bytes = body.len(),
+        "metrics scraped"
+    );
     HttpResponse { status: 200, content_type: prometheus_client::encoding::prometheus_text::CONTENT_TYPE, body }
 }
 

@@ -12,6 +12,11 @@ impl Broker {
     /// This shard's counters, partitions and committed offsets.
     pub fn metrics_snapshot(&self) -> ShardSnapshot {
         let mut snapshot = metrics::with(|m| m.snapshot(self.shard_id));
+        let count = self.partitions.borrow().len();
+        snapshot.partitions.reserve(count);
+        for lines in &mut snapshot.partition_lines {
+            lines.reserve(count * 64);
+        }
         snapshot.connections = self.connections.get() as u64;
         let meta = self.meta();
         let names: HashMap<[u8; 16], Arc<str>> =
@@ -21,7 +26,7 @@ impl Broker {
             let log = partition.log.borrow();
             let counters = &partition.counters;
             snapshot.cache_bytes += log.cache_bytes() as u64;
-            snapshot.partitions.push(PartitionSnapshot {
+            let partition = PartitionSnapshot {
                 topic: topic.clone(),
                 partition: tp.partition,
                 high_watermark: log.high_watermark(),
@@ -32,20 +37,33 @@ impl Broker {
                 records_in: counters.records_in.get(),
                 bytes_out: counters.bytes_out.get(),
                 records_out: counters.records_out.get(),
-            });
+            };
+            metrics::render_partition(&mut snapshot.partition_lines, &partition);
+            snapshot.partitions.push(partition);
         }
         snapshot.committed = self.groups.committed_snapshot();
         snapshot
     }
 
-    /// Every shard's snapshot (a shard that does not answer is left out).
+    /// Every shard's snapshot (a shard that does not answer is left out),
+    /// the other shards building theirs while this one builds its own.
     pub async fn scrape(self: &Rc<Self>) -> Scrape {
-        let mut shards = vec![self.metrics_snapshot()];
-        for shard in (0..self.shard_count).filter(|s| *s != self.shard_id) {
-            if let Ok(snapshot) = self.mailbox.call(shard, |reply| ShardMsg::Metrics { reply }).await {
-                shards.push(snapshot);
+        let others = (0..self.shard_count).filter(|s| *s != self.shard_id).map(|shard| {
+            let (reply, answer) = futures::channel::oneshot::channel();
+            // Sent now when the link has room, so that shard works while this one does.
+            let unsent = self.mailbox.try_send(shard, ShardMsg::Metrics { reply }).err();
+            async move {
+                match unsent {
+                    None => {}
+                    Some(Some(msg)) => self.mailbox.send(shard, msg).await.ok()?,
+                    Some(None) => return None, // that shard is gone
+                }
+                answer.await.ok()
             }
-        }
+        });
+        let others: Vec<_> = others.collect();
+        let mut shards = vec![self.metrics_snapshot()];
+        shards.extend(futures::future::join_all(others).await.into_iter().flatten());
         shards.sort_by_key(|s| s.shard);
         Scrape { shards, ..Scrape::default() }
     }

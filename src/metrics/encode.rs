@@ -25,13 +25,51 @@ pub struct Scrape {
     pub commit: &'static str,
 }
 
-/// The scrape as Prometheus text.
-pub fn encode(scrape: Scrape) -> String {
+/// The scrape as Prometheus text. The per-partition families, the bulk
+/// of it (four lines a partition), were rendered by each shard for its own
+/// partitions, in parallel: here they are only put after their headers.
+pub fn encode(mut scrape: Scrape) -> String {
+    let rendered: Vec<[String; 4]> = scrape.shards.iter_mut().map(|s| std::mem::take(&mut s.partition_lines)).collect();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
-    let mut out = String::with_capacity(64 << 10);
+    let bulk: usize = rendered.iter().flatten().map(String::len).sum();
+    let mut out = String::with_capacity(bulk + (64 << 10));
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+    for (i, (name, help, _)) in PARTITION_FIGURES.iter().enumerate() {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for lines in &rendered {
+            out.push_str(&lines[i]);
+        }
+    }
     out
+}
+
+type Figure = fn(&PartitionSnapshot) -> i64;
+
+/// The per-partition gauges: name, help, value.
+const PARTITION_FIGURES: [(&str, &str, Figure); 4] = [
+    ("spate_partition_high_watermark", "Offset after the last readable record.", |p| p.high_watermark),
+    ("spate_partition_log_start_offset", "First offset still held.", |p| p.log_start_offset),
+    ("spate_partition_size_bytes", "Bytes of the partition's segment files.", |p| p.size_bytes as i64),
+    ("spate_partition_segments", "Segment files of the partition.", |p| p.segments as i64),
+];
+
+/// Appends a partition's line to each per-partition family's text (`lines`
+/// in [`PARTITION_FIGURES`] order). Topic names need no escaping: Kafka's
+/// rule allows only `[a-zA-Z0-9._-]`.
+pub fn render_partition(lines: &mut [String; 4], p: &PartitionSnapshot) {
+    debug_assert!(p.topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+    let mut number = itoa::Buffer::new();
+    for (out, (name, _, figure)) in lines.iter_mut().zip(&PARTITION_FIGURES) {
+        out.push_str(name);
+        out.push_str("{topic=\"");
+        out.push_str(&p.topic);
+        out.push_str("\",partition=\"");
+        out.push_str(number.format(p.partition));
+        out.push_str("\"} ");
+        out.push_str(number.format(figure(p)));
+        out.push('\n');
+    }
 }
 
 impl Collector for Scrape {
@@ -101,23 +139,8 @@ impl Scrape {
     }
 
     fn encode_partitions(&self, e: &mut DescriptorEncoder) -> Result<(), Error> {
-        type Figure = fn(&PartitionSnapshot) -> i64;
-        let figures: [(&str, &str, Figure); 4] = [
-            ("spate_partition_high_watermark", "Offset after the last readable record.", |p| p.high_watermark),
-            ("spate_partition_log_start_offset", "First offset still held.", |p| p.log_start_offset),
-            ("spate_partition_size_bytes", "Bytes of the partition's segment files.", |p| p.size_bytes as i64),
-            ("spate_partition_segments", "Segment files of the partition.", |p| p.segments as i64),
-        ];
         let count = self.partitions().count() as u64;
-        gauge(e, "spate_partitions", "Partitions this broker holds.", count as f64)?;
-        for (name, help, figure) in figures {
-            let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for p in self.partitions() {
-                let labels = ([("topic", &*p.topic)], [("partition", p.partition)]);
-                m.encode_family(&labels)?.encode_gauge(&figure(p))?;
-            }
-        }
-        Ok(())
+        gauge(e, "spate_partitions", "Partitions this broker holds.", count as f64)
     }
 
     fn encode_storage(&self, e: &mut DescriptorEncoder) -> Result<(), Error> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::ApiKey;
 
-pub use encode::{encode, Scrape, CONNECTION_CLOSED};
+pub use encode::{encode, render_partition, Scrape, CONNECTION_CLOSED};
 pub use histogram::{Histogram, HistogramSnapshot};
 
 /// API keys below this are counted (Kafka's keys are below 100).
@@ -248,6 +248,8 @@ pub struct ShardSnapshot {
     pub busy_ratio: f64,
     pub tasks_executed: u64,
     pub partitions: Vec<PartitionSnapshot>,
+    /// The per-partition families' lines, rendered on the owning shard.
+    pub partition_lines: [String; 4],
     pub committed: Vec<CommittedSnapshot>,
 }
 
