@@ -850,3 +850,34 @@ fn commits_cut_off_by_a_disconnect_land_whole_or_not_at_all() {
     let broker = TestBroker::start(&dir, FAST);
     assert_eq!(committed(&mut broker.client(), "rude").offset, seen);
 }
+
+/// An OffsetFetch pipelined right behind an OffsetCommit on the same
+/// connection sees that commit, as against Kafka (which serves a
+/// connection's requests one at a time): the commit took effect first.
+#[test]
+fn an_offset_fetch_pipelined_behind_a_commit_sees_it() {
+    let broker = TestBroker::start(&temp_dir("groups-pipelined-fetch"), &[]);
+    let mut client = broker.client();
+    client.create_topic("t", 1, &[]).unwrap();
+    // Groups coordinated by both shards: the commit's coordinator is local for some, remote for others.
+    for group in ["pipe-a", "pipe-b", "pipe-c", "pipe-d"] {
+        client.find_coordinator(group).unwrap(); // creates __consumer_offsets
+        committed(&mut client, group); // the coordinator is loaded
+        for offset in 1..=100 {
+            let commit = commit_request(group, -1, "", offset, -1, "");
+            let mut fetch = OffsetFetchRequest::default();
+            fetch.group_id = GroupId(str_bytes(group));
+            let mut topic = offset_fetch_request::OffsetFetchRequestTopic::default();
+            topic.name = TopicName(str_bytes("t"));
+            topic.partition_indexes = vec![0];
+            fetch.topics = Some(vec![topic]);
+            let commit_id = client.send(ApiKey::OffsetCommit, 8, &commit).unwrap();
+            let fetch_id = client.send(ApiKey::OffsetFetch, 7, &fetch).unwrap();
+            let committed: OffsetCommitResponse = client.receive(ApiKey::OffsetCommit, 8, commit_id).unwrap();
+            assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+            let fetched: OffsetFetchResponse = client.receive(ApiKey::OffsetFetch, 7, fetch_id).unwrap();
+            let seen = fetched.topics[0].partitions[0].committed_offset;
+            assert_eq!(seen, offset, "{group}: the fetch behind the commit of {offset} saw {seen}");
+        }
+    }
+}
