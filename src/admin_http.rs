@@ -25,6 +25,8 @@ use crate::metrics;
 const MAX_REQUEST_BYTES: usize = 16 << 10;
 /// A request must arrive whole within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A response must be written (read by the client) within this.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 /// CPU shares of the endpoint's task queue (the default queue has 1000).
@@ -154,10 +156,16 @@ async fn serve(mut stream: TcpStream, broker: &Rc<Broker>, health: &Health) -> s
         response.content_type,
         response.body.len()
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(response.body.as_bytes()).await?;
-    stream.flush().await?;
-    stream.close().await
+    // A client that does not read its answer must not hold a connection slot forever.
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(response.body.as_bytes()).await?;
+        stream.flush().await?;
+        stream.close().await
+    };
+    glommio::timer::timeout(RESPONSE_TIMEOUT, async { write.await.map_err(glommio::GlommioError::IoError) })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Reads one request (head and `Content-Length` body), within [`MAX_REQUEST_BYTES`].
@@ -180,20 +188,21 @@ async fn read_request(stream: &mut TcpStream) -> Result<HttpRequest, glommio::Gl
             Err(e) => return Err(bad(&format!("malformed request: {e}"))),
         };
         let body_len = content_length(parsed.headers).ok_or_else(|| bad("bad Content-Length"))?;
-        if head_len + body_len > buf.len() {
+        // Checked: a Content-Length near usize::MAX must not wrap past the bound.
+        let Some(total_len) = head_len.checked_add(body_len).filter(|&total| total <= buf.len()) else {
             return Err(bad("request too large"));
-        }
+        };
         let target = parsed.path.unwrap_or("/");
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let (method, path, query) = (parsed.method.unwrap_or("").to_string(), path.to_string(), query.to_string());
-        while filled < head_len + body_len {
-            let n = stream.read(&mut buf[filled..head_len + body_len]).await?;
+        while filled < total_len {
+            let n = stream.read(&mut buf[filled..total_len]).await?;
             if n == 0 {
                 return Err(bad("connection closed before the whole body"));
             }
             filled += n;
         }
-        let body = buf[head_len..head_len + body_len].to_vec();
+        let body = buf[head_len..total_len].to_vec();
         return Ok(HttpRequest { method, path, query, body });
     }
 }

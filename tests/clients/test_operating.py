@@ -180,7 +180,9 @@ def test_health_ready_status_and_log_level(admin_broker):
 def test_bad_admin_requests_are_refused_and_harmless(admin_broker):
     import socket
     b = admin_broker
-    for garbage in (b"\x00\x01\x02 nonsense\r\n\r\n", b"GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"):
+    for garbage in (b"\x00\x01\x02 nonsense\r\n\r\n", b"GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+                    # The largest usize: the bound check must not wrap around.
+                    b"PUT /v1/log-level HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n"):
         with socket.create_connection(("127.0.0.1", b.admin_port), timeout=10) as s:
             s.sendall(garbage)
             assert s.recv(100).startswith(b"HTTP/1.1 400")
