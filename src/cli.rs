@@ -42,6 +42,53 @@ pub enum TopicCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// The live brokers, the active controller, and partitions that are
+    /// offline (no leader) or under-replicated (ISR smaller than replicas).
+    Status,
+}
+
+/// `spate cluster ...`.
+pub fn cluster(brokers: &str, command: ClusterCommand) -> Result<()> {
+    let mut client = Client::connect_kafka(brokers)?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        ClusterCommand::Status => {
+            let resp = metadata(&mut client, None)?;
+            writeln!(out, "controller: {}", resp.controller_id.0)?;
+            writeln!(out, "{:>6}  {:<30}", "NODE", "ENDPOINT")?;
+            for b in &resp.brokers {
+                let role = if b.node_id == resp.controller_id { "  (controller)" } else { "" };
+                writeln!(out, "{:>6}  {}:{}{role}", b.node_id.0, b.host.as_str(), b.port)?;
+            }
+            let (mut offline, mut under) = (Vec::new(), Vec::new());
+            for t in &resp.topics {
+                let name = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+                for p in &t.partitions {
+                    if p.leader_id.0 < 0 {
+                        offline.push(format!("{name}/{}", p.partition_index));
+                    } else if p.isr_nodes.len() < p.replica_nodes.len() {
+                        under.push(format!("{name}/{}", p.partition_index));
+                    }
+                }
+            }
+            writeln!(out, "offline partitions: {}{}", offline.len(), listed(&offline))?;
+            writeln!(out, "under-replicated partitions: {}{}", under.len(), listed(&under))?;
+        }
+    }
+    Ok(())
+}
+
+/// ": a, b, c" for up to 20 names, then "...".
+fn listed(names: &[String]) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = names.iter().take(20).map(String::as_str).collect();
+    format!(": {}{}", shown.join(", "), if names.len() > 20 { ", ..." } else { "" })
+}
+
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
     pub topic: String,
@@ -247,12 +294,45 @@ fn describe(client: &mut Client, name: &str, out: &mut impl Write) -> Result<()>
     let count = partition_count(client, name, false)?;
     writeln!(out, "topic {name}: {count} partitions")?;
     let resp = metadata(client, Some(vec![name]))?;
+    let brokers: BTreeMap<i32, String> =
+        resp.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port))).collect();
     let partitions = resp.topics.into_iter().next().map(|t| t.partitions).unwrap_or_default();
-    writeln!(out, "{:>9} {:>7} {:>7} {:>14} {:>14}", "PARTITION", "LEADER", "EPOCH", "LOG-START", "HIGH-WATERMARK")?;
+    let mut leaders: BTreeMap<i32, Client> = BTreeMap::new();
+    writeln!(
+        out,
+        "{:>9} {:>7} {:>7} {:>10} {:>10} {:>14} {:>14}",
+        "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "LOG-START", "HIGH-WATERMARK"
+    )?;
     for p in &partitions {
-        let start = client.list_offset(name, p.partition_index, -2)?;
-        let end = client.list_offset(name, p.partition_index, -1)?;
-        writeln!(out, "{:>9} {:>7} {:>7} {:>14} {:>14}", p.partition_index, p.leader_id.0, p.leader_epoch, start, end)?;
+        let ids = |nodes: &[kafka_protocol::messages::BrokerId]| {
+            nodes.iter().map(|n| n.0.to_string()).collect::<Vec<_>>().join(",")
+        };
+        // Offsets come from the partition's leader, wherever it is.
+        let leader = p.leader_id.0;
+        let (start, end) = match brokers.get(&leader) {
+            Some(addr) => {
+                if !leaders.contains_key(&leader) {
+                    leaders.insert(leader, Client::connect_kafka(addr)?);
+                }
+                let c = leaders.get_mut(&leader).expect("inserted above");
+                (
+                    c.list_offset(name, p.partition_index, -2)?.to_string(),
+                    c.list_offset(name, p.partition_index, -1)?.to_string(),
+                )
+            }
+            None => ("-".to_string(), "-".to_string()),
+        };
+        writeln!(
+            out,
+            "{:>9} {:>7} {:>7} {:>10} {:>10} {:>14} {:>14}",
+            p.partition_index,
+            leader,
+            p.leader_epoch,
+            ids(&p.replica_nodes),
+            ids(&p.isr_nodes),
+            start,
+            end
+        )?;
     }
     let mut resource = describe_configs_request::DescribeConfigsResource::default();
     resource.resource_type = 2;

@@ -52,9 +52,22 @@ impl Client {
         Ok(Client { stream, correlation_id: 0 })
     }
 
+    /// Connects to the first of `addresses` (comma-separated, as Kafka's
+    /// bootstrap servers) that answers as a Kafka broker.
+    pub fn connect_kafka(addresses: &str) -> Result<Client> {
+        let mut last_error = None;
+        for address in addresses.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match Client::connect_kafka_one(address) {
+                Ok(client) => return Ok(client),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no broker address given: {HINT}")))
+    }
+
     /// Connects and checks that the other end speaks Kafka (an ApiVersions
     /// round trip); when it does not, the error says what answered instead.
-    pub fn connect_kafka(address: &str) -> Result<Client> {
+    fn connect_kafka_one(address: &str) -> Result<Client> {
         let mut client = Client::connect(address)?;
         client.stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
         let not_kafka = |what: String| {

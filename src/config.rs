@@ -19,6 +19,22 @@ pub struct Config {
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
     pub node_id: i32,
+    /// This node's controller endpoint (HOST:PORT) for Raft traffic and
+    /// brokers' requests; "" on a node with no other voters.
+    pub controller_listen: String,
+    /// The controller quorum, `1@host:port,2@host:port,3@host:port` (Kafka's
+    /// `controller.quorum.voters`); "" makes this node a quorum of itself.
+    pub controller_quorum_voters: String,
+    /// The controller's Raft clock: elections time out after 10 ticks,
+    /// leaders heartbeat every 2.
+    pub controller_tick_ms: u64,
+    /// A broker not heard from for this long is fenced: it leads nothing
+    /// until it heartbeats again.
+    pub broker_session_timeout_ms: u64,
+    pub broker_heartbeat_interval_ms: u64,
+    /// The metadata log is snapshotted, and the entries before the snapshot
+    /// dropped, once this many entries follow the last snapshot.
+    pub metadata_snapshot_interval_entries: usize,
     /// Shards (executors); 0 = one per core.
     pub shards: usize,
     /// io_uring registered memory per shard (counts against RLIMIT_MEMLOCK).
@@ -140,6 +156,12 @@ impl Default for Config {
             advertised_host: None,
             data_dir: PathBuf::from("./data"),
             node_id: 0,
+            controller_listen: String::new(),
+            controller_quorum_voters: String::new(),
+            controller_tick_ms: 100,
+            broker_session_timeout_ms: 3000,
+            broker_heartbeat_interval_ms: 500,
+            metadata_snapshot_interval_entries: 1000,
             shards: 0,
             io_memory_bytes: 1 << 20,
             mailbox_capacity: 1024,

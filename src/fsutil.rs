@@ -21,10 +21,16 @@ use std::path::{Path, PathBuf};
 /// [`keep_reserve`]) and tries once more: deleting topics or records, which
 /// frees space, must be able to persist its metadata first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    match write_atomic_once(path, bytes) {
+    with_reserve(path, || write_atomic_once(path, bytes))
+}
+
+/// Runs `write` (a metadata write to `path`); on a full disk gives up the
+/// reserve file and runs it once more.
+pub fn with_reserve<T>(path: &Path, mut write: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    match write() {
         Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && release_reserve() => {
             tracing::warn!("disk full writing {}: released the reserve file and retrying", path.display());
-            write_atomic_once(path, bytes)
+            write()
         }
         other => other,
     }

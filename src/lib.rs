@@ -5,6 +5,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod controller;
 pub mod data_dir;
 pub mod fsutil;
 pub mod group;

@@ -35,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: TopicCommand,
     },
+    /// Inspect the cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: spate::cli::ClusterCommand,
+    },
     /// Inspect and steer consumer groups.
     Group {
         #[command(subcommand)]
@@ -102,6 +107,7 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topic { command } => cli::topic(&brokers_or_default(&cli.brokers), command),
+        Command::Cluster { command } => cli::cluster(&brokers_or_default(&cli.brokers), command),
         Command::Group { command } => spate::group_cli::group(&brokers_or_default(&cli.brokers), command),
         Command::Produce { args } => cli::produce(&brokers_or_default(&cli.brokers), args),
         Command::Consume { args } => cli::consume(&brokers_or_default(&cli.brokers), args),

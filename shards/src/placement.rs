@@ -1,8 +1,8 @@
 //! The placement table: which node and which shard own a key (for the broker,
 //! a topic partition), and under which leader epoch.
 //!
-//! Single-node today, but node ids and leader epochs are explicit from the start
-//! so that replication can grow into this table rather than around it.
+//! Every node holding a replica of a key keeps it on the same shard number,
+//! chosen by a stable spread of the key.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -21,7 +21,7 @@ pub struct Placement {
     pub leader_epoch: i32,
     /// Every node holding a replica, the leader first.
     pub replicas: Vec<NodeId>,
-    /// The shard on the leader node that owns the key's state.
+    /// The shard that owns the key's state on any node holding a replica.
     pub shard: ShardId,
 }
 
@@ -50,6 +50,14 @@ impl<K: Eq + Hash + Clone> PlacementTable<K> {
         let placement = Placement { leader: node, leader_epoch, replicas: vec![node], shard };
         self.entries.insert(key.clone(), placement);
         &self.entries[&key]
+    }
+
+    /// Places `key` led by `leader` (or no node: -1) with `replicas`; the
+    /// shard is chosen by `spread` as in [`PlacementTable::place`].
+    pub fn place_replicas(&mut self, key: K, leader: NodeId, leader_epoch: i32, replicas: &[NodeId], spread: u64) {
+        let shard = (spread % self.shard_count as u64) as ShardId;
+        let placement = Placement { leader, leader_epoch, replicas: replicas.to_vec(), shard };
+        self.entries.insert(key, placement);
     }
 
     pub fn get(&self, key: &K) -> Option<&Placement> {

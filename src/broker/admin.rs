@@ -1,10 +1,14 @@
-//! Metadata changes, run on the controller shard (0): create and delete
-//! topics, add partitions, alter topic configs.
+//! Metadata changes, run on shard 0 of the active controller: create and
+//! delete topics, add partitions, alter topic configs, register and fence
+//! brokers (electing new partition leaders), hand out producer ids. Other
+//! shards send their changes to shard 0; other nodes forward them to the
+//! active controller (`crate::controller`).
 //!
 //! Changes are group-committed: every change that arrives while a commit is
 //! running waits in the controller's queue, and the next commit applies all
-//! of them in arrival order to one copy of the metadata, persists
-//! `topics.json` once and installs the snapshot on every shard once. A
+//! of them in arrival order to one copy of the metadata, proposes the
+//! difference as one entry of the metadata log, and answers once every
+//! shard has installed it. A
 //! Metadata request auto-creating 2,000 topics is one change, not 2,000
 //! rewrites of a 2,000-topic file and 2,000 installs (which held every other
 //! admin request for seconds). Commits run in a task of their own, so a
@@ -21,18 +25,22 @@ use futures::channel::oneshot;
 use kafka_protocol::error::ResponseError;
 use tracing::{debug, info, warn};
 
+use serde::{Deserialize, Serialize};
+use shards::NodeId;
+
 use super::metadata::{
-    self, deleted_dir_name, is_partition_dir_name, random_topic_id, valid_topic_name, ClusterMeta, TopicMeta,
-    DELETED_DIR_SUFFIX,
+    self, deleted_dir_name, is_partition_dir_name, random_topic_id, valid_topic_name, BrokerRegistration, ClusterMeta,
+    PartitionState, TopicMeta, DELETED_DIR_SUFFIX, NO_LEADER,
 };
 use super::{Broker, ShardMsg};
 use crate::fsutil;
 
 /// The controller shard.
 pub const CONTROLLER_SHARD: usize = 0;
-const META_FILE: &str = "topics.json";
-/// Holds the first producer id not yet handed to any shard.
-const PRODUCER_ID_FILE: &str = "producer-id-block";
+/// Topics of a data directory from before the metadata log (read once, to start it).
+pub const LEGACY_META_FILE: &str = "topics.json";
+/// The first producer id not yet handed out, from before the metadata log.
+pub const LEGACY_PRODUCER_ID_FILE: &str = "producer-id-block";
 /// Producer ids a shard takes from the controller at a time.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
 /// Most changes applied by one commit: bounds the time one commit holds the
@@ -54,17 +62,20 @@ thread_local! {
     static COMMITTER_RUNNING: Cell<bool> = const { Cell::new(false) };
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ConfigChange {
     Set(String, String),
     Delete(String),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum AdminOp {
     CreateTopic {
         name: String,
         partitions: i32,
+        /// Each partition's replicas as the client assigned them; empty:
+        /// spread `partitions` over the live brokers.
+        assignment: Vec<Vec<NodeId>>,
         configs: BTreeMap<String, String>,
         validate_only: bool,
     },
@@ -95,6 +106,18 @@ pub enum AdminOp {
         partitions: i32,
         configs: BTreeMap<String, String>,
     },
+    /// A broker heartbeating while not registered live at its endpoint:
+    /// registered (again) and unfenced; it leads again what it alone can lead.
+    RegisterBroker {
+        registration: BrokerRegistration,
+    },
+    /// A broker silent past its session: fenced, its partitions led by
+    /// another in-sync replica (or none).
+    FenceBroker {
+        node: NodeId,
+    },
+    /// Reserves the next block of producer ids; answers its first id.
+    AllocateProducerIds,
 }
 
 impl AdminOp {
@@ -117,13 +140,14 @@ impl AdminOp {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminError {
     pub code: i16,
     pub message: String,
 }
 
-pub type AdminResult = Result<(), AdminError>;
+/// Ok: the op's value (the first producer id of a block; 0 for other ops).
+pub type AdminResult = Result<i64, AdminError>;
 
 /// The topic named, or UNKNOWN_TOPIC_OR_PARTITION.
 fn existing_topic<'a>(meta: &'a ClusterMeta, name: &str) -> Result<&'a Arc<TopicMeta>, AdminError> {
@@ -133,24 +157,33 @@ fn existing_topic<'a>(meta: &'a ClusterMeta, name: &str) -> Result<&'a Arc<Topic
     })
 }
 
-fn fail(error: ResponseError, message: impl Into<String>) -> AdminResult {
+fn fail(error: ResponseError, message: impl Into<String>) -> Result<(), AdminError> {
     Err(AdminError { code: error.code(), message: message.into() })
 }
 
 impl Broker {
-    /// Runs a metadata change on the controller, from any shard.
+    /// Runs a metadata change on the active controller, from any shard of any node.
     pub async fn admin(self: &Rc<Self>, op: AdminOp) -> AdminResult {
         if self.shard_id == CONTROLLER_SHARD {
-            return self.run_admin(op).await;
+            return self.admin_here(op).await;
         }
-        self.mailbox
-            .call(CONTROLLER_SHARD, |reply| ShardMsg::Admin { op, reply })
-            .await
-            .unwrap_or_else(|e| fail(ResponseError::UnknownServerError, e.to_string()))
+        self.mailbox.call(CONTROLLER_SHARD, |reply| ShardMsg::Admin { op, reply }).await.unwrap_or_else(|e| {
+            Err(AdminError { code: ResponseError::UnknownServerError.code(), message: e.to_string() })
+        })
     }
 
-    /// Controller: queues `op` for the next commit and waits for its answer.
-    pub(super) async fn run_admin(self: &Rc<Self>, op: AdminOp) -> AdminResult {
+    /// Shard 0: runs `op` here if this node is the active controller, else forwards it.
+    pub(super) async fn admin_here(self: &Rc<Self>, op: AdminOp) -> AdminResult {
+        let controller = self.controller();
+        if controller.is_leader() {
+            self.run_admin(op).await
+        } else {
+            controller.forward(op).await
+        }
+    }
+
+    /// Active controller: queues `op` for the next commit and waits for its answer.
+    pub(crate) async fn run_admin(self: &Rc<Self>, op: AdminOp) -> AdminResult {
         assert_eq!(self.shard_id, CONTROLLER_SHARD, "metadata changes run on the controller");
         let (reply, answer) = oneshot::channel();
         QUEUE.with(|queue| queue.borrow_mut().push(Queued { op, reply }));
@@ -158,7 +191,12 @@ impl Broker {
             let broker = self.clone();
             glommio::spawn_local(async move { broker.commit_queued().await }).detach();
         }
-        answer.await.unwrap_or_else(|_| fail(ResponseError::UnknownServerError, "the controller dropped the change"))
+        answer.await.unwrap_or_else(|_| {
+            Err(AdminError {
+                code: ResponseError::UnknownServerError.code(),
+                message: "the controller dropped the change".into(),
+            })
+        })
     }
 
     /// The committer task: commits the queued changes, group by group, until
@@ -190,38 +228,66 @@ impl Broker {
         }
     }
 
-    /// Applies `group` in order to one copy of the metadata, then persists
-    /// and installs it once; answers each change.
+    /// Applies `group` in order to one copy of the metadata, then commits
+    /// the difference to the metadata log once (which installs it on every
+    /// shard); answers each change.
     async fn commit(self: &Rc<Self>, group: Vec<Queued>) {
-        let mut meta = (*self.meta()).clone();
+        let old = self.meta();
+        let mut meta = (*old).clone();
         let mut answers = Vec::with_capacity(group.len());
         for Queued { op, reply } in group {
             let result = self.apply(&mut meta, op);
             answers.push((reply, result));
         }
-        let changes = answers.iter().filter(|(_, r)| matches!(r, Ok(true))).count();
-        if changes > 0 {
-            if let Err(e) = self.persist(&meta).await {
-                let error = AdminError { code: ResponseError::KafkaStorageError.code(), message: e.to_string() };
-                for (_, result) in answers.iter_mut().filter(|(_, r)| matches!(r, Ok(true))) {
-                    *result = Err(error.clone());
+        let records = crate::controller::records::diff(&old, &meta);
+        if !records.is_empty() {
+            match self.controller().propose(&records).await {
+                Ok(index) => info!(records = records.len(), index, topics = meta.topics.len(), "metadata committed"),
+                Err(error) => {
+                    for (_, result) in answers.iter_mut().filter(|(_, r)| matches!(r, Ok((true, _)))) {
+                        *result = Err(error.clone());
+                    }
                 }
-            } else {
-                info!(changes, topics = meta.topics.len(), "metadata committed");
-                self.install_everywhere(Arc::new(meta)).await;
             }
         }
         for (reply, result) in answers {
-            let _ = reply.send(result.map(|_changed| ()));
+            let _ = reply.send(result.map(|(_changed, value)| value));
         }
     }
 
     /// Applies `op` to `meta` unless it is validate-only; returns whether
-    /// `meta` changed. A failed op leaves `meta` as it was.
-    fn apply(&self, meta: &mut ClusterMeta, op: AdminOp) -> Result<bool, AdminError> {
+    /// `meta` changed and the op's value. A failed op leaves `meta` as it was.
+    fn apply(&self, meta: &mut ClusterMeta, op: AdminOp) -> Result<(bool, i64), AdminError> {
+        match op {
+            AdminOp::RegisterBroker { registration } => {
+                info!(node = registration.node_id, host = %registration.host, port = registration.port, "broker registered");
+                let node = registration.node_id;
+                meta.brokers.insert(node, registration);
+                reelect(meta, node, false);
+                Ok((true, 0))
+            }
+            AdminOp::FenceBroker { node } => {
+                let Some(broker) = meta.brokers.get_mut(&node).filter(|b| !b.fenced) else { return Ok((false, 0)) };
+                broker.fenced = true;
+                reelect(meta, node, true);
+                Ok((true, 0))
+            }
+            AdminOp::AllocateProducerIds => {
+                let start = meta.next_producer_id;
+                meta.next_producer_id = start + PRODUCER_ID_BLOCK;
+                Ok((true, start))
+            }
+            op => self.apply_topic_op(meta, op).map(|changed| (changed, 0)),
+        }
+    }
+
+    fn apply_topic_op(&self, meta: &mut ClusterMeta, op: AdminOp) -> Result<bool, AdminError> {
         let limit = self.config.max_partitions_per_topic;
         match op {
-            AdminOp::CreateTopic { name, partitions, configs, validate_only } => {
+            AdminOp::RegisterBroker { .. } | AdminOp::FenceBroker { .. } | AdminOp::AllocateProducerIds => {
+                unreachable!("handled by apply")
+            }
+            AdminOp::CreateTopic { name, partitions, assignment, configs, validate_only } => {
                 if !valid_topic_name(&name) {
                     fail(ResponseError::InvalidTopicException, format!("invalid topic name {name:?}"))?;
                 }
@@ -234,21 +300,27 @@ impl Broker {
                 if let Err(message) = metadata::check_user_configs(&self.config.log_defaults(), &configs) {
                     fail(ResponseError::InvalidConfig, message)?;
                 }
+                let states = if assignment.is_empty() {
+                    spread(meta, &name, 0, partitions)?
+                } else {
+                    explicit_assignment(meta, assignment)?
+                };
                 if validate_only {
                     return Ok(false);
                 }
                 info!(topic = %name, partitions, "creating topic");
-                meta.put_topic(TopicMeta { name, id: random_topic_id(), partitions, configs, leader_epoch: 0 });
+                meta.put_topic(new_topic(name, configs, states));
                 Ok(true)
             }
-            AdminOp::AutoCreateTopics { names, partitions } => Ok(auto_create(meta, names, partitions) > 0),
+            AdminOp::AutoCreateTopics { names, partitions } => Ok(auto_create(meta, names, partitions)? > 0),
             AdminOp::EnsureOffsetsTopic { partitions, configs } => {
                 let name = crate::group::OFFSETS_TOPIC.to_string();
                 if meta.topic(&name).is_some() {
                     return Ok(false);
                 }
                 info!(topic = %name, partitions, "creating the consumer offsets topic");
-                meta.put_topic(TopicMeta { name, id: random_topic_id(), partitions, configs, leader_epoch: 0 });
+                let states = spread(meta, &name, 0, partitions)?;
+                meta.put_topic(new_topic(name, configs, states));
                 Ok(true)
             }
             AdminOp::DeleteTopic { name } => {
@@ -281,12 +353,14 @@ impl Broker {
                 if count > limit {
                     fail(ResponseError::InvalidPartitions, format!("partitions must be at most {limit}"))?;
                 }
+                let added = spread(meta, &name, topic.partitions, count - topic.partitions)?;
                 if validate_only {
                     return Ok(false);
                 }
                 info!(topic = %name, from = topic.partitions, to = count, "adding partitions");
                 let mut grown = (**topic).clone();
                 grown.partitions = count;
+                grown.assignment.extend(added);
                 meta.put_topic(grown);
                 Ok(true)
             }
@@ -318,12 +392,6 @@ impl Broker {
         }
     }
 
-    async fn persist(&self, meta: &ClusterMeta) -> std::io::Result<()> {
-        let path = self.config.data_dir.join(META_FILE);
-        let json = meta.to_json();
-        glommio::executor().spawn_blocking(move || fsutil::write_atomic(&path, &json)).await
-    }
-
     /// Sends the snapshot to every shard (this one included) and waits for all.
     pub async fn install_everywhere(self: &Rc<Self>, meta: Arc<ClusterMeta>) {
         let installs = (0..self.shard_count).map(|shard| {
@@ -340,69 +408,36 @@ impl Broker {
     }
 
     /// A fresh producer id for an idempotent producer, from this shard's block,
-    /// taking a new block from the controller when it runs out.
-    pub async fn next_producer_id(&self) -> Result<i64, AdminError> {
+    /// taking a new block from the controller when it runs out (the block is
+    /// committed to the metadata log first: no id is ever given twice).
+    pub async fn next_producer_id(self: &Rc<Self>) -> Result<i64, AdminError> {
         let (next, end) = self.producer_ids.get();
         if next < end {
             self.producer_ids.set((next + 1, end));
             return Ok(next);
         }
-        let start = if self.shard_id == CONTROLLER_SHARD {
-            self.allocate_producer_id_block().await?
-        } else {
-            self.mailbox.call(CONTROLLER_SHARD, |reply| ShardMsg::AllocateProducerIds { reply }).await.unwrap_or_else(
-                |e| Err(AdminError { code: ResponseError::UnknownServerError.code(), message: e.to_string() }),
-            )?
-        };
+        let start = self.admin(AdminOp::AllocateProducerIds).await?;
         self.producer_ids.set((start + 1, start + PRODUCER_ID_BLOCK));
         Ok(start)
     }
 
-    /// Controller: reserves the next block of producer ids, persisted before
-    /// it is handed out so that no id is ever given twice, across restarts too.
-    pub(super) async fn allocate_producer_id_block(&self) -> Result<i64, AdminError> {
-        assert_eq!(self.shard_id, CONTROLLER_SHARD, "producer ids come from the controller");
-        let storage_error =
-            |e: std::io::Error| AdminError { code: ResponseError::KafkaStorageError.code(), message: e.to_string() };
-        let _permit =
-            self.admin_lock.acquire_permit(1).await.map_err(|e| AdminError { code: -1, message: e.to_string() })?;
-        let start = self.next_producer_id_block.get();
-        let path = self.config.data_dir.join(PRODUCER_ID_FILE);
-        let next = start + PRODUCER_ID_BLOCK;
-        glommio::executor()
-            .spawn_blocking(move || fsutil::write_atomic(&path, next.to_string().as_bytes()))
-            .await
-            .map_err(storage_error)?;
-        self.next_producer_id_block.set(next);
-        Ok(start)
-    }
-
-    /// Controller start-up: loads `topics.json` (if any), gives ids to topics
-    /// stored without, removes what deletions left behind, and installs the
-    /// metadata everywhere.
+    /// Shard 0 at start-up: opens the metadata log (and with it every
+    /// shard's partitions), registers this node with the active controller,
+    /// and lets the shards serve once this node has caught up with the
+    /// quorum and is registered.
     pub async fn load_metadata(self: &Rc<Self>) -> anyhow::Result<()> {
-        let path = self.config.data_dir.join(META_FILE);
-        let bytes = glommio::executor().spawn_blocking(move || std::fs::read(path)).await;
-        let meta = match bytes {
-            Ok(bytes) => {
-                let (meta, ids_assigned) = ClusterMeta::from_json(self.config.node_id, self.shard_count, &bytes)?;
-                if ids_assigned > 0 {
-                    info!(topics = ids_assigned, "gave topic ids to topics stored without");
-                    self.persist(&meta).await?;
-                }
-                self.remove_leftover_dirs(&meta).await?;
-                meta
+        let controller = crate::controller::Controller::start(self).await?;
+        *self.controller.borrow_mut() = Some(controller.clone());
+        glommio::spawn_local(controller.clone().heartbeat_loop()).detach();
+        let mut waited_ms = 0u64;
+        while !(controller.caught_up() && controller.registered()) {
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            waited_ms += 10;
+            if waited_ms % 5000 == 0 {
+                info!(controller = controller.leader(), "waiting for the controller quorum to register this node");
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                ClusterMeta::new(self.config.node_id, self.shard_count, Vec::new())
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let id_path = self.config.data_dir.join(PRODUCER_ID_FILE);
-        let next_block = glommio::executor().spawn_blocking(move || std::fs::read_to_string(id_path)).await;
-        self.next_producer_id_block.set(next_block.ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0));
-        info!(topics = meta.topics.len(), "loaded metadata");
-        self.install_everywhere(Arc::new(meta)).await;
+        }
+        info!(topics = self.meta().topics.len(), index = controller.applied_index(), "metadata loaded");
         // Only now may any shard serve: a request on one shard can route to
         // partitions of every other.
         self.ready.set(true);
@@ -420,7 +455,7 @@ impl Broker {
     /// directories of topics `topics.json` no longer has (a crash after the
     /// deletion was persisted, before its directories were renamed). So a
     /// topic created again under a deleted one's name always starts empty.
-    async fn remove_leftover_dirs(&self, meta: &ClusterMeta) -> std::io::Result<()> {
+    pub(crate) async fn remove_leftover_dirs(&self, meta: &ClusterMeta) -> std::io::Result<()> {
         let data_dir = self.config.data_dir.clone();
         let live = meta.partition_dir_names();
         let removed = glommio::executor().spawn_blocking(move || remove_leftover_dirs(&data_dir, &live)).await?;
@@ -453,26 +488,101 @@ fn commit_groups(batch: Vec<Queued>) -> Vec<Vec<Queued>> {
 }
 
 /// Creates each valid name of `names` that is not a topic yet; returns how many.
-fn auto_create(meta: &mut ClusterMeta, names: Vec<String>, partitions: i32) -> usize {
+fn auto_create(meta: &mut ClusterMeta, names: Vec<String>, partitions: i32) -> Result<usize, AdminError> {
     let mut created = 0;
     for name in names {
         if !valid_topic_name(&name) || meta.topic(&name).is_some() {
             continue;
         }
         debug!(topic = %name, partitions, "auto-creating topic");
-        meta.put_topic(TopicMeta {
-            name,
-            id: random_topic_id(),
-            partitions,
-            configs: BTreeMap::new(),
-            leader_epoch: 0,
-        });
+        let states = spread(meta, &name, 0, partitions)?;
+        meta.put_topic(new_topic(name, BTreeMap::new(), states));
         created += 1;
     }
     if created > 0 {
         info!(topics = created, partitions, "auto-created topics");
     }
-    created
+    Ok(created)
+}
+
+fn new_topic(name: String, configs: BTreeMap<String, String>, assignment: Vec<PartitionState>) -> TopicMeta {
+    let partitions = assignment.len() as i32;
+    TopicMeta { name, id: random_topic_id(), partitions, configs, legacy_leader_epoch: 0, assignment }
+}
+
+/// Partitions `first..first + count` of topic `name`, one replica each,
+/// spread round-robin over the live brokers from a point the name picks
+/// (so that one-partition topics do not all land on the lowest node id).
+fn spread(meta: &ClusterMeta, name: &str, first: i32, count: i32) -> Result<Vec<PartitionState>, AdminError> {
+    let live: Vec<NodeId> = meta.live_brokers().map(|b| b.node_id).collect();
+    if live.is_empty() {
+        return Err(AdminError {
+            code: ResponseError::BrokerNotAvailable.code(),
+            message: "no live broker to place partitions on".into(),
+        });
+    }
+    let start = metadata::topic_hash(name) as usize;
+    Ok((first..first + count)
+        .map(|p| {
+            let node = live[(start + p as usize) % live.len()];
+            PartitionState::led_by(node, vec![node], 0)
+        })
+        .collect())
+}
+
+/// A client's explicit assignment: every replica a registered broker, none twice.
+fn explicit_assignment(meta: &ClusterMeta, assignment: Vec<Vec<NodeId>>) -> Result<Vec<PartitionState>, AdminError> {
+    let invalid = |message: String| AdminError { code: ResponseError::InvalidReplicaAssignment.code(), message };
+    let mut states = Vec::with_capacity(assignment.len());
+    for (p, replicas) in assignment.into_iter().enumerate() {
+        let distinct: HashSet<NodeId> = replicas.iter().copied().collect();
+        if replicas.is_empty() || distinct.len() != replicas.len() {
+            return Err(invalid(format!("partition {p}: replicas {replicas:?} are empty or repeat a broker")));
+        }
+        if let Some(unknown) = replicas.iter().find(|b| !meta.brokers.contains_key(b)) {
+            return Err(invalid(format!("partition {p}: broker {unknown} is not registered")));
+        }
+        let leader = replicas.iter().copied().find(|b| meta.brokers[b].fenced.then_some(()).is_none());
+        states.push(PartitionState {
+            isr: replicas.clone(),
+            leader: leader.unwrap_or(NO_LEADER),
+            leader_epoch: 0,
+            replicas,
+        });
+    }
+    Ok(states)
+}
+
+/// After `node` was fenced (`fenced`) or registered again: every partition
+/// it led gets a new leader from the rest of its ISR (none: no leader, the
+/// partition is offline until one returns); every leaderless partition
+/// whose ISR has `node` is led by it again. Each change bumps the epoch.
+fn reelect(meta: &mut ClusterMeta, node: NodeId, fenced: bool) {
+    let live = |meta: &ClusterMeta, b: NodeId| meta.brokers.get(&b).is_some_and(|r| !r.fenced);
+    let topics: Vec<Arc<TopicMeta>> = meta.topics.values().cloned().collect();
+    for topic in topics {
+        let mut changed = (*topic).clone();
+        let mut touched = false;
+        for state in &mut changed.assignment {
+            if fenced && state.leader == node {
+                let next = state.isr.iter().copied().find(|b| *b != node && live(meta, *b));
+                state.leader = next.unwrap_or(NO_LEADER);
+                if state.isr.len() > 1 {
+                    state.isr.retain(|b| *b != node);
+                }
+            } else if !fenced && state.leader == NO_LEADER && state.isr.contains(&node) {
+                state.leader = node;
+            } else {
+                continue;
+            }
+            state.leader_epoch += 1;
+            touched = true;
+        }
+        if touched {
+            info!(topic = %changed.name, node, fenced, "partition leaders changed");
+            meta.put_topic(changed);
+        }
+    }
 }
 
 /// Removes deleted partitions' directories: `(directory, its -delete name)`.
@@ -551,6 +661,7 @@ mod tests {
         queued(AdminOp::CreateTopic {
             name: name.into(),
             partitions: 1,
+            assignment: Vec::new(),
             configs: BTreeMap::new(),
             validate_only: false,
         })
@@ -567,5 +678,58 @@ mod tests {
         let sizes: Vec<usize> = commit_groups(batch).iter().map(Vec::len).collect();
         assert_eq!(sizes, [3, 2, 2]);
         assert_eq!(commit_groups(vec![create("x"), create("y"), delete("z")]).len(), 1);
+    }
+
+    fn broker(node: NodeId) -> BrokerRegistration {
+        BrokerRegistration { node_id: node, host: "h".into(), port: 9000 + node, fenced: false }
+    }
+
+    #[test]
+    fn fencing_moves_leadership_within_the_isr_and_registration_brings_it_back() {
+        let mut meta = ClusterMeta::new(1, 1, Vec::new());
+        for node in 1..=3 {
+            meta.brokers.insert(node, broker(node));
+        }
+        let states = vec![
+            PartitionState::led_by(1, vec![1, 2, 3], 4), // replicated: moves to 2
+            PartitionState::led_by(1, vec![1], 0),       // alone: offline
+            PartitionState::led_by(2, vec![2, 1], 0),    // not led by 1: untouched
+        ];
+        meta.put_topic(new_topic("t".into(), BTreeMap::new(), states));
+        meta.brokers.get_mut(&1).unwrap().fenced = true;
+        reelect(&mut meta, 1, true);
+        let t = meta.topic("t").unwrap().clone();
+        assert_eq!(
+            (t.partition(0).leader, t.partition(0).leader_epoch, t.partition(0).isr.clone()),
+            (2, 5, vec![2, 3])
+        );
+        assert_eq!((t.partition(1).leader, t.partition(1).leader_epoch), (NO_LEADER, 1));
+        assert_eq!((t.partition(2).leader, t.partition(2).leader_epoch), (2, 0));
+        assert_eq!(meta.placement(&t.tp(1)).unwrap().leader, NO_LEADER);
+
+        meta.brokers.insert(1, broker(1));
+        reelect(&mut meta, 1, false);
+        let t = meta.topic("t").unwrap().clone();
+        assert_eq!((t.partition(1).leader, t.partition(1).leader_epoch), (1, 2), "back as the only ISR member");
+        assert_eq!(t.partition(0).leader, 2, "a live leader keeps leading");
+    }
+
+    #[test]
+    fn partitions_spread_over_live_brokers_only() {
+        let mut meta = ClusterMeta::new(1, 1, Vec::new());
+        for node in 1..=3 {
+            meta.brokers.insert(node, broker(node));
+        }
+        meta.brokers.get_mut(&2).unwrap().fenced = true;
+        let states = spread(&meta, "t", 0, 6).unwrap();
+        let leaders: HashSet<NodeId> = states.iter().map(|s| s.leader).collect();
+        assert_eq!(leaders, HashSet::from([1, 3]));
+        assert!(explicit_assignment(&meta, vec![vec![4]]).is_err(), "unknown broker");
+        assert!(explicit_assignment(&meta, vec![vec![1, 1]]).is_err(), "repeated broker");
+        assert_eq!(
+            explicit_assignment(&meta, vec![vec![2, 3]]).unwrap()[0].leader,
+            3,
+            "a fenced replica does not lead"
+        );
     }
 }

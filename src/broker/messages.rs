@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use shards::Reply;
 
-use super::admin::{AdminError, AdminOp, AdminResult};
+use super::admin::{AdminOp, AdminResult};
 use super::metadata::{ClusterMeta, TopicPartition};
 use crate::group::{GroupOp, GroupResult};
 use crate::storage::Durability;
@@ -97,7 +97,7 @@ pub enum ShardMsg {
         timeout: Duration,
         reply: Reply<()>,
     },
-    /// To the controller shard (0).
+    /// To shard 0, which runs it on (or forwards it to) the active controller.
     Admin {
         op: AdminOp,
         reply: Reply<AdminResult>,
@@ -109,10 +109,6 @@ pub enum ShardMsg {
     },
     /// From the controller at start: every shard has its partitions open.
     Start,
-    /// To the controller: reserve a block of producer ids; answers its first id.
-    AllocateProducerIds {
-        reply: Reply<Result<i64, AdminError>>,
-    },
     /// To the coordinator of a group: the shard owning its offsets partition.
     Group {
         partition: i32,

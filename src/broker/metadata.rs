@@ -1,9 +1,11 @@
 //! Cluster metadata: topics, their configs, and the placement table saying
 //! which node, shard and leader epoch own each partition.
 //!
-//! Shard 0 acts as the controller: it alone changes metadata, persists it to
-//! `<data_dir>/topics.json`, and sends every shard an immutable snapshot.
-//! Other shards only read their own snapshot.
+//! The metadata is the state the controller's Raft log builds (see
+//! `crate::controller`): every node applies the log on its shard 0 and sends
+//! every shard an immutable snapshot. Other shards only read their own.
+//! `topics.json` is the format of data directories from before the log; it
+//! is read once, to start the log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,14 +32,57 @@ pub struct TopicMeta {
     pub partitions: i32,
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
-    #[serde(default)]
+    /// The leader epoch of every partition in data directories from before
+    /// per-partition state; [`ClusterMeta::put_topic`] moves it into `assignment`.
+    #[serde(default, rename = "leader_epoch", skip_serializing)]
+    pub legacy_leader_epoch: i32,
+    /// Each partition's replicas, leader and ISR, indexed by partition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assignment: Vec<PartitionState>,
+}
+
+/// A partition's placement over the cluster, as the controller decided it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Every node holding a replica; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+    /// The node leading, or [`NO_LEADER`] while no replica can.
+    pub leader: NodeId,
+    /// Bumped on every change of leader.
     pub leader_epoch: i32,
+    /// The in-sync replicas (the leader among them).
+    pub isr: Vec<NodeId>,
+}
+
+/// `leader` of a partition that no live replica can lead.
+pub const NO_LEADER: NodeId = -1;
+
+impl PartitionState {
+    pub fn led_by(node: NodeId, replicas: Vec<NodeId>, leader_epoch: i32) -> PartitionState {
+        PartitionState { isr: replicas.clone(), replicas, leader: node, leader_epoch }
+    }
+}
+
+/// A broker as the controller knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BrokerRegistration {
+    pub node_id: NodeId,
+    /// The endpoint clients are told (advertised host and port).
+    pub host: String,
+    pub port: i32,
+    /// Silent for longer than the session timeout: leads nothing, listed nowhere.
+    pub fenced: bool,
 }
 
 impl TopicMeta {
     /// `__consumer_offsets`: written, sized and configured by the broker only.
     pub fn is_internal(&self) -> bool {
         self.name == crate::group::OFFSETS_TOPIC
+    }
+
+    /// The state of `partition` (which exists).
+    pub fn partition(&self, partition: i32) -> &PartitionState {
+        &self.assignment[partition as usize]
     }
 
     pub fn tp(&self, partition: i32) -> TopicPartition {
@@ -98,9 +143,19 @@ fn hex(id: &[u8; 16]) -> String {
 /// One immutable snapshot of the cluster's metadata.
 #[derive(Clone, Debug)]
 pub struct ClusterMeta {
+    /// This node (not replicated).
     pub node_id: NodeId,
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
+    /// Where each partition is: its leader, and the shard on this node owning
+    /// it if this node holds a replica (derived from `topics`).
     pub placement: PlacementTable<TopicPartition>,
+    pub brokers: BTreeMap<NodeId, BrokerRegistration>,
+    /// The first producer id no shard of any node has been given.
+    pub next_producer_id: i64,
+    /// The active controller as this node last knew it (-1: none known; not replicated).
+    pub controller: NodeId,
+    /// The Raft index of the last record applied (not replicated).
+    pub applied_index: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -110,18 +165,44 @@ struct MetaFile {
 
 impl ClusterMeta {
     pub fn new(node_id: NodeId, shard_count: usize, topics: Vec<TopicMeta>) -> ClusterMeta {
-        let mut meta = ClusterMeta { node_id, topics: BTreeMap::new(), placement: PlacementTable::new(shard_count) };
+        let mut meta = ClusterMeta {
+            node_id,
+            topics: BTreeMap::new(),
+            placement: PlacementTable::new(shard_count),
+            brokers: BTreeMap::new(),
+            next_producer_id: 0,
+            controller: -1,
+            applied_index: 0,
+        };
         for topic in topics {
             meta.put_topic(topic);
         }
         meta
     }
 
-    /// Adds or replaces a topic and places each of its partitions.
-    pub fn put_topic(&mut self, topic: TopicMeta) {
+    /// Adds or replaces a topic and places each of its partitions. A topic
+    /// without partition states (from `topics.json`) is led by this node.
+    pub fn put_topic(&mut self, mut topic: TopicMeta) {
+        if let Some(old) = self.topics.get(&topic.name).cloned() {
+            for p in topic.partitions..old.partitions {
+                self.placement.remove(&old.tp(p));
+            }
+        }
+        let legacy_epoch = topic.legacy_leader_epoch;
+        let node = self.node_id;
+        topic
+            .assignment
+            .resize_with(topic.partitions as usize, || PartitionState::led_by(node, vec![node], legacy_epoch));
         let spread = topic_hash(&topic.name);
-        for p in 0..topic.partitions {
-            self.placement.place(topic.tp(p), self.node_id, topic.leader_epoch, spread.wrapping_add(p as u64));
+        for (p, state) in topic.assignment.iter().enumerate() {
+            let tp = topic.tp(p as i32);
+            self.placement.place_replicas(
+                tp,
+                state.leader,
+                state.leader_epoch,
+                &state.replicas,
+                spread.wrapping_add(p as u64),
+            );
         }
         self.topics.insert(topic.name.clone(), Arc::new(topic));
     }
@@ -132,6 +213,16 @@ impl ClusterMeta {
             self.placement.remove(&topic.tp(p));
         }
         Some(topic)
+    }
+
+    /// Whether this node holds a replica of `tp`.
+    pub fn hosts(&self, tp: &TopicPartition) -> bool {
+        self.placement(tp).is_some_and(|pl| pl.replicas.contains(&self.node_id))
+    }
+
+    /// Brokers clients may use: registered and not fenced.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRegistration> {
+        self.brokers.values().filter(|b| !b.fenced)
     }
 
     pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
@@ -160,14 +251,17 @@ impl ClusterMeta {
         Ok((ClusterMeta::new(node_id, shard_count, file.topics), assigned))
     }
 
-    /// The directory names of every partition of every topic.
+    /// The directory names of every partition this node holds a replica of.
     pub fn partition_dir_names(&self) -> std::collections::HashSet<String> {
-        self.topics.values().flat_map(|t| (0..t.partitions).map(|p| t.dir_name(p))).collect()
+        self.topics
+            .values()
+            .flat_map(|t| (0..t.partitions).filter(|p| self.hosts(&t.tp(*p))).map(|p| t.dir_name(p)))
+            .collect()
     }
 }
 
 /// FNV-1a: a stable spread of topics over shards across restarts.
-fn topic_hash(name: &str) -> u64 {
+pub fn topic_hash(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
@@ -289,7 +383,7 @@ fn cleanup_policy(value: &str) -> Option<(bool, bool)> {
     (compact || delete).then_some((compact, delete))
 }
 
-mod hex_id {
+pub mod hex_id {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(id: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
@@ -331,11 +425,13 @@ mod tests {
             id: random_topic_id(),
             partitions: 4,
             configs: BTreeMap::new(),
-            leader_epoch: 0,
+            legacy_leader_epoch: 0,
+            assignment: Vec::new(),
         };
         let meta = ClusterMeta::new(0, 2, vec![topic.clone()]);
         let (back, assigned) = ClusterMeta::from_json(0, 2, &meta.to_json()).unwrap();
-        assert_eq!(**back.topic("t").unwrap(), topic);
+        assert_eq!(**back.topic("t").unwrap(), **meta.topic("t").unwrap());
+        assert_eq!(back.topic("t").unwrap().partition(3), &PartitionState::led_by(0, vec![0], 0));
         assert_eq!(assigned, 0);
         let shards: Vec<usize> = (0..4).map(|p| back.placement(&topic.tp(p)).unwrap().shard).collect();
         assert_eq!(shards.iter().filter(|&&s| s == 0).count(), 2, "partitions spread over both shards");
@@ -355,8 +451,14 @@ mod tests {
 
     #[test]
     fn partition_and_deleted_dir_names() {
-        let topic =
-            TopicMeta { name: "a-b".into(), id: [0xab; 16], partitions: 1, configs: BTreeMap::new(), leader_epoch: 0 };
+        let topic = TopicMeta {
+            name: "a-b".into(),
+            id: [0xab; 16],
+            partitions: 1,
+            configs: BTreeMap::new(),
+            legacy_leader_epoch: 0,
+            assignment: Vec::new(),
+        };
         assert!(is_partition_dir_name(&topic.dir_name(12)));
         let deleted = topic.deleted_dir_name(12);
         assert_eq!(deleted, format!("a-b-12.{}-delete", "ab".repeat(16)));

@@ -54,8 +54,8 @@ pub struct Broker {
     pub connections: Cell<usize>,
     /// This shard's unused producer ids: [next, end).
     producer_ids: Cell<(i64, i64)>,
-    /// Controller only: the first id of the next block to hand out.
-    next_producer_id_block: Cell<i64>,
+    /// Shard 0: this node's controller (a voter of the quorum).
+    controller: RefCell<Option<Rc<crate::controller::Controller>>>,
     /// The consumer groups of the offsets partitions this shard owns.
     pub groups: Rc<Coordinator>,
 }
@@ -74,9 +74,15 @@ impl Broker {
             ready: Cell::new(false),
             connections: Cell::new(0),
             producer_ids: Cell::new((0, 0)),
-            next_producer_id_block: Cell::new(0),
+            controller: RefCell::new(None),
             groups: Coordinator::new(&config),
         }
+    }
+
+    /// Shard 0: this node's controller (set at start, before any request).
+    pub fn controller(&self) -> Rc<crate::controller::Controller> {
+        assert_eq!(self.shard_id, admin::CONTROLLER_SHARD, "the controller lives on shard 0");
+        self.controller.borrow().clone().expect("the controller starts before any request")
     }
 
     /// The current metadata snapshot (cheap: an `Arc` clone).
@@ -109,16 +115,13 @@ impl Broker {
                     let _ = reply.send(());
                 }
                 ShardMsg::Admin { op, reply } => {
-                    let _ = reply.send(broker.run_admin(op).await);
+                    let _ = reply.send(broker.admin_here(op).await);
                 }
                 ShardMsg::Install { meta, reply } => {
                     broker.install(meta).await;
                     let _ = reply.send(());
                 }
                 ShardMsg::Start => broker.ready.set(true),
-                ShardMsg::AllocateProducerIds { reply } => {
-                    let _ = reply.send(broker.allocate_producer_id_block().await);
-                }
                 ShardMsg::Group { partition, op, reply } => {
                     let _ = reply.send(broker.groups.run(&broker, partition, op).await);
                 }
@@ -137,7 +140,9 @@ impl Broker {
     /// another shard through its mailbox.
     pub async fn on_partition(&self, tp: TopicPartition, op: PartitionOp) -> PartitionResult {
         let owner = match self.meta.borrow().placement(&tp) {
-            Some(placement) => placement.shard,
+            Some(placement) if placement.leader == self.config.node_id => placement.shard,
+            // NOT_LEADER_OR_FOLLOWER: the client refreshes its metadata.
+            Some(_) => return Err(PartitionError::NotAvailable),
             None => return Err(PartitionError::UnknownTopicOrPartition),
         };
         if owner == self.shard_id {
@@ -158,6 +163,9 @@ impl Broker {
         let topic = meta.topic(OFFSETS_TOPIC).ok_or(unavailable)?;
         let partition = offsets_partition(group_id, topic.partitions);
         let placement = meta.placement(&topic.tp(partition)).ok_or(unavailable)?;
+        if placement.leader != self.config.node_id {
+            return Err(kafka_protocol::error::ResponseError::NotCoordinator.code());
+        }
         Ok((partition, placement.shard))
     }
 
@@ -328,7 +336,7 @@ impl Broker {
         for topic in meta.topics.values() {
             for p in 0..topic.partitions {
                 let tp = topic.tp(p);
-                if meta.placement(&tp).is_some_and(|pl| pl.shard == self.shard_id) {
+                if meta.hosts(&tp) && meta.placement(&tp).is_some_and(|pl| pl.shard == self.shard_id) {
                     mine.push((topic.clone(), p));
                 }
             }
@@ -341,15 +349,18 @@ impl Broker {
             let mut log_config = metadata::log_config(&self.config.log_defaults(), &topic.configs)
                 .unwrap_or_else(|_| self.config.log_defaults());
             log_config.cache_bytes = cache_bytes;
+            let leader_epoch = topic.partition(*p).leader_epoch;
             if let Some(existing) = self.local_partition(&tp) {
-                existing.log.borrow_mut().config = log_config;
+                let mut log = existing.log.borrow_mut();
+                log.config = log_config;
+                log.leader_epoch = leader_epoch;
                 continue;
             }
             if topic.name == OFFSETS_TOPIC {
                 log_config.write_buffer_bytes = OFFSETS_WRITE_BUFFER_BYTES;
             }
             let dir = self.config.data_dir.join(topic.dir_name(*p));
-            match storage::open_log(&dir, log_config, topic.leader_epoch).await {
+            match storage::open_log(&dir, log_config, leader_epoch).await {
                 Ok(log) => {
                     let partition = Partition::start(log);
                     self.partitions.borrow_mut().insert(tp, partition.clone());
@@ -364,7 +375,7 @@ impl Broker {
             .partitions
             .borrow()
             .iter()
-            .filter(|(tp, _)| meta.placement(tp).is_none_or(|pl| pl.shard != self.shard_id))
+            .filter(|(tp, _)| !meta.hosts(tp) || meta.placement(tp).is_none_or(|pl| pl.shard != self.shard_id))
             .map(|(tp, p)| (*tp, p.clone()))
             .collect();
         // A deleted topic's directories are renamed to unique `-delete` names

@@ -36,7 +36,7 @@ async fn alter(
         });
     }
     let op = AdminOp::AlterConfigs { name: name.to_string(), changes: changes?, replace, validate_only };
-    broker.admin(op).await
+    broker.admin(op).await.map(|_| ())
 }
 
 pub async fn handle_alter(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {

@@ -58,14 +58,21 @@ async fn create(
     if duplicated.contains(&name) {
         return Err((ResponseError::InvalidRequest.code(), format!("topic {name:?} appears more than once")));
     }
-    if topic.replication_factor > 1
-        || topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != broker.config.node_id))
-    {
+    if topic.replication_factor > 1 || topic.assignments.iter().any(|a| a.broker_ids.len() > 1) {
         return Err((
             ResponseError::InvalidReplicationFactor.code(),
-            "replication factor is larger than the 1 available broker".to_string(),
+            "spate does not replicate partitions yet: the replication factor must be 1".to_string(),
         ));
     }
+    let mut assignments = topic.assignments.clone();
+    assignments.sort_by_key(|a| a.partition_index);
+    if assignments.iter().enumerate().any(|(i, a)| a.partition_index != i as i32) {
+        return Err((
+            ResponseError::InvalidReplicaAssignment.code(),
+            "assignments must name partitions 0, 1, 2, ... once each".to_string(),
+        ));
+    }
+    let assignment: Vec<Vec<i32>> = assignments.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect();
     let partitions = match (topic.assignments.len(), topic.num_partitions) {
         (0, -1) => broker.config.default_partitions,
         (0, n) => n,
@@ -73,7 +80,7 @@ async fn create(
     };
     let configs: BTreeMap<String, String> =
         topic.configs.iter().filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string()))).collect();
-    let op = AdminOp::CreateTopic { name, partitions, configs, validate_only };
+    let op = AdminOp::CreateTopic { name, partitions, assignment, configs, validate_only };
     broker.admin(op).await.map_err(|e| (e.code, e.message))?;
     Ok(partitions)
 }

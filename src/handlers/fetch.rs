@@ -139,7 +139,7 @@ fn new_slot(known: Option<&std::sync::Arc<TopicMeta>>, p: &FetchPartition) -> Sl
     };
     match known.filter(|t| p.partition >= 0 && p.partition < t.partitions) {
         None => slot.error = ResponseError::UnknownTopicOrPartition.code(),
-        Some(t) => match check_leader_epoch(p.current_leader_epoch, t.leader_epoch) {
+        Some(t) => match check_leader_epoch(p.current_leader_epoch, t.partition(p.partition).leader_epoch) {
             Ok(()) => slot.tp = Some(t.tp(p.partition)),
             Err(code) => slot.error = code,
         },

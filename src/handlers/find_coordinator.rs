@@ -1,5 +1,5 @@
-//! FindCoordinator: every group's coordinator is this node (the leader of
-//! its `__consumer_offsets` partition); the topic is created on first use.
+//! FindCoordinator: a group's coordinator is the leader of its
+//! `__consumer_offsets` partition; the topic is created on first use.
 //! v4 batches keys. Transactions have no coordinator yet.
 
 use std::collections::BTreeMap;
@@ -11,8 +11,9 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 
 use super::{decode_body, FrameError};
 use crate::broker::admin::AdminOp;
+use crate::broker::metadata::BrokerRegistration;
 use crate::broker::Broker;
-use crate::group::OFFSETS_TOPIC;
+use crate::group::{offsets_partition, OFFSETS_TOPIC};
 use crate::protocol::{encode, str_bytes, Reply, Request};
 
 const GROUP_KEY_TYPE: i8 = 0;
@@ -34,17 +35,17 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
         .map(|key| {
             let mut c = Coordinator::default();
             c.key = key;
-            match &found {
-                Ok(()) => {
-                    c.node_id = BrokerId(broker.config.node_id);
-                    c.host = str_bytes(&broker.config.advertised_host());
-                    c.port = broker.config.advertised_port();
+            match found.clone().and_then(|()| coordinator_of(broker, &c.key)) {
+                Ok(leader) => {
+                    c.node_id = BrokerId(leader.node_id);
+                    c.host = str_bytes(&leader.host);
+                    c.port = leader.port;
                 }
                 Err((code, message)) => {
                     c.node_id = BrokerId(-1);
                     c.port = -1;
-                    c.error_code = *code;
-                    c.error_message = Some(str_bytes(message));
+                    c.error_code = code;
+                    c.error_message = Some(str_bytes(&message));
                 }
             }
             c
@@ -63,6 +64,19 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     Ok(encode(request, &response))
 }
 
+/// The live broker leading the offsets partition of group `key`.
+fn coordinator_of(broker: &Broker, key: &str) -> Result<BrokerRegistration, (i16, String)> {
+    let unavailable = |m: &str| (ResponseError::CoordinatorNotAvailable.code(), m.to_string());
+    let meta = broker.meta();
+    let topic = meta.topic(OFFSETS_TOPIC).ok_or_else(|| unavailable("no offsets topic"))?;
+    let state = topic.partition(offsets_partition(key, topic.partitions));
+    meta.brokers
+        .get(&state.leader)
+        .filter(|b| !b.fenced)
+        .cloned()
+        .ok_or_else(|| unavailable("the group's offsets partition has no live leader"))
+}
+
 /// Creates `__consumer_offsets` (compacted) unless it exists.
 pub async fn ensure_offsets_topic(broker: &Rc<Broker>) -> Result<(), (i16, String)> {
     if broker.meta().topic(OFFSETS_TOPIC).is_some() {
@@ -73,7 +87,7 @@ pub async fn ensure_offsets_topic(broker: &Rc<Broker>) -> Result<(), (i16, Strin
         ("segment.bytes".to_string(), broker.config.offsets_topic_segment_bytes.to_string()),
     ]);
     let op = AdminOp::EnsureOffsetsTopic { partitions: broker.config.offsets_topic_num_partitions, configs };
-    broker.admin(op).await.map_err(|e| {
+    broker.admin(op).await.map(|_| ()).map_err(|e| {
         tracing::warn!("creating {OFFSETS_TOPIC}: {}", e.message);
         (ResponseError::CoordinatorNotAvailable.code(), e.message)
     })

@@ -34,6 +34,10 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
             response.producer_id = ProducerId(id);
             response.producer_epoch = 0;
         }
+        // The quorum has no leader just now: clients retry this one.
+        Err(e) if e.code == ResponseError::NotController.code() || e.code == ResponseError::RequestTimedOut.code() => {
+            response.error_code = ResponseError::CoordinatorLoadInProgress.code()
+        }
         Err(e) => response.error_code = e.code,
     }
     Ok(encode(request, &response))

@@ -54,7 +54,8 @@ async fn lookup(
         out.error_code = ResponseError::UnknownTopicOrPartition.code();
         return out;
     };
-    if let Err(code) = check_leader_epoch(client_epoch, topic.leader_epoch) {
+    let epoch = topic.partition(partition).leader_epoch;
+    if let Err(code) = check_leader_epoch(client_epoch, epoch) {
         out.error_code = code;
         return out;
     }
@@ -71,13 +72,13 @@ async fn lookup(
     match broker.on_partition(tp, op).await {
         Ok(PartitionOk::Offsets { log_start_offset, high_watermark }) => {
             out.offset = if timestamp == EARLIEST { log_start_offset } else { high_watermark };
-            out.leader_epoch = leader_epoch(topic.leader_epoch);
+            out.leader_epoch = leader_epoch(epoch);
         }
         Ok(PartitionOk::Timestamped { found }) => {
             if let Some((ts, offset)) = found {
                 out.timestamp = ts;
                 out.offset = offset;
-                out.leader_epoch = leader_epoch(topic.leader_epoch);
+                out.leader_epoch = leader_epoch(epoch);
             }
         }
         Ok(other) => unreachable!("list offsets answered with {other:?}"),

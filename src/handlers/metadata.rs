@@ -1,5 +1,5 @@
-//! Metadata: brokers (this node), the controller (this node), and topics with
-//! their partitions' leaders and epochs. Unknown topics are auto-created when
+//! Metadata: the live brokers, the active controller, and topics with their
+//! partitions' leaders, epochs, replicas, ISR and offline replicas. Unknown topics are auto-created when
 //! the broker and the request both allow it.
 
 use std::rc::Rc;
@@ -12,8 +12,8 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 
 use super::{decode_body, FrameError};
 use crate::broker::admin::AdminOp;
-use crate::broker::metadata::valid_topic_name;
-use crate::broker::{Broker, TopicMeta};
+use crate::broker::metadata::{valid_topic_name, NO_LEADER};
+use crate::broker::{Broker, ClusterMeta, TopicMeta};
 use crate::protocol::{encode, str_bytes, Reply, Request};
 
 /// Kafka's "authorized operations not requested" marker.
@@ -35,20 +35,25 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     }
     let meta = broker.meta();
     let mut response = MetadataResponse::default();
-    let mut node = MetadataResponseBroker::default();
-    node.node_id = BrokerId(broker.config.node_id);
-    node.host = str_bytes(&broker.config.advertised_host());
-    node.port = broker.config.advertised_port();
-    response.brokers = vec![node];
+    response.brokers = meta
+        .live_brokers()
+        .map(|b| {
+            let mut node = MetadataResponseBroker::default();
+            node.node_id = BrokerId(b.node_id);
+            node.host = str_bytes(&b.host);
+            node.port = b.port;
+            node
+        })
+        .collect();
     response.cluster_id = Some(str_bytes(CLUSTER_ID));
-    response.controller_id = BrokerId(broker.config.node_id);
+    response.controller_id = BrokerId(meta.controller);
     response.cluster_authorized_operations = OPERATIONS_NOT_REQUESTED;
     response.topics = match wanted {
-        None => meta.topics.values().map(|t| describe_topic(broker, t)).collect(),
+        None => meta.topics.values().map(|t| describe_topic(&meta, t)).collect(),
         Some(names) => names
             .iter()
             .map(|name| match meta.topic(name) {
-                Some(topic) => describe_topic(broker, topic),
+                Some(topic) => describe_topic(&meta, topic),
                 None => missing_topic(name),
             })
             .collect(),
@@ -73,21 +78,30 @@ async fn auto_create_topics(broker: &Rc<Broker>, names: &[String]) {
     }
 }
 
-fn describe_topic(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
-    let node = BrokerId(broker.config.node_id);
+fn describe_topic(meta: &ClusterMeta, topic: &TopicMeta) -> MetadataResponseTopic {
+    let live = |node: &i32| meta.brokers.get(node).is_some_and(|b| !b.fenced);
+    let ids = |nodes: &[i32]| nodes.iter().map(|n| BrokerId(*n)).collect::<Vec<_>>();
     let mut out = MetadataResponseTopic::default();
     out.name = Some(TopicName(str_bytes(&topic.name)));
     out.topic_id = uuid::Uuid::from_bytes(topic.id);
     out.topic_authorized_operations = OPERATIONS_NOT_REQUESTED;
     out.is_internal = topic.name == crate::group::OFFSETS_TOPIC;
-    out.partitions = (0..topic.partitions)
-        .map(|p| {
+    out.partitions = topic
+        .assignment
+        .iter()
+        .enumerate()
+        .map(|(p, state)| {
             let mut part = MetadataResponsePartition::default();
-            part.partition_index = p;
-            part.leader_id = node;
-            part.leader_epoch = topic.leader_epoch;
-            part.replica_nodes = vec![node];
-            part.isr_nodes = vec![node];
+            part.partition_index = p as i32;
+            part.leader_id = BrokerId(state.leader);
+            if state.leader == NO_LEADER {
+                part.error_code = ResponseError::LeaderNotAvailable.code();
+            }
+            part.leader_epoch = state.leader_epoch;
+            part.replica_nodes = ids(&state.replicas);
+            part.isr_nodes = ids(&state.isr);
+            let offline: Vec<i32> = state.replicas.iter().copied().filter(|n| !live(n)).collect();
+            part.offline_replicas = ids(&offline);
             part
         })
         .collect();

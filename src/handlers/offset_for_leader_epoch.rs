@@ -26,7 +26,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
             result.end_offset = -1;
             match known.filter(|t| p.partition >= 0 && p.partition < t.partitions) {
                 None => result.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(t) => match check_leader_epoch(p.current_leader_epoch, t.leader_epoch) {
+                Some(t) => match check_leader_epoch(p.current_leader_epoch, t.partition(p.partition).leader_epoch) {
                     Err(code) => result.error_code = code,
                     Ok(()) => match broker
                         .on_partition(t.tp(p.partition), PartitionOp::EndOffsetForEpoch { epoch: p.leader_epoch })

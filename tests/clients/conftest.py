@@ -24,6 +24,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def answers(port):
+    """Whether a broker accepts connections on `port`. A socket connected to
+    itself (Linux allows it when the source port it picks is ours) is not one."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            return s.getsockname() != s.getpeername()
+    except OSError:
+        return False
+
+
 class Broker:
     def __init__(self, extra=()):
         self.dir = Path(tempfile.mkdtemp(prefix="spate-py-"))
