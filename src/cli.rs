@@ -311,10 +311,10 @@ fn describe(client: &mut Client, name: &str, out: &mut impl Write) -> Result<()>
         let leader = p.leader_id.0;
         let (start, end) = match brokers.get(&leader) {
             Some(addr) => {
-                if !leaders.contains_key(&leader) {
-                    leaders.insert(leader, Client::connect_kafka(addr)?);
-                }
-                let c = leaders.get_mut(&leader).expect("inserted above");
+                let c = match leaders.entry(leader) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => e.insert(Client::connect_kafka(addr)?),
+                };
                 (
                     c.list_offset(name, p.partition_index, -2)?.to_string(),
                     c.list_offset(name, p.partition_index, -1)?.to_string(),

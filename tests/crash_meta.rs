@@ -58,12 +58,12 @@ fn topic_names(client: &mut Client) -> BTreeSet<String> {
     metadata(client, None, false).topics.into_iter().filter_map(|t| Some(t.name?.0.to_string())).collect()
 }
 
-/// Whether the metadata log in `data_dir` holds the deletion of `topic`
-/// (an entry on disk is committed at the next start of a one-voter quorum).
-fn deletion_logged(data_dir: &Path, topic: &str) -> bool {
+/// How many deletions of `topic` the metadata log in `data_dir` holds (an
+/// entry on disk is committed at the next start of a one-voter quorum).
+fn deletions_logged(data_dir: &Path, topic: &str) -> usize {
     let log = std::fs::read(data_dir.join("__cluster_metadata").join("log")).unwrap_or_default();
     let needle = format!("{{\"RemoveTopic\":{{\"name\":\"{topic}\"");
-    log.windows(needle.len()).any(|w| w == needle.as_bytes())
+    log.windows(needle.len()).filter(|w| *w == needle.as_bytes()).count()
 }
 
 /// Asserts every partition of `topic` is empty: high watermark 0, no records.
@@ -139,11 +139,12 @@ fn kill9_during_delete_of_many_partitions_never_resurrects() {
         recreate_and_check(&broker, "t", PARTITIONS, delete_committed);
         fill(&mut broker.client(), "t", PARTITIONS);
         let addr = broker.addr.clone();
+        let logged_before = deletions_logged(&data_dir, "t");
         let deleter = std::thread::spawn(move || delete_topic(&mut Client::connect(&addr).unwrap(), "t"));
         let wait_for_persist = round + 1 < ROUNDS;
         if wait_for_persist {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !deletion_logged(&data_dir, "t") {
+            while deletions_logged(&data_dir, "t") == logged_before {
                 assert!(Instant::now() < deadline, "the deletion was never persisted");
                 std::thread::yield_now();
             }

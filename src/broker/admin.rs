@@ -433,7 +433,7 @@ impl Broker {
         while !(controller.caught_up() && controller.registered()) {
             glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             waited_ms += 10;
-            if waited_ms % 5000 == 0 {
+            if waited_ms.is_multiple_of(5000) {
                 info!(controller = controller.leader(), "waiting for the controller quorum to register this node");
             }
         }

@@ -364,9 +364,7 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
+        let mut e = Entry { index, term, ..Default::default() };
         e.set_data(data.to_vec().into());
         e
     }
