@@ -121,7 +121,9 @@ pub struct Controller {
     node_id: NodeId,
     voters: Vec<Voter>,
     broker: Rc<Broker>,
-    events: mpsc::Sender<Event>,
+    /// One sender, never cloned: each clone of a futures sender adds a slot
+    /// of its own, which would unbound the queue.
+    events: RefCell<mpsc::Sender<Event>>,
     peers: HashMap<NodeId, Rc<transport::PeerLink>>,
     files: LogFiles,
     /// The image as applied here (what every shard has installed).
@@ -203,7 +205,7 @@ impl Controller {
             node_id,
             voters: voters.clone(),
             broker: broker.clone(),
-            events,
+            events: RefCell::new(events),
             peers,
             files,
             image: RefCell::new(image.clone()),
@@ -256,7 +258,7 @@ impl Controller {
         }
         let (done, answer) = oneshot::channel();
         let event = Event::Propose { data: records::encode_records(records), done };
-        if self.events.clone().try_send(event).is_err() {
+        if self.events.borrow_mut().try_send(event).is_err() {
             return Err(not_controller("the controller is overloaded"));
         }
         match glommio::timer::timeout(PROPOSAL_TIMEOUT, async {
@@ -294,7 +296,7 @@ impl Controller {
         let tick = Duration::from_millis(self.broker.config.controller_tick_ms.max(1));
         loop {
             glommio::timer::sleep(tick).await;
-            let _ = self.events.clone().try_send(Event::Tick);
+            let _ = self.events.borrow_mut().try_send(Event::Tick);
             if self.is_leader() {
                 self.fence_silent_brokers();
             }
@@ -629,8 +631,14 @@ impl Controller {
 
 impl transport::Inbound for Controller {
     fn raft_message(&self, message: Message) {
-        // A full queue drops the message: Raft retries.
-        let _ = self.events.clone().try_send(Event::Step(message));
+        // Only voters' messages to this node; a full queue drops the
+        // message (Raft retries).
+        let from_voter = self.voters.iter().any(|v| raft_id(v.id) == message.from && v.id != self.node_id);
+        if !from_voter || message.to != raft_id(self.node_id) {
+            warn!(from = message.from, to = message.to, "dropping a raft message not between voters");
+            return;
+        }
+        let _ = self.events.borrow_mut().try_send(Event::Step(message));
     }
 
     fn request(self: Rc<Self>, payload: Vec<u8>) -> futures::future::LocalBoxFuture<'static, Vec<u8>> {

@@ -67,17 +67,21 @@ impl RaftStore {
 
     /// Where appending `ents` writes in `log`: the byte offset to cut the file
     /// to first (the entries they replace go), and the frames to append.
+    fn plan_append_frames(&self, ents: &[Entry]) -> Vec<u8> {
+        let mut frames = Vec::new();
+        for entry in ents {
+            push_frame(&mut frames, &entry.write_to_bytes().expect("an entry encodes"));
+        }
+        frames
+    }
+
     pub fn plan_append(&self, ents: &[Entry]) -> (u64, Vec<u8>) {
         let first = ents[0].index;
         assert!(first > self.snapshot_index(), "raft never overwrites what a snapshot covers");
         assert!(first <= self.last_index_now() + 1, "raft appends without gaps");
         let kept = (first - self.snapshot_index() - 1) as usize;
         let cut_at = if kept == 0 { 0 } else { self.entry_ends[kept - 1] };
-        let mut frames = Vec::new();
-        for entry in ents {
-            push_frame(&mut frames, &entry.write_to_bytes().expect("an entry encodes"));
-        }
-        (cut_at, frames)
+        (cut_at, self.plan_append_frames(ents))
     }
 
     /// The in-memory half of an append that `plan_append` planned and that
@@ -127,11 +131,7 @@ impl RaftStore {
 
     /// Every entry's frame, from offset 0: the `log` file after a snapshot.
     pub fn log_frames(&self) -> Vec<u8> {
-        let mut frames = Vec::new();
-        for entry in &self.entries {
-            push_frame(&mut frames, &entry.write_to_bytes().expect("an entry encodes"));
-        }
-        frames
+        self.plan_append_frames(&self.entries)
     }
 
     /// The term of the entry at `index`, if this store knows it.
@@ -241,9 +241,11 @@ impl LogFiles {
         // Entries a newer snapshot covers (a crash between writing it and
         // rewriting the log) are dropped; the rest must follow it.
         let mut end = 0u64;
+        let mut covered = false;
         for (entry, frame_len) in entries {
             end += frame_len as u64;
             if entry.index <= store.snapshot_index() {
+                covered = true;
                 continue;
             }
             if entry.index != store.last_index_now() + 1 {
@@ -252,15 +254,13 @@ impl LogFiles {
             store.entries.push(entry);
             store.entry_ends.push(end);
         }
-        if store.entries.first().is_some_and(|_| store.entry_ends[0] != store.entries[0].compute_size() as u64 + 8) {
-            // Covered entries lead the file: rewrite it so offsets match.
-            let frames = store.log_frames();
-            fsutil::write_atomic(&log_path, &frames)?;
-            let mut end = 0;
-            for (i, entry) in store.entries.iter().enumerate() {
-                end += (FRAME_HEADER_BYTES + entry.compute_size() as usize) as u64;
-                store.entry_ends[i] = end;
-            }
+        if covered {
+            // Covered entries lead the file: rewrite it without them, so
+            // that the offsets kept match the file.
+            let kept = std::mem::take(&mut store.entries);
+            store.entry_ends.clear();
+            fsutil::write_atomic(&log_path, &store.plan_append_frames(&kept))?;
+            store.append(&kept, 0);
         }
         if store.hard_state.commit < store.snapshot_index() {
             store.hard_state.commit = store.snapshot_index();

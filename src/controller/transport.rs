@@ -49,8 +49,12 @@ pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<(u8, V
     if len == 0 || len > MAX_FRAME_BYTES {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("controller frame of {len} bytes")));
     }
-    let mut payload = vec![0u8; len - 1];
-    stream.read_exact(&mut payload).await?;
+    // The buffer grows as bytes arrive: a length alone allocates nothing.
+    let mut payload = Vec::new();
+    (&mut *stream).take(len as u64 - 1).read_to_end(&mut payload).await?;
+    if payload.len() != len - 1 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(Some((header[4], payload)))
 }
 
