@@ -35,6 +35,24 @@ pub struct Config {
     /// The metadata log is snapshotted, and the entries before the snapshot
     /// dropped, once this many entries follow the last snapshot.
     pub metadata_snapshot_interval_entries: usize,
+    /// acks=all produces need this many in-sync replicas, unless the topic
+    /// sets its own (Kafka's `min.insync.replicas`).
+    pub min_insync_replicas: usize,
+    /// Replicas of a topic created without a replication factor (Kafka's
+    /// `default.replication.factor`).
+    pub default_replication_factor: i16,
+    /// A follower that has not caught up with its leader's log end for this
+    /// long leaves the ISR (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// Bytes a follower asks per partition in one fetch (`replica.fetch.max.bytes`).
+    pub replica_fetch_max_bytes: usize,
+    /// Bytes a follower asks in one fetch, all partitions together
+    /// (`replica.fetch.response.max.bytes`).
+    pub replica_fetch_response_max_bytes: usize,
+    /// How long a follower's fetch waits at the leader for new data (`replica.fetch.wait.max.ms`).
+    pub replica_fetch_wait_max_ms: u64,
+    /// Pause after a failed fetch before the next (`replica.fetch.backoff.ms`).
+    pub replica_fetch_backoff_ms: u64,
     /// Shards (executors); 0 = one per core.
     pub shards: usize,
     /// io_uring registered memory per shard (counts against RLIMIT_MEMLOCK).
@@ -162,6 +180,13 @@ impl Default for Config {
             broker_session_timeout_ms: 3000,
             broker_heartbeat_interval_ms: 500,
             metadata_snapshot_interval_entries: 1000,
+            min_insync_replicas: 1,
+            default_replication_factor: 1,
+            replica_lag_time_max_ms: 10_000,
+            replica_fetch_max_bytes: 1 << 20,
+            replica_fetch_response_max_bytes: 10 << 20,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_backoff_ms: 100,
             shards: 0,
             io_memory_bytes: 1 << 20,
             mailbox_capacity: 1024,
@@ -246,6 +271,17 @@ impl Config {
     }
 
     fn check(&self) -> Result<()> {
+        if self.default_replication_factor < 1 {
+            bail!("default_replication_factor must be at least 1");
+        }
+        if self.replica_lag_time_max_ms == 0 || self.replica_fetch_max_bytes == 0 || self.replica_fetch_wait_max_ms == 0 {
+            bail!("replica_lag_time_max_ms, replica_fetch_max_bytes and replica_fetch_wait_max_ms must be positive");
+        }
+        if self.replica_fetch_response_max_bytes < self.replica_fetch_max_bytes
+            || self.replica_fetch_response_max_bytes > 64 << 20
+        {
+            bail!("replica_fetch_response_max_bytes must be between replica_fetch_max_bytes and 64 MiB");
+        }
         if self.write_buffer_bytes == 0 || !self.write_buffer_bytes.is_multiple_of(4096) {
             bail!("write_buffer_bytes must be a positive multiple of 4096");
         }
@@ -333,6 +369,7 @@ impl Config {
             delete_retention_ms: self.log_cleaner_delete_retention_ms,
             min_compaction_lag_ms: self.log_cleaner_min_compaction_lag_ms,
             min_cleanable_dirty_ratio: self.log_cleaner_min_cleanable_ratio,
+            min_insync_replicas: self.min_insync_replicas,
         }
     }
 

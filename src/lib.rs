@@ -14,6 +14,7 @@ pub mod handlers;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod storage;
 

@@ -180,6 +180,16 @@ fn start_periodic_tasks(broker: &Rc<Broker>) -> Vec<glommio::Task<()>> {
             true
         }
     }));
+    // Kafka checks for lagging followers every half of the lag bound.
+    let isr_broker = broker.clone();
+    let isr_every = Duration::from_millis((broker.config.replica_lag_time_max_ms / 2).max(1));
+    tasks.push(shards::periodic(isr_every, move || {
+        let broker = isr_broker.clone();
+        async move {
+            crate::replication::shrink_lagging(&broker);
+            true
+        }
+    }));
     if broker.config.log_cleaner_enable {
         tasks.push(start_cleaner(broker.clone()));
     }

@@ -76,6 +76,8 @@ pub enum AdminOp {
         /// Each partition's replicas as the client assigned them; empty:
         /// spread `partitions` over the live brokers.
         assignment: Vec<Vec<NodeId>>,
+        /// Replicas per partition when spread.
+        replication_factor: usize,
         configs: BTreeMap<String, String>,
         validate_only: bool,
     },
@@ -118,6 +120,15 @@ pub enum AdminOp {
     },
     /// Reserves the next block of producer ids; answers its first id.
     AllocateProducerIds,
+    /// A partition's leader changes its ISR (Kafka's AlterPartition): only
+    /// the current leader, in its current epoch, may.
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        leader: NodeId,
+        leader_epoch: i32,
+        isr: Vec<NodeId>,
+    },
 }
 
 impl AdminOp {
@@ -277,6 +288,9 @@ impl Broker {
                 meta.next_producer_id = start + PRODUCER_ID_BLOCK;
                 Ok((true, start))
             }
+            AdminOp::AlterPartition { topic, partition, leader, leader_epoch, isr } => {
+                alter_partition(meta, &topic, partition, leader, leader_epoch, isr).map(|changed| (changed, 0))
+            }
             op => self.apply_topic_op(meta, op).map(|changed| (changed, 0)),
         }
     }
@@ -284,10 +298,11 @@ impl Broker {
     fn apply_topic_op(&self, meta: &mut ClusterMeta, op: AdminOp) -> Result<bool, AdminError> {
         let limit = self.config.max_partitions_per_topic;
         match op {
-            AdminOp::RegisterBroker { .. } | AdminOp::FenceBroker { .. } | AdminOp::AllocateProducerIds => {
-                unreachable!("handled by apply")
-            }
-            AdminOp::CreateTopic { name, partitions, assignment, configs, validate_only } => {
+            AdminOp::RegisterBroker { .. }
+            | AdminOp::FenceBroker { .. }
+            | AdminOp::AllocateProducerIds
+            | AdminOp::AlterPartition { .. } => unreachable!("handled by apply"),
+            AdminOp::CreateTopic { name, partitions, replication_factor, assignment, configs, validate_only } => {
                 if !valid_topic_name(&name) {
                     fail(ResponseError::InvalidTopicException, format!("invalid topic name {name:?}"))?;
                 }
@@ -301,7 +316,7 @@ impl Broker {
                     fail(ResponseError::InvalidConfig, message)?;
                 }
                 let states = if assignment.is_empty() {
-                    spread(meta, &name, 0, partitions)?
+                    spread(meta, &name, 0, partitions, replication_factor)?
                 } else {
                     explicit_assignment(meta, assignment)?
                 };
@@ -312,14 +327,17 @@ impl Broker {
                 meta.put_topic(new_topic(name, configs, states));
                 Ok(true)
             }
-            AdminOp::AutoCreateTopics { names, partitions } => Ok(auto_create(meta, names, partitions)? > 0),
+            AdminOp::AutoCreateTopics { names, partitions } => {
+                let factor = self.config.default_replication_factor as usize;
+                Ok(auto_create(meta, names, partitions, factor)? > 0)
+            }
             AdminOp::EnsureOffsetsTopic { partitions, configs } => {
                 let name = crate::group::OFFSETS_TOPIC.to_string();
                 if meta.topic(&name).is_some() {
                     return Ok(false);
                 }
                 info!(topic = %name, partitions, "creating the consumer offsets topic");
-                let states = spread(meta, &name, 0, partitions)?;
+                let states = spread(meta, &name, 0, partitions, 1)?;
                 meta.put_topic(new_topic(name, configs, states));
                 Ok(true)
             }
@@ -353,7 +371,8 @@ impl Broker {
                 if count > limit {
                     fail(ResponseError::InvalidPartitions, format!("partitions must be at most {limit}"))?;
                 }
-                let added = spread(meta, &name, topic.partitions, count - topic.partitions)?;
+                let factor = topic.assignment.first().map_or(1, |p| p.replicas.len());
+                let added = spread(meta, &name, topic.partitions, count - topic.partitions, factor)?;
                 if validate_only {
                     return Ok(false);
                 }
@@ -488,14 +507,14 @@ fn commit_groups(batch: Vec<Queued>) -> Vec<Vec<Queued>> {
 }
 
 /// Creates each valid name of `names` that is not a topic yet; returns how many.
-fn auto_create(meta: &mut ClusterMeta, names: Vec<String>, partitions: i32) -> Result<usize, AdminError> {
+fn auto_create(meta: &mut ClusterMeta, names: Vec<String>, partitions: i32, factor: usize) -> Result<usize, AdminError> {
     let mut created = 0;
     for name in names {
         if !valid_topic_name(&name) || meta.topic(&name).is_some() {
             continue;
         }
         debug!(topic = %name, partitions, "auto-creating topic");
-        let states = spread(meta, &name, 0, partitions)?;
+        let states = spread(meta, &name, 0, partitions, factor)?;
         meta.put_topic(new_topic(name, BTreeMap::new(), states));
         created += 1;
     }
@@ -510,10 +529,18 @@ fn new_topic(name: String, configs: BTreeMap<String, String>, assignment: Vec<Pa
     TopicMeta { name, id: random_topic_id(), partitions, configs, legacy_leader_epoch: 0, assignment }
 }
 
-/// Partitions `first..first + count` of topic `name`, one replica each,
-/// spread round-robin over the live brokers from a point the name picks
-/// (so that one-partition topics do not all land on the lowest node id).
-fn spread(meta: &ClusterMeta, name: &str, first: i32, count: i32) -> Result<Vec<PartitionState>, AdminError> {
+/// Partitions `first..first + count` of topic `name`, `factor` replicas
+/// each, spread round-robin over the live brokers from a point the name
+/// picks (so that one-partition topics do not all land on the lowest node
+/// id): partition p's replicas are the `factor` brokers from its start on,
+/// so leaders (the first replica) and followers are both spread evenly.
+fn spread(
+    meta: &ClusterMeta,
+    name: &str,
+    first: i32,
+    count: i32,
+    factor: usize,
+) -> Result<Vec<PartitionState>, AdminError> {
     let live: Vec<NodeId> = meta.live_brokers().map(|b| b.node_id).collect();
     if live.is_empty() {
         return Err(AdminError {
@@ -521,13 +548,57 @@ fn spread(meta: &ClusterMeta, name: &str, first: i32, count: i32) -> Result<Vec<
             message: "no live broker to place partitions on".into(),
         });
     }
+    if factor < 1 || factor > live.len() {
+        return Err(AdminError {
+            code: ResponseError::InvalidReplicationFactor.code(),
+            message: format!("replication factor {factor} needs as many live brokers; {} are live", live.len()),
+        });
+    }
     let start = metadata::topic_hash(name) as usize;
     Ok((first..first + count)
         .map(|p| {
-            let node = live[(start + p as usize) % live.len()];
-            PartitionState::led_by(node, vec![node], 0)
+            let replicas: Vec<NodeId> = (0..factor).map(|k| live[(start + p as usize + k) % live.len()]).collect();
+            PartitionState::led_by(replicas[0], replicas, 0)
         })
         .collect())
+}
+
+/// AlterPartition: the leader in its epoch sets the ISR; it must be made of
+/// the partition's replicas, hold the leader, and add only live brokers.
+fn alter_partition(
+    meta: &mut ClusterMeta,
+    topic: &str,
+    partition: i32,
+    leader: NodeId,
+    leader_epoch: i32,
+    isr: Vec<NodeId>,
+) -> Result<bool, AdminError> {
+    let existing = existing_topic(meta, topic)?.clone();
+    if partition < 0 || partition >= existing.partitions {
+        fail(ResponseError::UnknownTopicOrPartition, format!("no partition {topic}-{partition}"))?;
+    }
+    let state = existing.partition(partition);
+    if state.leader != leader || state.leader_epoch != leader_epoch {
+        fail(
+            ResponseError::FencedLeaderEpoch,
+            format!("{topic}-{partition} is led by {} in epoch {}", state.leader, state.leader_epoch),
+        )?;
+    }
+    let live = |b: &NodeId| meta.brokers.get(b).is_some_and(|r| !r.fenced);
+    let valid = isr.contains(&leader)
+        && isr.iter().all(|n| state.replicas.contains(n))
+        && isr.iter().filter(|n| !state.isr.contains(n)).all(live);
+    if !valid {
+        fail(ResponseError::InvalidRequest, format!("ISR {isr:?} of {topic}-{partition} is not a set of live replicas"))?;
+    }
+    if isr == state.isr {
+        return Ok(false);
+    }
+    info!(topic, partition, from = ?state.isr, to = ?isr, "ISR changed");
+    let mut changed = (*existing).clone();
+    changed.assignment[partition as usize].isr = isr;
+    meta.put_topic(changed);
+    Ok(true)
 }
 
 /// A client's explicit assignment: every replica a registered broker, none twice.
@@ -562,12 +633,25 @@ fn reelect(meta: &mut ClusterMeta, node: NodeId, fenced: bool) {
     let topics: Vec<Arc<TopicMeta>> = meta.topics.values().cloned().collect();
     for topic in topics {
         let mut changed = (*topic).clone();
+        let unclean = changed.configs.get("unclean.leader.election.enable").is_some_and(|v| v == "true");
         let mut touched = false;
         for state in &mut changed.assignment {
+            if fenced && state.isr.len() > 1 && state.isr.contains(&node) && state.leader != node {
+                // A fenced follower is out of sync (KRaft drops it from every ISR).
+                state.isr.retain(|b| *b != node);
+                touched = true;
+                continue;
+            }
             if fenced && state.leader == node {
                 let next = state.isr.iter().copied().find(|b| *b != node && live(meta, *b));
+                // Unclean election, where the topic allows it: any live replica.
+                let next = next.or_else(|| {
+                    unclean.then(|| state.replicas.iter().copied().find(|b| *b != node && live(meta, *b))).flatten()
+                });
                 state.leader = next.unwrap_or(NO_LEADER);
-                if state.isr.len() > 1 {
+                if let Some(next) = next.filter(|n| !state.isr.contains(n)) {
+                    state.isr = vec![next]; // unclean: it alone is in sync now
+                } else if state.isr.len() > 1 {
                     state.isr.retain(|b| *b != node);
                 }
             } else if !fenced && state.leader == NO_LEADER && state.isr.contains(&node) {

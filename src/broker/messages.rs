@@ -21,10 +21,15 @@ pub enum PartitionOp {
         records: Bytes,
         durability: Durability,
         appended: futures::channel::oneshot::Sender<()>,
+        /// acks=all: how long to wait for the in-sync replicas (the request's timeout).
+        timeout_ms: u64,
     },
+    /// `follower`: a follower replica's fetch (its node id): it reads
+    /// everything written, and its fetch offset is its log end.
     Read {
         offset: i64,
         max_bytes: usize,
+        follower: Option<i32>,
     },
     Offsets,
     OffsetForTime {
@@ -82,6 +87,12 @@ pub enum PartitionError {
     InvalidProducerEpoch,
     /// Clients may not write to or delete from an internal topic.
     InternalTopic,
+    /// acks=all with fewer in-sync replicas than `min.insync.replicas`.
+    NotEnoughReplicas,
+    /// acks=all: the in-sync replicas did not all have the batch in time.
+    RequestTimedOut,
+    /// A fetch from a node that is not one of the partition's replicas.
+    NotFollower,
 }
 
 pub type PartitionResult = Result<PartitionOk, PartitionError>;
@@ -95,6 +106,8 @@ pub enum ShardMsg {
     WaitForData {
         waits: Vec<(TopicPartition, i64)>,
         timeout: Duration,
+        /// A follower's fetch: waits for written data, not the high watermark.
+        replica: bool,
         reply: Reply<()>,
     },
     /// To shard 0, which runs it on (or forwards it to) the active controller.

@@ -305,6 +305,8 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "delete.retention.ms",
     "min.compaction.lag.ms",
     "min.cleanable.dirty.ratio",
+    "min.insync.replicas",
+    "unclean.leader.election.enable",
 ];
 
 /// The default value of a topic config, as DescribeConfigs shows it.
@@ -321,6 +323,8 @@ pub fn default_config_value(key: &str, defaults: &LogConfig) -> Option<String> {
         "delete.retention.ms" => defaults.delete_retention_ms.to_string(),
         "min.compaction.lag.ms" => defaults.min_compaction_lag_ms.to_string(),
         "min.cleanable.dirty.ratio" => defaults.min_cleanable_dirty_ratio.to_string(),
+        "min.insync.replicas" => defaults.min_insync_replicas.to_string(),
+        "unclean.leader.election.enable" => "false".into(),
         _ => return None,
     })
 }
@@ -346,6 +350,8 @@ pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> R
                     value.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(bad)?
             }
             "retention.ms" => log.retention_ms = int()?,
+            "min.insync.replicas" if int()? >= 1 => log.min_insync_replicas = int()? as usize,
+            "unclean.leader.election.enable" if value == "true" || value == "false" => {}
             "retention.bytes" => log.retention_bytes = int()?,
             "segment.bytes" if (1 << 14..=crate::storage::log::MAX_SEGMENT_BYTES as i64).contains(&int()?) => {
                 log.segment_bytes = int()? as u64

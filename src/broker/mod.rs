@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use glommio::sync::Semaphore;
 use shards::{Mailbox, ShardId};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::group::{offsets_partition, CommitArgs, Coordinator, GroupOp, GroupResult, OFFSETS_TOPIC};
@@ -58,6 +58,8 @@ pub struct Broker {
     controller: RefCell<Option<Rc<crate::controller::Controller>>>,
     /// The consumer groups of the offsets partitions this shard owns.
     pub groups: Rc<Coordinator>,
+    /// Roles of this shard's replicated partitions and its fetchers.
+    pub replication: crate::replication::Replication,
 }
 
 impl Broker {
@@ -76,6 +78,7 @@ impl Broker {
             producer_ids: Cell::new((0, 0)),
             controller: RefCell::new(None),
             groups: Coordinator::new(&config),
+            replication: Default::default(),
         }
     }
 
@@ -110,8 +113,8 @@ impl Broker {
                 ShardMsg::Partition { tp, op, reply } => {
                     let _ = reply.send(broker.run_local(tp, op).await);
                 }
-                ShardMsg::WaitForData { waits, timeout, reply } => {
-                    broker.wait_local(&waits, timeout).await;
+                ShardMsg::WaitForData { waits, timeout, replica, reply } => {
+                    broker.wait_local(&waits, timeout, replica).await;
                     let _ = reply.send(());
                 }
                 ShardMsg::Admin { op, reply } => {
@@ -138,7 +141,7 @@ impl Broker {
 
     /// Runs `op` on partition `tp`, wherever it lives: here directly, on
     /// another shard through its mailbox.
-    pub async fn on_partition(&self, tp: TopicPartition, op: PartitionOp) -> PartitionResult {
+    pub async fn on_partition(self: &Rc<Self>, tp: TopicPartition, op: PartitionOp) -> PartitionResult {
         let owner = match self.meta.borrow().placement(&tp) {
             Some(placement) if placement.leader == self.config.node_id => placement.shard,
             // NOT_LEADER_OR_FOLLOWER: the client refreshes its metadata.
@@ -235,25 +238,49 @@ impl Broker {
         self.partitions.borrow().get(tp).cloned()
     }
 
-    async fn run_local(&self, tp: TopicPartition, op: PartitionOp) -> PartitionResult {
+    async fn run_local(self: &Rc<Self>, tp: TopicPartition, op: PartitionOp) -> PartitionResult {
         let Some(partition) = self.local_partition(&tp) else {
             return Err(PartitionError::UnknownTopicOrPartition);
         };
         let log_start = || partition.log.borrow().log_start_offset();
         match op {
-            PartitionOp::Produce { records, durability, appended } => {
+            PartitionOp::Produce { records, durability, appended, timeout_ms } => {
+                let all = durability == Durability::Synced;
+                if all && in_sync_replicas(&partition) < partition.log.borrow().config.min_insync_replicas {
+                    return Err(PartitionError::NotEnoughReplicas);
+                }
                 let appended_info = partition.append(records, storage::now_ms()).await;
                 drop(appended); // took effect: the request's connection may dispatch its next one
                 let info = appended_info.map_err(PartitionError::from)?;
                 partition.wait_durable(info.last_offset, durability).await.map_err(PartitionError::from)?;
+                if all {
+                    let timeout = Duration::from_millis(timeout_ms);
+                    let replicated = partition.wait_replicated(info.last_offset);
+                    match glommio::timer::timeout(timeout, async { Ok(replicated.await) }).await {
+                        Ok(result) => result.map_err(PartitionError::from)?,
+                        Err(_) => return Err(PartitionError::RequestTimedOut),
+                    }
+                }
                 Ok(PartitionOk::Produced {
                     base_offset: info.base_offset,
                     log_append_time_ms: info.log_append_time_ms,
                     log_start_offset: log_start(),
                 })
             }
-            PartitionOp::Read { offset, max_bytes } => {
-                let parts = partition.read(offset, max_bytes).await.map_err(PartitionError::from)?;
+            PartitionOp::Read { offset, max_bytes, follower } => {
+                if let Some(node) = follower {
+                    if partition.replicas.borrow().as_ref().is_none_or(|set| !set.followers.contains_key(&node)) {
+                        return Err(PartitionError::NotFollower);
+                    }
+                    // A fetch offset past the log end is a divergent follower's:
+                    // refused before it could count towards the high watermark.
+                    if offset > partition.log.borrow().end_offset() || offset < log_start() {
+                        return Err(PartitionError::OffsetOutOfRange);
+                    }
+                    crate::replication::on_follower_fetch(self, tp, &partition, node, offset);
+                }
+                let parts =
+                    partition.read(offset, max_bytes, follower.is_some()).await.map_err(PartitionError::from)?;
                 let log = partition.log.borrow();
                 Ok(PartitionOk::Read {
                     parts,
@@ -289,9 +316,10 @@ impl Broker {
         }
     }
 
-    /// Waits until any of `waits` (partition, end offset seen) grows, or `timeout`.
+    /// Waits until any of `waits` (partition, end offset seen) grows, or
+    /// `timeout` (`replica`: a follower's fetch, waiting for written data).
     /// Partitions on other shards are waited for through their mailboxes.
-    pub async fn wait_for_data(&self, waits: Vec<(TopicPartition, i64)>, timeout: Duration) {
+    pub async fn wait_for_data(&self, waits: Vec<(TopicPartition, i64)>, timeout: Duration, replica: bool) {
         let mut by_shard: HashMap<ShardId, Vec<(TopicPartition, i64)>> = HashMap::new();
         {
             let meta = self.meta.borrow();
@@ -304,9 +332,10 @@ impl Broker {
         let waiters = by_shard.into_iter().map(|(shard, waits)| {
             Box::pin(async move {
                 if shard == self.shard_id {
-                    self.wait_local(&waits, timeout).await;
+                    self.wait_local(&waits, timeout, replica).await;
                 } else {
-                    let _ = self.mailbox.call(shard, |reply| ShardMsg::WaitForData { waits, timeout, reply }).await;
+                    let call = |reply| ShardMsg::WaitForData { waits, timeout, replica, reply };
+                    let _ = self.mailbox.call(shard, call).await;
                 }
             })
         });
@@ -318,9 +347,9 @@ impl Broker {
         }
     }
 
-    async fn wait_local(&self, waits: &[(TopicPartition, i64)], timeout: Duration) {
+    async fn wait_local(&self, waits: &[(TopicPartition, i64)], timeout: Duration, replica: bool) {
         let parts: Vec<_> = waits.iter().filter_map(|(tp, end)| Some((self.local_partition(tp)?, *end))).collect();
-        let futures: Vec<_> = parts.iter().map(|(p, end)| Box::pin(p.wait_for_data(*end, timeout))).collect();
+        let futures: Vec<_> = parts.iter().map(|(p, end)| Box::pin(p.wait_for_data(*end, timeout, replica))).collect();
         if futures.is_empty() {
             glommio::timer::sleep(timeout).await;
         } else {
@@ -351,9 +380,12 @@ impl Broker {
             log_config.cache_bytes = cache_bytes;
             let leader_epoch = topic.partition(*p).leader_epoch;
             if let Some(existing) = self.local_partition(&tp) {
-                let mut log = existing.log.borrow_mut();
-                log.config = log_config;
-                log.leader_epoch = leader_epoch;
+                {
+                    let mut log = existing.log.borrow_mut();
+                    log.config = log_config;
+                    log.leader_epoch = leader_epoch;
+                }
+                crate::replication::install_partition(self, topic, *p, &existing).await;
                 continue;
             }
             if topic.name == OFFSETS_TOPIC {
@@ -364,6 +396,7 @@ impl Broker {
                 Ok(log) => {
                     let partition = Partition::start(log);
                     self.partitions.borrow_mut().insert(tp, partition.clone());
+                    crate::replication::install_partition(self, topic, *p, &partition).await;
                     if topic.name == OFFSETS_TOPIC {
                         self.groups.start_loading(self, *p, partition);
                     }
@@ -388,6 +421,8 @@ impl Broker {
         }
         for (tp, partition) in gone {
             self.partitions.borrow_mut().remove(&tp);
+            self.replication.forget(&tp);
+            partition.stop_leading();
             if let Some(offsets) = old.topics.values().find(|t| t.id == tp.topic_id && t.name == OFFSETS_TOPIC) {
                 self.groups.unload(tp.partition, offsets.partitions);
             }
@@ -411,6 +446,56 @@ impl Broker {
         self.partitions.borrow().values().cloned().collect()
     }
 
+    pub fn local_partitions_by_tp(&self) -> Vec<(TopicPartition, Rc<Partition>)> {
+        self.partitions.borrow().iter().map(|(tp, p)| (*tp, p.clone())).collect()
+    }
+
+    /// A follower's log diverged from its leader's: closes the partition,
+    /// cuts its files at `offset` (`restart`: removes them all and starts
+    /// the log at `offset`, for a follower behind the leader's log start),
+    /// and opens it again through recovery.
+    pub async fn truncate_partition(
+        self: &Rc<Self>,
+        tp: TopicPartition,
+        offset: i64,
+        restart: bool,
+    ) -> std::io::Result<()> {
+        let Some(partition) = self.local_partition(&tp) else { return Ok(()) };
+        let (dir, config, epoch, hw) = {
+            let log = partition.log.borrow();
+            (log.dir.clone(), log.config.clone(), log.leader_epoch, log.replica_hw())
+        };
+        partition.stop_leading();
+        if let Err(e) = partition.close().await {
+            warn!(dir = %dir.display(), "closing before truncation: {e:?}");
+        }
+        let cut_dir = dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                if restart {
+                    storage::truncate::restart_at(&cut_dir, offset)
+                } else {
+                    storage::truncate::truncate_dir(&cut_dir, offset)
+                }
+            })
+            .await?;
+        let log = storage::open_log(&dir, config, epoch).await?;
+        let reopened = Partition::start(log);
+        {
+            let mut log = reopened.log.borrow_mut();
+            let end = log.end_offset();
+            log.set_replica_hw(hw.min(end));
+        }
+        let still_ours = self.local_partition(&tp).is_some_and(|p| Rc::ptr_eq(&p, &partition));
+        if !still_ours {
+            // Deleted or moved while it was cut: the reopened copy is not wanted.
+            reopened.discard();
+            return Ok(());
+        }
+        self.partitions.borrow_mut().insert(tp, reopened);
+        Ok(())
+    }
+
     /// Writes and syncs every partition with unsynced data.
     pub async fn flush_all(&self) {
         for partition in self.local_partitions() {
@@ -428,6 +513,7 @@ impl Broker {
 
     /// Clean shutdown of every local partition.
     pub async fn close_all(&self) {
+        self.replication.stop();
         for partition in self.local_partitions() {
             if let Err(e) = partition.close().await {
                 error!(dir = %partition.log.borrow().dir.display(), "close failed: {e:?}");
@@ -487,12 +573,19 @@ impl From<StorageError> for PartitionError {
             StorageError::OffsetOutOfRange => PartitionError::OffsetOutOfRange,
             StorageError::OutOfOrderSequence => PartitionError::OutOfOrderSequence,
             StorageError::InvalidProducerEpoch => PartitionError::InvalidProducerEpoch,
+            StorageError::NotLeader => PartitionError::NotAvailable,
             StorageError::Io(e) => {
                 error!("storage error: {e}");
                 PartitionError::StorageError
             }
         }
     }
+}
+
+/// The committed ISR's size of a partition this node leads (1 when it has
+/// no other replica).
+fn in_sync_replicas(partition: &Partition) -> usize {
+    partition.replicas.borrow().as_ref().map_or(1, |set| set.isr.len())
 }
 
 /// How a produce's acks map to storage durability.

@@ -868,7 +868,7 @@ impl Coordinator {
         let now = Instant::now();
         let mut loaded: HashMap<String, Group> = HashMap::new();
         while offset < end {
-            let parts = log.read(offset, LOAD_READ_BYTES).await?;
+            let parts = log.read(offset, LOAD_READ_BYTES, true).await?;
             if parts.is_empty() {
                 break;
             }

@@ -28,9 +28,9 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
         let mut out = CreatableTopicResult::default();
         out.name = topic.name.clone();
         match result {
-            Ok(partitions) => {
+            Ok((partitions, factor)) => {
                 out.num_partitions = partitions;
-                out.replication_factor = 1;
+                out.replication_factor = factor;
                 if let Some(t) = meta.topic(topic.name.0.as_str()) {
                     out.topic_id = uuid::Uuid::from_bytes(t.id);
                 }
@@ -47,23 +47,27 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     Ok(encode(request, &response))
 }
 
-/// Checks and creates one topic; returns its partition count.
+/// Checks and creates one topic; returns its partition count and replication factor.
 async fn create(
     broker: &Rc<Broker>,
     topic: &CreatableTopic,
     duplicated: &HashSet<String>,
     validate_only: bool,
-) -> Result<i32, (i16, String)> {
+) -> Result<(i32, i16), (i16, String)> {
     let name = topic.name.0.to_string();
     if duplicated.contains(&name) {
         return Err((ResponseError::InvalidRequest.code(), format!("topic {name:?} appears more than once")));
     }
-    if topic.replication_factor > 1 || topic.assignments.iter().any(|a| a.broker_ids.len() > 1) {
-        return Err((
-            ResponseError::InvalidReplicationFactor.code(),
-            "spate does not replicate partitions yet: the replication factor must be 1".to_string(),
-        ));
-    }
+    let factor = match topic.replication_factor {
+        -1 => broker.config.default_replication_factor,
+        n if n >= 1 => n,
+        n => {
+            return Err((
+                ResponseError::InvalidReplicationFactor.code(),
+                format!("replication factor must be at least 1 (or -1 for the default), not {n}"),
+            ))
+        }
+    };
     let mut assignments = topic.assignments.clone();
     assignments.sort_by_key(|a| a.partition_index);
     if assignments.iter().enumerate().any(|(i, a)| a.partition_index != i as i32) {
@@ -80,7 +84,9 @@ async fn create(
     };
     let configs: BTreeMap<String, String> =
         topic.configs.iter().filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string()))).collect();
-    let op = AdminOp::CreateTopic { name, partitions, assignment, configs, validate_only };
+    let factor = assignment.first().map_or(factor, |replicas| replicas.len() as i16);
+    let replication_factor = factor as usize;
+    let op = AdminOp::CreateTopic { name, partitions, replication_factor, assignment, configs, validate_only };
     broker.admin(op).await.map_err(|e| (e.code, e.message))?;
-    Ok(partitions)
+    Ok((partitions, factor))
 }

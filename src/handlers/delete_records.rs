@@ -48,7 +48,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
 }
 
 async fn high_watermark(
-    broker: &Broker,
+    broker: &Rc<Broker>,
     tp: crate::broker::TopicPartition,
 ) -> Result<i64, crate::broker::PartitionError> {
     match broker.on_partition(tp, PartitionOp::Offsets).await? {

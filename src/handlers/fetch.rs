@@ -65,17 +65,23 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     let min_bytes = usize::try_from(body.min_bytes).unwrap_or(0);
     let budget_bytes = response_budget_bytes(body.max_bytes);
     let (mut slots, topics) = requested_slots(&broker.meta(), &body);
+    // A follower replica (replica id = its node id) reads everything written
+    // and waits for writes; a consumer reads and waits for the high watermark.
+    let follower = (body.replica_id.0 >= 0).then_some(body.replica_id.0);
 
     loop {
-        read_all(broker, &mut slots, budget_bytes).await;
+        read_all(broker, &mut slots, budget_bytes, follower).await;
         let total: usize = slots.iter().map(Slot::bytes).sum();
         let now = Instant::now();
         let any_error = slots.iter().any(|s| s.error != 0);
         if total >= min_bytes || now >= deadline || any_error || slots.is_empty() {
             break;
         }
-        let waits = slots.iter().filter_map(|s| Some((s.tp?, s.high_watermark))).collect();
-        broker.wait_for_data(waits, deadline - now).await;
+        let waits = slots
+            .iter()
+            .filter_map(|s| Some((s.tp?, if follower.is_some() { s.fetch_offset } else { s.high_watermark })))
+            .collect();
+        broker.wait_for_data(waits, deadline - now, follower.is_some()).await;
     }
     apply_response_limit(&mut slots, budget_bytes);
     Ok(encode(request, 0, &topics, &slots))
@@ -152,18 +158,18 @@ fn new_slot(known: Option<&std::sync::Arc<TopicMeta>>, p: &FetchPartition) -> Sl
 /// what is left, so that what is held in memory stays near the budget
 /// instead of every partition's `partition_max_bytes`. Once the budget is
 /// spent and some data found, the rest only learn their offsets.
-async fn read_all(broker: &Broker, slots: &mut [Slot], budget_bytes: usize) {
+async fn read_all(broker: &Rc<Broker>, slots: &mut [Slot], budget_bytes: usize, follower: Option<i32>) {
     let mut remaining_bytes = budget_bytes;
     let mut have_data = false;
     let mut start = 0;
     while start < slots.len() {
         if remaining_bytes == 0 && have_data {
-            read_offsets(broker, &mut slots[start..]).await;
+            read_offsets(broker, &mut slots[start..], follower.is_some()).await;
             return;
         }
         let grants = wave_grants(&slots[start..], remaining_bytes);
         let wave = &mut slots[start..start + grants.len()];
-        read_wave(broker, wave, &grants).await;
+        read_wave(broker, wave, &grants, follower).await;
         let got_bytes: usize = wave.iter().map(Slot::bytes).sum();
         have_data |= got_bytes > 0;
         remaining_bytes = remaining_bytes.saturating_sub(got_bytes);
@@ -197,10 +203,11 @@ fn wave_grants(slots: &[Slot], mut remaining_bytes: usize) -> Vec<usize> {
 }
 
 /// Reads the healthy slots of one wave concurrently, each within its grant.
-async fn read_wave(broker: &Broker, slots: &mut [Slot], grants: &[usize]) {
+async fn read_wave(broker: &Rc<Broker>, slots: &mut [Slot], grants: &[usize], follower: Option<i32>) {
     let reads = slots.iter().zip(grants).map(|(slot, &max_bytes)| async move {
         let tp = slot.tp.filter(|_| slot.error == 0)?;
-        Some(broker.on_partition(tp, PartitionOp::Read { offset: slot.fetch_offset, max_bytes }).await)
+        let op = PartitionOp::Read { offset: slot.fetch_offset, max_bytes, follower };
+        Some(broker.on_partition(tp, op).await)
     });
     let results = futures::future::join_all(reads).await;
     for (slot, result) in slots.iter_mut().zip(results) {
@@ -222,7 +229,7 @@ async fn read_wave(broker: &Broker, slots: &mut [Slot], grants: &[usize]) {
 
 /// For slots past the spent budget: their offsets (and whether the fetch
 /// offset is in range, by the same rule as a read), without reading data.
-async fn read_offsets(broker: &Broker, slots: &mut [Slot]) {
+async fn read_offsets(broker: &Rc<Broker>, slots: &mut [Slot], follower: bool) {
     let reads = slots.iter().map(|slot| async move {
         let tp = slot.tp.filter(|_| slot.error == 0)?;
         Some(broker.on_partition(tp, PartitionOp::Offsets).await)
@@ -236,7 +243,8 @@ async fn read_offsets(broker: &Broker, slots: &mut [Slot]) {
                 slot.high_watermark = high_watermark;
                 slot.log_start_offset = log_start_offset;
                 // PartitionLog::plan_read's rule: the log end itself is readable (empty).
-                if slot.fetch_offset < log_start_offset || slot.fetch_offset > high_watermark {
+                // (A follower may be past the high watermark: the next fetch checks it.)
+                if slot.fetch_offset < log_start_offset || (slot.fetch_offset > high_watermark && !follower) {
                     slot.error = ResponseError::OffsetOutOfRange.code();
                 }
             }

@@ -36,7 +36,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
 }
 
 async fn lookup(
-    broker: &Broker,
+    broker: &Rc<Broker>,
     topic: Option<&std::sync::Arc<TopicMeta>>,
     partition: i32,
     client_epoch: i32,

@@ -275,6 +275,9 @@ pub fn error_code(error: PartitionError) -> i16 {
         PartitionError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber,
         PartitionError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
         PartitionError::InternalTopic => ResponseError::InvalidTopicException,
+        PartitionError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
+        PartitionError::RequestTimedOut => ResponseError::RequestTimedOut,
+        PartitionError::NotFollower => ResponseError::NotLeaderOrFollower,
     };
     e.code()
 }

@@ -17,6 +17,7 @@ use crate::protocol::{encode, Reply, Request};
 pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) -> Result<Reply, FrameError> {
     let body: ProduceRequest = decode_body(request)?;
     let acks = body.acks;
+    let body = &body;
     let meta = broker.meta();
     let mut pending = Vec::new();
     let mut appends = Vec::new();
@@ -38,7 +39,8 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) ->
                 if !matches!(acks, -1..=1) {
                     return Ok(None);
                 }
-                let op = PartitionOp::Produce { records, durability: durability_for_acks(acks), appended };
+                let timeout_ms = body.timeout_ms.max(0) as u64;
+                let op = PartitionOp::Produce { records, durability: durability_for_acks(acks), appended, timeout_ms };
                 broker.on_partition(topic.tp(partition.index), op).await.map(Some)
             };
             pending.push(outcome);

@@ -136,6 +136,17 @@ pub fn peek(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
     })
 }
 
+/// The last offset of the last whole batch in `bytes`, if any.
+pub fn last_offset_of(bytes: &[u8]) -> Option<i64> {
+    let mut at = 0;
+    let mut last = None;
+    while let Ok(info) = peek(&bytes[at..]) {
+        last = Some(info.last_offset());
+        at += info.total_bytes;
+    }
+    last
+}
+
 /// Recovery's check of a stored batch: framing, magic, size and CRC32C,
 /// nothing stricter. What a producer's batch must also satisfy may grow over
 /// versions; a batch already stored (and acknowledged) is kept.

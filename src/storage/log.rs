@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use glommio::io::DmaFile;
 
 use super::batch::{self, BatchError, BatchInfo};
+use super::epochs::EpochCache;
 use super::open_files::SegmentFile;
 use super::partition::StorageError;
 use super::producers::{ProducerStates, SequenceCheck};
@@ -52,6 +53,8 @@ pub struct LogConfig {
     /// A log is cleaned once this share of its cleanable bytes has not been
     /// cleaned yet (min.cleanable.dirty.ratio).
     pub min_cleanable_dirty_ratio: f64,
+    /// acks=all needs at least this many in-sync replicas (min.insync.replicas).
+    pub min_insync_replicas: usize,
 }
 
 impl Default for LogConfig {
@@ -71,6 +74,7 @@ impl Default for LogConfig {
             delete_retention_ms: 24 * 3600 * 1000,
             min_compaction_lag_ms: 0,
             min_cleanable_dirty_ratio: 0.5,
+            min_insync_replicas: 1,
         }
     }
 }
@@ -114,6 +118,8 @@ pub enum ReadPlan {
         offset: i64,
         max_bytes: usize,
         sealed_end: Option<i64>,
+        /// Batches ending at or past it are not returned.
+        visible_end: i64,
     },
 }
 
@@ -142,6 +148,12 @@ pub struct PartitionLog {
     producers: ProducerStates,
     /// Offsets below this have been compacted (the cleaner's checkpoint).
     pub cleaned_to: i64,
+    /// Which leader epoch wrote from which offset.
+    pub epochs: EpochCache,
+    /// The replicated high watermark: offsets below it are on every in-sync
+    /// replica. `i64::MAX` for a partition with no other replica, whose
+    /// high watermark is simply what is written.
+    replica_hw: i64,
 }
 
 /// A sealed segment as the log cleaner sees it.
@@ -167,6 +179,9 @@ pub const LOG_START_FILE: &str = "log-start-offset";
 pub const MAX_RELATIVE_OFFSET: i64 = i32::MAX as i64;
 /// Largest segment: index entries store byte positions in 32 bits.
 pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+/// A replica accepts the leader's batches up to this size even where its
+/// own `max.message.bytes` is smaller (the topic config may have changed).
+pub const MAX_REPLICA_BATCH_BYTES: usize = 64 << 20;
 
 impl PartitionLog {
     /// Wraps recovered segments (oldest first, last writable).
@@ -194,6 +209,8 @@ impl PartitionLog {
             cache_bytes: 0,
             producers,
             cleaned_to: 0,
+            epochs: EpochCache::default(),
+            replica_hw: i64::MAX,
         }
     }
 
@@ -207,11 +224,21 @@ impl PartitionLog {
         self.active().next_offset
     }
 
-    /// One past the last offset written to the segment files: what readers
-    /// may see. Never passes bytes that are not on disk; appended batches
-    /// past it may still be rolled back by a failed write.
+    /// What consumers may see: offsets written to the segment files (never
+    /// bytes that are not on disk; appended batches past it may still be
+    /// rolled back by a failed write) and, when the partition is replicated,
+    /// on every in-sync replica too.
     pub fn high_watermark(&self) -> i64 {
-        self.flushed_offset
+        self.flushed_offset.min(self.replica_hw)
+    }
+
+    /// Sets the replicated high watermark (`i64::MAX`: not replicated).
+    pub fn set_replica_hw(&mut self, hw: i64) {
+        self.replica_hw = hw;
+    }
+
+    pub fn replica_hw(&self) -> i64 {
+        self.replica_hw
     }
 
     pub fn flushed_offset(&self) -> i64 {
@@ -438,27 +465,30 @@ impl PartitionLog {
         seal
     }
 
-    /// Plans a read of up to `max_bytes` (at least one whole batch) from `offset`.
-    pub fn plan_read(&self, offset: i64, max_bytes: usize) -> ReadPlan {
+    /// Plans a read of up to `max_bytes` (at least one whole batch) from
+    /// `offset`, of batches ending below `visible_end` (the high watermark
+    /// for consumers, the written end for a follower replica).
+    pub fn plan_read(&self, offset: i64, max_bytes: usize, visible_end: i64) -> ReadPlan {
         if offset < self.log_start_offset || offset > self.end_offset() {
             return ReadPlan::OutOfRange;
         }
-        if offset >= self.high_watermark() {
+        let visible_end = visible_end.min(self.flushed_offset);
+        if offset >= visible_end {
             return ReadPlan::Cached(Vec::new());
         }
         if self.cache.front().is_some_and(|b| b.base_offset <= offset) {
-            return ReadPlan::Cached(self.read_cache(offset, max_bytes));
+            return ReadPlan::Cached(self.read_cache(offset, max_bytes, visible_end));
         }
-        self.plan_disk_read(offset, max_bytes)
+        self.plan_disk_read(offset, max_bytes, visible_end)
     }
 
-    fn read_cache(&self, offset: i64, max_bytes: usize) -> Vec<Bytes> {
+    fn read_cache(&self, offset: i64, max_bytes: usize, visible_end: i64) -> Vec<Bytes> {
         let start = self.cache.partition_point(|b| b.last_offset < offset);
         let mut parts = Vec::new();
         let mut bytes = 0;
         for cached in self.cache.range(start..) {
-            if cached.last_offset >= self.high_watermark() {
-                break; // not on disk yet: invisible
+            if cached.last_offset >= visible_end {
+                break; // not on disk (or not replicated) yet: invisible
             }
             if bytes > 0 && bytes + cached.len() > max_bytes {
                 break;
@@ -470,7 +500,7 @@ impl PartitionLog {
         parts
     }
 
-    fn plan_disk_read(&self, offset: i64, max_bytes: usize) -> ReadPlan {
+    fn plan_disk_read(&self, offset: i64, max_bytes: usize, visible_end: i64) -> ReadPlan {
         let i = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
         let Some(j) = self.segments[i..].iter().position(|s| s.next_offset > offset) else {
             return ReadPlan::Cached(Vec::new());
@@ -483,7 +513,7 @@ impl PartitionLog {
         // Read past the budget by one index interval: the start may precede `offset`.
         let want = max_bytes as u64 + self.config.index_interval_bytes + batch::HEADER_BYTES as u64;
         let len = want.min(readable.saturating_sub(position)) as usize;
-        ReadPlan::Disk { file: segment.file(), position, len, readable, offset, max_bytes, sealed_end }
+        ReadPlan::Disk { file: segment.file(), position, len, readable, offset, max_bytes, sealed_end, visible_end }
     }
 
     /// Segments from the one holding the first batch whose max timestamp is at
@@ -626,10 +656,61 @@ impl PartitionLog {
         self.segments.iter_mut().find(|s| s.base_offset == base_offset)?.clear_path_override()
     }
 
-    /// The oldest offset an OffsetForLeaderEpoch answer may give for `epoch`:
-    /// single-node logs have had one leader epoch from offset 0.
+    /// OffsetForLeaderEpoch: the end of `epoch` in this log (see [`EpochCache::end_offset_for`]).
     pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
-        (epoch <= self.leader_epoch && epoch >= 0).then_some((self.leader_epoch, self.end_offset()))
+        self.epochs.end_offset_for(epoch, self.end_offset())
+    }
+
+    /// Checks batches fetched from the leader (framing, CRC, limits) and
+    /// that they follow this log's end: (offsets they take, the newest leader
+    /// epoch among them).
+    pub fn validate_replica(&self, records: &[u8]) -> Result<Option<i32>, BatchError> {
+        let mut at = 0;
+        let mut next = self.end_offset();
+        let mut newest_epoch = None;
+        while at < records.len() {
+            let info = batch::check_stored(&records[at..], self.config.max_message_bytes.max(MAX_REPLICA_BATCH_BYTES))?;
+            if info.base_offset < next || info.last_offset_delta < 0 {
+                return Err(BatchError::BadCount);
+            }
+            next = info.last_offset() + 1;
+            newest_epoch = Some(info.leader_epoch);
+            at += info.total_bytes;
+        }
+        Ok(newest_epoch)
+    }
+
+    /// Appends batches fetched from the leader as they are: their offsets,
+    /// leader epochs and timestamps were set by the leader. Producer state
+    /// and the epoch cache follow them, so a follower that becomes leader
+    /// still knows every idempotent producer and where each epoch began.
+    pub fn append_replica(&mut self, records: &Bytes, now_ms: i64) -> AppendInfo {
+        let first = self.end_offset();
+        let mut at = 0;
+        while at < records.len() {
+            let info = batch::peek(&records[at..]).expect("replica batches were validated");
+            let whole = records.slice(at..at + info.total_bytes);
+            let base_offset = info.base_offset;
+            self.epochs.assign(info.leader_epoch, base_offset);
+            let interval = self.config.index_interval_bytes;
+            let next_offset = info.last_offset() + 1;
+            let (prefix, body) = (whole.slice(..16), whole.slice(16..));
+            self.active_mut().append(&[&prefix, &body], base_offset, next_offset, info.max_timestamp, now_ms, interval);
+            self.cache_bytes += whole.len();
+            self.cache.push_back(CachedBatch {
+                base_offset,
+                last_offset: next_offset - 1,
+                max_timestamp: info.max_timestamp,
+                prefix,
+                body,
+            });
+            if let Some(producer) = info.producer_batch() {
+                self.producers.record(&producer, base_offset);
+            }
+            at += info.total_bytes;
+        }
+        self.trim_cache();
+        AppendInfo { base_offset: first, last_offset: self.end_offset() - 1, log_append_time_ms: -1 }
     }
 }
 
@@ -652,6 +733,23 @@ pub fn cut_batches(data: Bytes, offset: i64, max_bytes: usize) -> Bytes {
     match start {
         Some(first) => data.slice(first..at),
         None => Bytes::new(),
+    }
+}
+
+/// Keeps the whole batches of `data` (batches from a batch boundary) that
+/// end below `end`: a disk read never returns what is not yet visible.
+pub fn cut_below(data: Bytes, end: i64) -> Bytes {
+    let mut at = 0;
+    while let Ok(info) = batch::peek(&data[at..]) {
+        if info.last_offset() >= end {
+            break;
+        }
+        at += info.total_bytes;
+    }
+    if at == data.len() {
+        data
+    } else {
+        data.slice(..at)
     }
 }
 

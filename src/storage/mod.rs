@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod cleaner;
+pub mod epochs;
 pub mod faults;
 pub mod index;
 pub mod log;
@@ -13,8 +14,10 @@ pub mod open_files;
 pub mod partition;
 pub mod producers;
 pub mod records;
+pub mod replica_set;
 pub mod recovery;
 pub mod segment;
+pub mod truncate;
 
 pub use log::{LogConfig, PartitionLog};
 pub use partition::{now_ms, Durability, Partition, StorageError};

@@ -87,7 +87,7 @@ type Model = BTreeMap<i64, Bytes>;
 async fn check(partition: &Partition, model: &Model) {
     let end = partition.log.borrow().high_watermark();
     for (&base, sent) in model {
-        let read = partition.read(base, 1).await.expect("acknowledged offsets are readable");
+        let read = partition.read(base, 1, false).await.expect("acknowledged offsets are readable");
         let stored: Vec<u8> = read.iter().flat_map(|p| p.iter().copied()).collect();
         assert!(stored.len() >= sent.len(), "batch at {base} is whole ({} of {} bytes)", stored.len(), sent.len());
         assert_eq!(i64::from_be_bytes(stored[..8].try_into().unwrap()), base, "batch at its offset");

@@ -24,6 +24,7 @@ use tracing::{error, warn};
 use super::batch::BatchError;
 use super::log::{cut_batches, AppendInfo, PartitionLog, ReadPlan, LOG_START_FILE};
 use super::open_files::SegmentFile;
+use super::replica_set::ReplicaSet;
 use super::segment::{fdatasync, read_at, Segment};
 use crate::metrics;
 
@@ -35,6 +36,8 @@ pub enum StorageError {
     OutOfOrderSequence,
     /// An idempotent producer's epoch is older than one already seen.
     InvalidProducerEpoch,
+    /// This node stopped leading the partition before the wait was over.
+    NotLeader,
     Io(std::io::Error),
 }
 
@@ -65,6 +68,10 @@ struct Waiters {
     written: VecDeque<(i64, oneshot::Sender<Outcome>)>,
     synced: VecDeque<(i64, oneshot::Sender<Outcome>)>,
     rolled: Vec<oneshot::Sender<Outcome>>,
+    /// acks=all on a replicated partition: waiting for the high watermark
+    /// to pass the offset (true), or for leadership to end (false). Kept
+    /// sorted by offset like the others.
+    replicated: VecDeque<(i64, oneshot::Sender<bool>)>,
 }
 
 impl Waiters {
@@ -149,6 +156,9 @@ pub struct Partition {
     seals_in_flight: Rc<Cell<usize>>,
     /// Bytes and records in and out, for the metrics.
     pub counters: metrics::PartitionCounters,
+    /// Set while this node leads the partition and it has other replicas:
+    /// the followers' progress, from which the high watermark moves.
+    pub replicas: RefCell<Option<ReplicaSet>>,
 }
 
 impl Partition {
@@ -170,6 +180,7 @@ impl Partition {
             layout_version: Cell::new(0),
             seals_in_flight: Rc::new(Cell::new(0)),
             counters: metrics::PartitionCounters::default(),
+            replicas: RefCell::new(None),
         });
         let writer = partition.clone();
         glommio::spawn_local(async move { writer.run_writer().await }).detach();
@@ -193,9 +204,68 @@ impl Partition {
     /// returns, but is not yet written (see [`Partition::wait_durable`]).
     pub async fn append(&self, records: Bytes, now_ms: i64) -> Result<AppendInfo, StorageError> {
         let offsets = self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
+        self.wait_for_room(records.len(), offsets, now_ms).await?;
+        // Synchronous from the checks above: no roll can start in between.
+        let info = self.log.borrow_mut().append(&records, now_ms)?;
+        self.appended(&records, &info);
+        Ok(info)
+    }
+
+    /// A follower's append of batches fetched from its leader, stored as
+    /// they are (offsets, epochs, timestamps). A batch of a leader epoch new
+    /// to this log is appended only once the epoch cache naming it is on disk.
+    pub async fn append_replica(&self, records: Bytes, now_ms: i64) -> Result<AppendInfo, StorageError> {
+        self.check_online()?;
+        self.log.borrow().validate_replica(&records).map_err(StorageError::Batch)?;
+        let (epochs, changed) = {
+            let log = self.log.borrow();
+            let mut epochs = log.epochs.clone();
+            let mut changed = false;
+            let mut at = 0;
+            while let Ok(info) = super::batch::peek(&records[at..]) {
+                changed |= epochs.assign(info.leader_epoch, info.base_offset);
+                at += info.total_bytes;
+            }
+            (epochs, changed)
+        };
+        if changed {
+            self.write_epochs(&epochs).await?;
+        }
+        let end = self.log.borrow().end_offset();
+        let last = super::batch::last_offset_of(&records).unwrap_or(end - 1);
+        self.wait_for_room(records.len(), (last + 1 - end).max(1), now_ms).await?;
+        if self.log.borrow().end_offset() != end {
+            return Err(StorageError::Io(std::io::Error::other("the log moved under a replica append")));
+        }
+        let info = self.log.borrow_mut().append_replica(&records, now_ms);
+        self.appended(&records, &info);
+        Ok(info)
+    }
+
+    /// Makes the epoch cache `epochs` durable, then the log's.
+    pub async fn write_epochs(&self, epochs: &super::epochs::EpochCache) -> Result<(), StorageError> {
+        let path = self.log.borrow().dir.join(super::epochs::EPOCH_FILE);
+        let text = epochs.encode();
+        let written = run_owned(async move {
+            glommio::executor().spawn_blocking(move || crate::fsutil::write_atomic(&path, text.as_bytes())).await
+        });
+        written.await?;
+        self.log.borrow_mut().epochs = epochs.clone();
+        Ok(())
+    }
+
+    fn appended(&self, records: &Bytes, info: &AppendInfo) {
+        self.write_signal.notify();
+        metrics::bump(&self.counters.bytes_in, records.len() as u64);
+        metrics::bump(&self.counters.records_in, (info.last_offset - info.base_offset + 1) as u64);
+    }
+
+    /// Waits until `bytes` taking `offsets` may be appended: no roll under
+    /// way or needed, unwritten bytes within bound.
+    async fn wait_for_room(&self, bytes: usize, offsets: i64, now_ms: i64) -> Result<(), StorageError> {
         loop {
             self.check_online()?;
-            if self.rolling.get() || self.log.borrow().needs_roll(records.len(), offsets, now_ms) {
+            if self.rolling.get() || self.log.borrow().needs_roll(bytes, offsets, now_ms) {
                 self.roll().await?;
                 continue;
             }
@@ -208,14 +278,8 @@ impl Partition {
                 let _ = self.wait_for(end - 1, false).await;
                 continue;
             }
-            break;
+            return Ok(());
         }
-        // Synchronous from the checks above: no roll can start in between.
-        let info = self.log.borrow_mut().append(&records, now_ms)?;
-        self.write_signal.notify();
-        metrics::bump(&self.counters.bytes_in, records.len() as u64);
-        metrics::bump(&self.counters.records_in, (info.last_offset - info.base_offset + 1) as u64);
-        Ok(info)
     }
 
     /// Waits until the batch ending at `last_offset` is as durable as asked.
@@ -243,7 +307,7 @@ impl Partition {
     pub async fn wait_for(&self, offset: i64, sync: bool) -> Result<(), StorageError> {
         let done = {
             let log = self.log.borrow();
-            offset < if sync { log.synced_offset() } else { log.high_watermark() }
+            offset < if sync { log.synced_offset() } else { log.flushed_offset() }
         };
         if done {
             return Ok(());
@@ -339,11 +403,92 @@ impl Partition {
             Waiters::complete(&mut waiters.written, offset);
             !waiters.synced.is_empty()
         };
+        self.wake_readers();
+        self.update_high_watermark();
+        if sync_wanted {
+            self.sync_signal.notify();
+        }
+    }
+
+    fn wake_readers(&self) {
         for waiter in self.data_waiters.borrow_mut().drain(..) {
             let _ = waiter.send(());
         }
-        if sync_wanted {
-            self.sync_signal.notify();
+    }
+
+    /// Leader of a replicated partition: moves the high watermark to the
+    /// lowest log end in the ISR (never back, never past what is written
+    /// here), answers acks=all waiters below it and wakes consumers.
+    pub fn update_high_watermark(&self) {
+        let candidate = {
+            let replicas = self.replicas.borrow();
+            let Some(set) = replicas.as_ref() else { return };
+            set.high_watermark(self.log.borrow().flushed_offset())
+        };
+        let moved = {
+            let mut log = self.log.borrow_mut();
+            let moved = candidate > log.replica_hw();
+            if moved {
+                log.set_replica_hw(candidate);
+            }
+            moved
+        };
+        if moved {
+            self.complete_replicated(candidate);
+            self.wake_readers();
+        }
+    }
+
+    /// A follower: the leader's high watermark, within what is written here.
+    pub fn follow_high_watermark(&self, leader_hw: i64) {
+        let moved = {
+            let mut log = self.log.borrow_mut();
+            let hw = leader_hw.min(log.flushed_offset());
+            let moved = hw != log.replica_hw();
+            log.set_replica_hw(hw);
+            moved
+        };
+        if moved {
+            self.wake_readers();
+        }
+    }
+
+    fn complete_replicated(&self, below: i64) {
+        let mut waiters = self.waiters.borrow_mut();
+        while waiters.replicated.front().is_some_and(|(offset, _)| *offset < below) {
+            let (_, waiter) = waiters.replicated.pop_front().expect("checked non-empty");
+            let _ = waiter.send(true);
+        }
+    }
+
+    /// Leadership ended (or the partition lost its other replicas): every
+    /// acks=all waiter is told, and the high watermark is the follower's.
+    pub fn stop_leading(&self) {
+        self.replicas.replace(None);
+        for (_, waiter) in std::mem::take(&mut self.waiters.borrow_mut().replicated) {
+            let _ = waiter.send(false);
+        }
+    }
+
+    /// acks=all on a replicated partition: waits until the high watermark
+    /// passes `offset`. NotLeader if leadership ends first.
+    pub async fn wait_replicated(&self, offset: i64) -> Result<(), StorageError> {
+        if offset < self.log.borrow().high_watermark() {
+            return Ok(());
+        }
+        if self.replicas.borrow().is_none() {
+            return if self.log.borrow().replica_hw() == i64::MAX { Ok(()) } else { Err(StorageError::NotLeader) };
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiters = self.waiters.borrow_mut();
+            // Waiters arrive in offset order, except a retry answered as a duplicate.
+            let at = waiters.replicated.partition_point(|(o, _)| *o <= offset);
+            waiters.replicated.insert(at, (offset, tx));
+        }
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(StorageError::NotLeader),
         }
     }
 
@@ -390,7 +535,7 @@ impl Partition {
     fn drop_unwritten_while_offline(&self) {
         let unwritten = {
             let log = self.log.borrow();
-            log.end_offset() > log.high_watermark()
+            log.end_offset() > log.flushed_offset()
         };
         if unwritten {
             let end = self.log.borrow_mut().roll_back_unwritten();
@@ -443,7 +588,7 @@ impl Partition {
             if let Some(e) = &*self.offline.borrow() {
                 return Err(std::io::Error::new(e.kind(), e.to_string()));
             }
-            if self.log.borrow().high_watermark() == self.log.borrow().end_offset() {
+            if self.log.borrow().flushed_offset() == self.log.borrow().end_offset() {
                 return Ok(());
             }
             if !self.write_round().await {
@@ -470,7 +615,7 @@ impl Partition {
                 self.sync_round().await;
             } else if self.stop.get().is_some()
                 && (self.offline.borrow().is_some()
-                    || self.log.borrow().high_watermark() == self.log.borrow().end_offset())
+                    || self.log.borrow().flushed_offset() == self.log.borrow().end_offset())
             {
                 return;
             } else {
@@ -484,7 +629,7 @@ impl Partition {
         if self.offline.borrow().is_some() {
             return false;
         }
-        let written = self.log.borrow().high_watermark();
+        let written = self.log.borrow().flushed_offset();
         self.waiters.borrow().synced.front().is_some_and(|(offset, _)| *offset < written)
     }
 
@@ -527,23 +672,35 @@ impl Partition {
         Ok(())
     }
 
-    /// Reads from `offset`: up to `max_bytes`, at least one whole batch.
-    /// Returns the parts to send, in order.
-    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
-        let parts = self.read_parts(offset, max_bytes).await?;
+    /// Reads from `offset`: up to `max_bytes`, at least one whole batch, of
+    /// what consumers may see (`replica`: of everything written, for a
+    /// follower's fetch). Returns the parts to send, in order.
+    pub async fn read(&self, offset: i64, max_bytes: usize, replica: bool) -> Result<Vec<Bytes>, StorageError> {
+        let parts = self.read_parts(offset, max_bytes, replica).await?;
         self.counters.count_out(&parts);
         Ok(parts)
     }
 
-    async fn read_parts(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
+    /// The end of what a reader may see: the high watermark, or for a
+    /// follower replica everything written.
+    pub fn visible_end(&self, replica: bool) -> i64 {
+        let log = self.log.borrow();
+        if replica {
+            log.flushed_offset()
+        } else {
+            log.high_watermark()
+        }
+    }
+
+    async fn read_parts(&self, offset: i64, max_bytes: usize, replica: bool) -> Result<Vec<Bytes>, StorageError> {
         let mut from = offset;
         let mut replans = 0;
         // Each pass either replans (bounded by REPLANS_MAX) or moves `from`
         // past a whole sealed segment (bounded by the segment count).
         loop {
             let layout = self.layout_version.get();
-            let plan = self.log.borrow().plan_read(from, max_bytes);
-            let (file, position, len, readable, sealed_end) = match plan {
+            let plan = self.log.borrow().plan_read(from, max_bytes, self.visible_end(replica));
+            let (file, position, len, readable, sealed_end, visible_end) = match plan {
                 ReadPlan::OutOfRange => return Err(StorageError::OffsetOutOfRange),
                 ReadPlan::Cached(parts) => {
                     if !parts.is_empty() {
@@ -551,9 +708,9 @@ impl Partition {
                     }
                     return Ok(parts);
                 }
-                ReadPlan::Disk { file, position, len, readable, sealed_end, .. } => {
+                ReadPlan::Disk { file, position, len, readable, sealed_end, visible_end, .. } => {
                     metrics::with(|m| metrics::bump(&m.cache_misses, 1));
-                    (file, position, len, readable, sealed_end)
+                    (file, position, len, readable, sealed_end, visible_end)
                 }
             };
             let opened = self.open_planned(&file).await?.filter(|_| self.layout_version.get() == layout);
@@ -565,6 +722,7 @@ impl Partition {
                 continue;
             };
             let kept = read_disk(&file, position, len, readable, from, max_bytes).await?;
+            let kept = super::log::cut_below(kept, visible_end);
             if !kept.is_empty() {
                 return Ok(vec![kept]);
             }
@@ -588,9 +746,10 @@ impl Partition {
         }
     }
 
-    /// Waits until the log grows past `end_offset`, or `timeout` passes.
-    pub async fn wait_for_data(&self, end_offset: i64, timeout: Duration) {
-        if self.log.borrow().high_watermark() > end_offset {
+    /// Waits until what a reader may see (see [`Partition::visible_end`])
+    /// grows past `end_offset`, or `timeout` passes.
+    pub async fn wait_for_data(&self, end_offset: i64, timeout: Duration, replica: bool) {
+        if self.visible_end(replica) > end_offset {
             return;
         }
         let (tx, rx) = oneshot::channel();
@@ -919,7 +1078,7 @@ mod tests {
             let log = crate::storage::open_log(&dir, crate::storage::LogConfig::default(), 0).await.unwrap();
             let partition = Partition::start(log);
             for _ in 0..1000 {
-                partition.wait_for_data(0, Duration::from_micros(1)).await;
+                partition.wait_for_data(0, Duration::from_micros(1), false).await;
             }
             assert!(data_waiter_count(&partition) <= 1, "timed-out waiters are pruned");
         });

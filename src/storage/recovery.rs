@@ -9,6 +9,7 @@ use std::path::Path;
 use tracing::{info, warn};
 
 use super::batch;
+use super::epochs::EpochCache;
 use super::index::SegmentIndex;
 use super::log::{LogConfig, PartitionLog, LOG_START_FILE};
 use super::producers::{list_snapshots, snapshot_path, ProducerBatch, ProducerStates};
@@ -73,6 +74,14 @@ async fn open_segments(dir: &Path, config: LogConfig, leader_epoch: i32) -> std:
     let producers = recover_producers(dir, &segments, &snapshots, found, &config).await?;
     let mut log = PartitionLog::new(dir, config, leader_epoch, segments, log_start, producers);
     log.cleaned_to = cleaned_to;
+    let epoch_dir = dir.to_path_buf();
+    let mut epochs = glommio::executor().spawn_blocking(move || EpochCache::load(&epoch_dir)).await;
+    epochs.truncate_from(log.end_offset());
+    if epochs.latest_epoch().is_none() && log.end_offset() > log.log_start_offset() {
+        // A log from before epochs were kept: one node led it, in epoch 0.
+        epochs.assign(0, log.log_start_offset());
+    }
+    log.epochs = epochs;
     Ok(log)
 }
 
