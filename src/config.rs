@@ -127,6 +127,9 @@ pub struct Config {
     /// `offsets.topic.num.partitions`); a group's coordinator is the shard
     /// owning partition `abs(hash(group id)) % this`.
     pub offsets_topic_num_partitions: i32,
+    /// Replicas of each `__consumer_offsets` partition, or every live broker
+    /// when fewer are registered when it is created (`offsets.topic.replication.factor`).
+    pub offsets_topic_replication_factor: usize,
     pub offsets_topic_segment_bytes: u64,
     /// Committed offsets of a group empty this long are deleted.
     pub offsets_retention_minutes: i64,
@@ -221,6 +224,7 @@ impl Default for Config {
             flush_interval_ms: 500,
             retention_check_interval_ms: 30_000,
             offsets_topic_num_partitions: 50,
+            offsets_topic_replication_factor: 3,
             offsets_topic_segment_bytes: 100 << 20,
             offsets_retention_minutes: 7 * 24 * 60,
             offsets_retention_check_interval_ms: 600_000,
@@ -274,7 +278,8 @@ impl Config {
         if self.default_replication_factor < 1 {
             bail!("default_replication_factor must be at least 1");
         }
-        if self.replica_lag_time_max_ms == 0 || self.replica_fetch_max_bytes == 0 || self.replica_fetch_wait_max_ms == 0 {
+        if self.replica_lag_time_max_ms == 0 || self.replica_fetch_max_bytes == 0 || self.replica_fetch_wait_max_ms == 0
+        {
             bail!("replica_lag_time_max_ms, replica_fetch_max_bytes and replica_fetch_wait_max_ms must be positive");
         }
         if self.replica_fetch_response_max_bytes < self.replica_fetch_max_bytes
@@ -299,6 +304,9 @@ impl Config {
         }
         if self.max_open_segment_files_per_shard == 0 {
             bail!("max_open_segment_files_per_shard must be positive");
+        }
+        if self.offsets_topic_replication_factor < 1 {
+            bail!("offsets_topic_replication_factor must be at least 1");
         }
         if self.offsets_topic_num_partitions < 1 || self.offsets_topic_num_partitions > self.max_partitions_per_topic {
             bail!("offsets_topic_num_partitions must be between 1 and max_partitions_per_topic");

@@ -337,7 +337,9 @@ impl Broker {
                     return Ok(false);
                 }
                 info!(topic = %name, partitions, "creating the consumer offsets topic");
-                let states = spread(meta, &name, 0, partitions, 1)?;
+                let live = meta.live_brokers().count();
+                let factor = self.config.offsets_topic_replication_factor.min(live.max(1));
+                let states = spread(meta, &name, 0, partitions, factor)?;
                 meta.put_topic(new_topic(name, configs, states));
                 Ok(true)
             }
@@ -507,7 +509,12 @@ fn commit_groups(batch: Vec<Queued>) -> Vec<Vec<Queued>> {
 }
 
 /// Creates each valid name of `names` that is not a topic yet; returns how many.
-fn auto_create(meta: &mut ClusterMeta, names: Vec<String>, partitions: i32, factor: usize) -> Result<usize, AdminError> {
+fn auto_create(
+    meta: &mut ClusterMeta,
+    names: Vec<String>,
+    partitions: i32,
+    factor: usize,
+) -> Result<usize, AdminError> {
     let mut created = 0;
     for name in names {
         if !valid_topic_name(&name) || meta.topic(&name).is_some() {
@@ -589,7 +596,10 @@ fn alter_partition(
         && isr.iter().all(|n| state.replicas.contains(n))
         && isr.iter().filter(|n| !state.isr.contains(n)).all(live);
     if !valid {
-        fail(ResponseError::InvalidRequest, format!("ISR {isr:?} of {topic}-{partition} is not a set of live replicas"))?;
+        fail(
+            ResponseError::InvalidRequest,
+            format!("ISR {isr:?} of {topic}-{partition} is not a set of live replicas"),
+        )?;
     }
     if isr == state.isr {
         return Ok(false);
@@ -745,6 +755,7 @@ mod tests {
         queued(AdminOp::CreateTopic {
             name: name.into(),
             partitions: 1,
+            replication_factor: 1,
             assignment: Vec::new(),
             configs: BTreeMap::new(),
             validate_only: false,
@@ -799,15 +810,50 @@ mod tests {
     }
 
     #[test]
+    fn only_the_leader_in_its_epoch_alters_the_isr() {
+        let mut meta = ClusterMeta::new(1, 1, Vec::new());
+        for node in 1..=3 {
+            meta.brokers.insert(node, broker(node));
+        }
+        let states = spread(&meta, "t", 0, 1, 3).unwrap();
+        let leader = states[0].leader;
+        meta.put_topic(new_topic("t".into(), BTreeMap::new(), states));
+        let others: Vec<NodeId> = (1..=3).filter(|n| *n != leader).collect();
+        assert!(alter_partition(&mut meta, "t", 0, others[0], 0, vec![others[0]]).is_err(), "not the leader");
+        assert!(alter_partition(&mut meta, "t", 0, leader, 1, vec![leader]).is_err(), "stale epoch");
+        assert!(alter_partition(&mut meta, "t", 0, leader, 0, vec![others[0]]).is_err(), "ISR without its leader");
+        assert!(alter_partition(&mut meta, "t", 0, leader, 0, vec![leader, 7]).is_err(), "not a replica");
+        assert!(alter_partition(&mut meta, "t", 0, leader, 0, vec![leader, others[0]]).unwrap());
+        assert_eq!(meta.topic("t").unwrap().partition(0).isr, vec![leader, others[0]]);
+        meta.brokers.get_mut(&others[1]).unwrap().fenced = true;
+        let back = vec![leader, others[0], others[1]];
+        assert!(alter_partition(&mut meta, "t", 0, leader, 0, back).is_err(), "a fenced broker cannot rejoin");
+        // Fencing a follower drops it from the ISR without a new epoch.
+        meta.brokers.get_mut(&others[0]).unwrap().fenced = true;
+        reelect(&mut meta, others[0], true);
+        let state = meta.topic("t").unwrap().partition(0).clone();
+        assert_eq!((state.isr, state.leader, state.leader_epoch), (vec![leader], leader, 0));
+    }
+
+    #[test]
     fn partitions_spread_over_live_brokers_only() {
         let mut meta = ClusterMeta::new(1, 1, Vec::new());
         for node in 1..=3 {
             meta.brokers.insert(node, broker(node));
         }
         meta.brokers.get_mut(&2).unwrap().fenced = true;
-        let states = spread(&meta, "t", 0, 6).unwrap();
+        let states = spread(&meta, "t", 0, 6, 1).unwrap();
         let leaders: HashSet<NodeId> = states.iter().map(|s| s.leader).collect();
         assert_eq!(leaders, HashSet::from([1, 3]));
+        let replicated = spread(&meta, "t", 0, 4, 2).unwrap();
+        for state in &replicated {
+            assert_eq!(state.replicas.len(), 2);
+            assert_eq!(state.isr, state.replicas);
+            assert_eq!(state.leader, state.replicas[0]);
+        }
+        let leaders: Vec<NodeId> = replicated.iter().map(|s| s.leader).collect();
+        assert_eq!(leaders.iter().filter(|l| **l == 1).count(), 2, "leaders alternate: {leaders:?}");
+        assert!(spread(&meta, "t", 0, 1, 3).is_err(), "only two brokers are live");
         assert!(explicit_assignment(&meta, vec![vec![4]]).is_err(), "unknown broker");
         assert!(explicit_assignment(&meta, vec![vec![1, 1]]).is_err(), "repeated broker");
         assert_eq!(

@@ -397,9 +397,6 @@ impl Broker {
                     let partition = Partition::start(log);
                     self.partitions.borrow_mut().insert(tp, partition.clone());
                     crate::replication::install_partition(self, topic, *p, &partition).await;
-                    if topic.name == OFFSETS_TOPIC {
-                        self.groups.start_loading(self, *p, partition);
-                    }
                 }
                 Err(e) => error!(dir = %dir.display(), "cannot open partition: {e}"),
             }

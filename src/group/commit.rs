@@ -31,7 +31,7 @@ use super::state::Group;
 use super::{offsets_partition_log, store_error, Applying, Coordinator, GroupReply, GroupResult};
 use crate::broker::{Broker, PartitionError};
 use crate::storage::log::AppendInfo;
-use crate::storage::{self, Durability, Partition};
+use crate::storage::{self, Partition};
 
 /// Largest batch the flusher appends, in bytes (under the log's message
 /// limit too): ~600 commits of a short group and topic name. An append
@@ -302,7 +302,7 @@ impl Coordinator {
         mut entries: Vec<Queued>,
         unapplied: Rc<Cell<u32>>,
     ) {
-        let durable = log.wait_durable(info.last_offset, Durability::Synced).await.map_err(PartitionError::from);
+        let durable = log.wait_committed(info.last_offset).await.map_err(PartitionError::from);
         let mut next = info.base_offset;
         for entry in entries.drain(..) {
             let first = next;

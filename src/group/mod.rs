@@ -30,7 +30,7 @@ use kafka_protocol::protocol::StrBytes;
 use tracing::{error, info, warn};
 
 use crate::broker::{Broker, PartitionError};
-use crate::storage::{self, Durability, Partition, StorageError};
+use crate::storage::{self, Partition, StorageError};
 use commit::AppendQueue;
 pub use commit::CommitArgs;
 use records::GroupRecord;
@@ -677,7 +677,7 @@ impl Coordinator {
         drop(permit);
         let start = match first {
             Some(first) => {
-                log.wait_durable(last, Durability::Synced).await?;
+                log.wait_committed(last).await?;
                 first
             }
             None => log.log.borrow().end_offset(), // no group left: nothing to keep
@@ -762,7 +762,7 @@ impl Coordinator {
         let applying = if info.is_ok() { self.applying(partition) } else { Applying(None) };
         drop(permit);
         let stored = match info {
-            Ok(info) => log.wait_durable(info.last_offset, Durability::Synced).await.map(|_| info.base_offset),
+            Ok(info) => log.wait_committed(info.last_offset).await.map(|_| info.base_offset),
             Err(e) => Err(e),
         };
         match stored {
@@ -853,7 +853,8 @@ impl Coordinator {
         .detach();
     }
 
-    /// An offsets partition left this shard (its topic was deleted): forget its groups.
+    /// This shard no longer coordinates an offsets partition's groups (its
+    /// topic was deleted, or another replica leads it now): forget them.
     pub fn unload(&self, partition: i32, partition_count: i32) {
         self.partitions.borrow_mut().remove(&partition);
         self.groups.borrow_mut().retain(|id, _| offsets_partition(id, partition_count) != partition);
@@ -862,7 +863,9 @@ impl Coordinator {
     async fn load(&self, broker: &Rc<Broker>, partition: i32, log: &Partition) -> Result<usize, StorageError> {
         let (mut offset, end) = {
             let l = log.log.borrow();
-            (l.log_start_offset(), l.high_watermark())
+            // The new leader's log is the partition's: all of it, not only
+            // what its high watermark has reached yet.
+            (l.log_start_offset(), l.flushed_offset())
         };
         let count = offsets_partition_count(broker);
         let now = Instant::now();

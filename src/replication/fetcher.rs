@@ -25,9 +25,9 @@ use kafka_protocol::protocol::StrBytes;
 use tracing::{debug, info, warn};
 
 use super::conn::LeaderConn;
-use shards::NodeId;
 use crate::broker::{Broker, TopicPartition};
 use crate::storage::now_ms;
+use shards::NodeId;
 
 const FETCH_VERSION: i16 = 12;
 const EPOCH_VERSION: i16 = 3;
@@ -173,11 +173,15 @@ impl Fetcher {
                 .topics
                 .iter()
                 .flat_map(|t| {
-                    t.partitions.iter().map(|p| ((t.topic.0.to_string(), p.partition), (p.error_code, p.leader_epoch, p.end_offset)))
+                    t.partitions
+                        .iter()
+                        .map(|p| ((t.topic.0.to_string(), p.partition), (p.error_code, p.leader_epoch, p.end_offset)))
                 })
                 .collect();
             for (tp, followed, _, end) in asked {
-                let Some(&(error, leader_epoch, leader_end)) = results.get(&(followed.topic.clone(), followed.partition)) else {
+                let Some(&(error, leader_epoch, leader_end)) =
+                    results.get(&(followed.topic.clone(), followed.partition))
+                else {
                     clean = false;
                     continue;
                 };
@@ -347,6 +351,17 @@ impl Fetcher {
             }
         }
         partition.follow_high_watermark(p.high_watermark);
+        let (start, end) = {
+            let log = partition.log.borrow();
+            (log.log_start_offset(), log.end_offset())
+        };
+        if p.log_start_offset > start && start < end {
+            // The leader deleted records (retention, DeleteRecords, a
+            // coordinator's checkpoint): so does its follower.
+            if let Err(e) = partition.delete_records(p.log_start_offset.min(end)).await {
+                debug!(dir = %partition.log.borrow().dir.display(), "following the leader's log start: {e:?}");
+            }
+        }
         Taken::Ok
     }
 

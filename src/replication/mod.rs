@@ -21,11 +21,12 @@ use tracing::{info, warn};
 
 use crate::broker::admin::AdminOp;
 use crate::broker::metadata::NO_LEADER;
-use shards::NodeId;
 use crate::broker::{Broker, TopicMeta, TopicPartition};
+use crate::group::OFFSETS_TOPIC;
 use crate::storage::replica_set::ReplicaSet;
 use crate::storage::{now_ms, Partition};
 use fetcher::Fetcher;
+use shards::NodeId;
 
 /// The shard's replication state.
 #[derive(Default)]
@@ -68,6 +69,10 @@ pub async fn install_partition(broker: &Rc<Broker>, topic: &TopicMeta, p: i32, p
             }
             lead(partition, state.leader_epoch, &state.replicas, &state.isr, me).await;
             info!(topic = %topic.name, partition = p, epoch = state.leader_epoch, "leading partition");
+            if topic.name == OFFSETS_TOPIC {
+                // The coordinator of its groups is its leader: load them.
+                broker.groups.start_loading(broker, p, partition.clone());
+            }
         } else if let Some(set) = partition.replicas.borrow_mut().as_mut() {
             if set.pending_isr.as_ref() == Some(&state.isr) {
                 set.pending_isr = None;
@@ -93,6 +98,9 @@ pub async fn install_partition(broker: &Rc<Broker>, topic: &TopicMeta, p: i32, p
     }
     for fetcher in broker.replication.fetchers.borrow().values() {
         fetcher.remove(&tp);
+    }
+    if topic.name == OFFSETS_TOPIC {
+        broker.groups.unload(p, topic.partitions);
     }
     if state.leader != NO_LEADER {
         info!(topic = %topic.name, partition = p, leader = state.leader, epoch = state.leader_epoch, "following partition");

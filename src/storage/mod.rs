@@ -14,8 +14,8 @@ pub mod open_files;
 pub mod partition;
 pub mod producers;
 pub mod records;
-pub mod replica_set;
 pub mod recovery;
+pub mod replica_set;
 pub mod segment;
 pub mod truncate;
 

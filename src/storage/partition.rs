@@ -291,6 +291,14 @@ impl Partition {
         }
     }
 
+    /// Waits until the batch ending at `last_offset` is durable here and,
+    /// on a replicated partition, on every in-sync replica (what the group
+    /// coordinator waits for before it answers a commit).
+    pub async fn wait_committed(&self, last_offset: i64) -> Result<(), StorageError> {
+        self.wait_durable(last_offset, Durability::Synced).await?;
+        self.wait_replicated(last_offset).await
+    }
+
     fn check_online(&self) -> Result<(), StorageError> {
         if self.stop.get().is_some() {
             return Err(StorageError::Io(std::io::Error::other("partition is closing")));

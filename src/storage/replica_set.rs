@@ -55,8 +55,12 @@ impl ReplicaSet {
             .iter()
             .filter(|r| **r != leader)
             .map(|r| {
-                let state =
-                    FollowerState { log_end: -1, last_caught_up_ms: now_ms, leader_end_at_last_fetch: -1, last_fetch_ms: 0 };
+                let state = FollowerState {
+                    log_end: -1,
+                    last_caught_up_ms: now_ms,
+                    leader_end_at_last_fetch: -1,
+                    last_fetch_ms: 0,
+                };
                 (*r, state)
             })
             .collect();
