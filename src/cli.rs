@@ -22,6 +22,9 @@ pub enum TopicCommand {
         name: String,
         #[arg(short, long, default_value_t = -1)]
         partitions: i32,
+        /// Replicas of each partition (-1: the broker's default_replication_factor).
+        #[arg(short, long, default_value_t = -1)]
+        replicas: i16,
         /// Topic config, key=value (repeatable).
         #[arg(short, long = "config")]
         configs: Vec<String>,
@@ -236,9 +239,9 @@ pub fn topic(brokers: &str, command: TopicCommand) -> Result<()> {
     let mut client = Client::connect_kafka(brokers)?;
     let mut out = std::io::stdout().lock();
     match command {
-        TopicCommand::Create { name, partitions, configs } => {
+        TopicCommand::Create { name, partitions, replicas, configs } => {
             let configs: Vec<(String, String)> = pairs(&configs)?.into_iter().collect();
-            let created = client.create_topic(&name, partitions, &configs)?;
+            let created = client.create_replicated_topic(&name, partitions, replicas, &configs)?;
             writeln!(out, "created topic {name} with {created} partitions")?;
         }
         TopicCommand::List => {

@@ -170,10 +170,21 @@ impl Client {
 impl Client {
     /// Creates a topic; `partitions` -1 takes the broker default.
     pub fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(String, String)]) -> Result<i32> {
+        self.create_replicated_topic(name, partitions, -1, configs)
+    }
+
+    /// Creates a topic with `replicas` replicas per partition (-1: the broker's default).
+    pub fn create_replicated_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replicas: i16,
+        configs: &[(String, String)],
+    ) -> Result<i32> {
         let mut topic = create_topics_request::CreatableTopic::default();
         topic.name = TopicName(str_bytes(name));
         topic.num_partitions = partitions;
-        topic.replication_factor = -1;
+        topic.replication_factor = replicas;
         for (k, v) in configs {
             let mut c = create_topics_request::CreatableTopicConfig::default();
             c.name = str_bytes(k);

@@ -13,6 +13,7 @@ pub mod group_cli;
 pub mod handlers;
 pub mod logging;
 pub mod metrics;
+pub mod partition_cli;
 pub mod protocol;
 pub mod replication;
 pub mod server;

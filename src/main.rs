@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: spate::cli::ClusterCommand,
     },
+    /// Move partitions' replicas and elect preferred leaders.
+    Partition {
+        #[command(subcommand)]
+        command: spate::partition_cli::PartitionCommand,
+    },
     /// Inspect and steer consumer groups.
     Group {
         #[command(subcommand)]
@@ -108,6 +113,7 @@ fn run() -> Result<()> {
         Command::Serve(args) => serve(args),
         Command::Topic { command } => cli::topic(&brokers_or_default(&cli.brokers), command),
         Command::Cluster { command } => cli::cluster(&brokers_or_default(&cli.brokers), command),
+        Command::Partition { command } => spate::partition_cli::partition(&brokers_or_default(&cli.brokers), command),
         Command::Group { command } => spate::group_cli::group(&brokers_or_default(&cli.brokers), command),
         Command::Produce { args } => cli::produce(&brokers_or_default(&cli.brokers), args),
         Command::Consume { args } => cli::consume(&brokers_or_default(&cli.brokers), args),

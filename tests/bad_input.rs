@@ -160,7 +160,7 @@ fn unsupported_versions() {
     let response = ApiVersionsResponse::decode(&mut body, 0).unwrap();
     assert_eq!(response.error_code, 35, "UNSUPPORTED_VERSION");
     let produce = response.api_keys.iter().find(|k| k.api_key == 0).expect("Produce advertised");
-    assert_eq!((produce.min_version, produce.max_version), (3, 9));
+    assert_eq!((produce.min_version, produce.max_version), (3, 10));
     assert!(response.api_keys.iter().all(|k| k.api_key != 71 && k.api_key != 72), "telemetry is not advertised");
 
     let mut produce_v99 = raw(&broker.addr);

@@ -129,6 +129,20 @@ pub enum AdminOp {
         leader_epoch: i32,
         isr: Vec<NodeId>,
     },
+    /// ElectLeaders: each partition's preferred replica leads if it is live
+    /// and in sync (`unclean`: a leaderless partition gets any live replica).
+    ElectLeaders {
+        partitions: Vec<(String, i32)>,
+        unclean: bool,
+    },
+    /// AlterPartitionReassignments: moves a partition to `target` replicas
+    /// (None cancels a reassignment under way). New replicas join as
+    /// followers; once all are in sync, the old ones are dropped.
+    Reassign {
+        topic: String,
+        partition: i32,
+        target: Option<Vec<NodeId>>,
+    },
 }
 
 impl AdminOp {
@@ -291,6 +305,10 @@ impl Broker {
             AdminOp::AlterPartition { topic, partition, leader, leader_epoch, isr } => {
                 alter_partition(meta, &topic, partition, leader, leader_epoch, isr).map(|changed| (changed, 0))
             }
+            AdminOp::ElectLeaders { partitions, unclean } => Ok((elect_leaders(meta, &partitions, unclean) > 0, 0)),
+            AdminOp::Reassign { topic, partition, target } => {
+                reassign(meta, &topic, partition, target).map(|changed| (changed, 0))
+            }
             op => self.apply_topic_op(meta, op).map(|changed| (changed, 0)),
         }
     }
@@ -301,7 +319,9 @@ impl Broker {
             AdminOp::RegisterBroker { .. }
             | AdminOp::FenceBroker { .. }
             | AdminOp::AllocateProducerIds
-            | AdminOp::AlterPartition { .. } => unreachable!("handled by apply"),
+            | AdminOp::AlterPartition { .. }
+            | AdminOp::ElectLeaders { .. }
+            | AdminOp::Reassign { .. } => unreachable!("handled by apply"),
             AdminOp::CreateTopic { name, partitions, replication_factor, assignment, configs, validate_only } => {
                 if !valid_topic_name(&name) {
                     fail(ResponseError::InvalidTopicException, format!("invalid topic name {name:?}"))?;
@@ -570,6 +590,36 @@ fn spread(
         .collect())
 }
 
+/// Elects the preferred (or, `unclean`, any live) replica of each named
+/// partition where that changes its leader; returns how many changed.
+fn elect_leaders(meta: &mut ClusterMeta, partitions: &[(String, i32)], unclean: bool) -> usize {
+    let mut elected = 0;
+    for (topic, partition) in partitions {
+        let Some(existing) = meta.topic(topic).filter(|t| *partition >= 0 && *partition < t.partitions).cloned() else {
+            continue;
+        };
+        let state = existing.partition(*partition);
+        let live = |b: &NodeId| meta.brokers.get(b).is_some_and(|r| !r.fenced);
+        let candidate = if unclean {
+            state.replicas.iter().copied().find(|b| live(b)).filter(|_| state.leader == NO_LEADER)
+        } else {
+            Some(state.replicas[0]).filter(|p| *p != state.leader && live(p) && state.isr.contains(p))
+        };
+        let Some(leader) = candidate else { continue };
+        let mut changed = (*existing).clone();
+        let state = &mut changed.assignment[*partition as usize];
+        info!(topic, partition, from = state.leader, to = leader, unclean, "electing a leader");
+        state.leader = leader;
+        state.leader_epoch += 1;
+        if !state.isr.contains(&leader) {
+            state.isr = vec![leader]; // unclean: only it is known in sync
+        }
+        meta.put_topic(changed);
+        elected += 1;
+    }
+    elected
+}
+
 /// AlterPartition: the leader in its epoch sets the ISR; it must be made of
 /// the partition's replicas, hold the leader, and add only live brokers.
 fn alter_partition(
@@ -606,29 +656,108 @@ fn alter_partition(
     }
     info!(topic, partition, from = ?state.isr, to = ?isr, "ISR changed");
     let mut changed = (*existing).clone();
-    changed.assignment[partition as usize].isr = isr;
+    let state = &mut changed.assignment[partition as usize];
+    state.isr = isr;
+    if !state.adding.is_empty() && state.adding.iter().all(|n| state.isr.contains(n)) {
+        let target = state.target_replicas();
+        finish_reassignment(meta, topic, partition, state, target);
+    }
     meta.put_topic(changed);
     Ok(true)
 }
 
+/// Starts (or cancels) moving a partition's replicas. With nothing to add
+/// it completes at once; otherwise when the last added replica joins the ISR.
+fn reassign(
+    meta: &mut ClusterMeta,
+    topic: &str,
+    partition: i32,
+    target: Option<Vec<NodeId>>,
+) -> Result<bool, AdminError> {
+    let existing = existing_topic(meta, topic)?.clone();
+    if partition < 0 || partition >= existing.partitions {
+        fail(ResponseError::UnknownTopicOrPartition, format!("no partition {topic}-{partition}"))?;
+    }
+    let mut changed = (*existing).clone();
+    let state = &mut changed.assignment[partition as usize];
+    let original: Vec<NodeId> = state.replicas.iter().copied().filter(|n| !state.adding.contains(n)).collect();
+    let target = match target {
+        Some(target) => {
+            check_replicas(meta, &target)?;
+            target
+        }
+        None if state.adding.is_empty() && state.removing.is_empty() => {
+            return Err(AdminError {
+                code: ResponseError::NoReassignmentInProgress.code(),
+                message: format!("{topic}-{partition} is not being reassigned"),
+            });
+        }
+        None => original.clone(),
+    };
+    if target == state.replicas && state.adding.is_empty() && state.removing.is_empty() {
+        return Ok(false);
+    }
+    state.adding = target.iter().copied().filter(|n| !original.contains(n)).collect();
+    state.removing = original.iter().copied().filter(|n| !target.contains(n)).collect();
+    state.replicas = target.iter().chain(&state.removing).copied().collect();
+    info!(topic, partition, ?target, adding = ?state.adding, removing = ?state.removing, "reassigning partition");
+    if state.adding.iter().all(|n| state.isr.contains(n)) {
+        finish_reassignment(meta, topic, partition, state, target);
+    }
+    meta.put_topic(changed);
+    Ok(true)
+}
+
+/// The replicas a client names: some, none twice, all registered brokers.
+fn check_replicas(meta: &ClusterMeta, replicas: &[NodeId]) -> Result<(), AdminError> {
+    let distinct: HashSet<NodeId> = replicas.iter().copied().collect();
+    let invalid = |message: String| AdminError { code: ResponseError::InvalidReplicaAssignment.code(), message };
+    if replicas.is_empty() || distinct.len() != replicas.len() {
+        return Err(invalid(format!("replicas {replicas:?} are empty or repeat a broker")));
+    }
+    match replicas.iter().find(|b| !meta.brokers.contains_key(b)) {
+        Some(unknown) => Err(invalid(format!("broker {unknown} is not registered"))),
+        None => Ok(()),
+    }
+}
+
+/// Every added replica is in sync: the partition keeps only `target`; a
+/// leader that is no longer a replica hands over to the first live in-sync
+/// one of the new set (a new epoch).
+fn finish_reassignment(
+    meta: &ClusterMeta,
+    topic: &str,
+    partition: i32,
+    state: &mut PartitionState,
+    target: Vec<NodeId>,
+) {
+    let live = |b: &NodeId| meta.brokers.get(b).is_some_and(|r| !r.fenced);
+    state.isr.retain(|n| target.contains(n));
+    state.replicas = target;
+    state.adding.clear();
+    state.removing.clear();
+    if !state.replicas.contains(&state.leader) {
+        let next = state.replicas.iter().copied().find(|n| state.isr.contains(n) && live(n));
+        state.leader = next.unwrap_or(NO_LEADER);
+        state.leader_epoch += 1;
+    }
+    info!(topic, partition, replicas = ?state.replicas, leader = state.leader, "reassignment complete");
+}
+
 /// A client's explicit assignment: every replica a registered broker, none twice.
 fn explicit_assignment(meta: &ClusterMeta, assignment: Vec<Vec<NodeId>>) -> Result<Vec<PartitionState>, AdminError> {
-    let invalid = |message: String| AdminError { code: ResponseError::InvalidReplicaAssignment.code(), message };
     let mut states = Vec::with_capacity(assignment.len());
     for (p, replicas) in assignment.into_iter().enumerate() {
-        let distinct: HashSet<NodeId> = replicas.iter().copied().collect();
-        if replicas.is_empty() || distinct.len() != replicas.len() {
-            return Err(invalid(format!("partition {p}: replicas {replicas:?} are empty or repeat a broker")));
-        }
-        if let Some(unknown) = replicas.iter().find(|b| !meta.brokers.contains_key(b)) {
-            return Err(invalid(format!("partition {p}: broker {unknown} is not registered")));
-        }
+        check_replicas(meta, &replicas)
+            .map_err(|e| AdminError { code: e.code, message: format!("partition {p}: {}", e.message) })?;
         let leader = replicas.iter().copied().find(|b| meta.brokers[b].fenced.then_some(()).is_none());
         states.push(PartitionState {
             isr: replicas.clone(),
             leader: leader.unwrap_or(NO_LEADER),
             leader_epoch: 0,
             replicas,
+            adding: Vec::new(),
+            removing: Vec::new(),
         });
     }
     Ok(states)

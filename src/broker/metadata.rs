@@ -52,6 +52,12 @@ pub struct PartitionState {
     pub leader_epoch: i32,
     /// The in-sync replicas (the leader among them).
     pub isr: Vec<NodeId>,
+    /// A reassignment under way: replicas being added (in `replicas`, not
+    /// yet in sync) and replicas to remove once they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding: Vec<NodeId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing: Vec<NodeId>,
 }
 
 /// `leader` of a partition that no live replica can lead.
@@ -59,7 +65,19 @@ pub const NO_LEADER: NodeId = -1;
 
 impl PartitionState {
     pub fn led_by(node: NodeId, replicas: Vec<NodeId>, leader_epoch: i32) -> PartitionState {
-        PartitionState { isr: replicas.clone(), replicas, leader: node, leader_epoch }
+        PartitionState {
+            isr: replicas.clone(),
+            replicas,
+            leader: node,
+            leader_epoch,
+            adding: Vec::new(),
+            removing: Vec::new(),
+        }
+    }
+
+    /// The replicas a reassignment under way moves to (the current ones if none).
+    pub fn target_replicas(&self) -> Vec<NodeId> {
+        self.replicas.iter().copied().filter(|n| !self.removing.contains(n)).collect()
     }
 }
 

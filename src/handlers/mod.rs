@@ -2,14 +2,17 @@
 //! versions spate advertises. Only what is implemented is advertised.
 
 mod alter_configs;
+mod alter_partition_reassignments;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
 mod delete_groups;
 mod delete_records;
 mod delete_topics;
+mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod elect_leaders;
 pub mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -18,7 +21,8 @@ mod join_group;
 mod leave_group;
 mod list_groups;
 mod list_offsets;
-mod metadata;
+mod list_partition_reassignments;
+pub mod metadata;
 mod offset_commit;
 pub use offset_commit::handle as handle_offset_commit;
 mod offset_delete;
@@ -44,7 +48,7 @@ use crate::protocol::{Reply, Request};
 
 /// (API, lowest version, highest version) served.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
+    (ApiKey::Produce, 3, 10),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
@@ -69,6 +73,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -208,6 +216,8 @@ fn changes_nothing(api: ApiKey) -> bool {
             | ApiKey::OffsetFetch
             | ApiKey::ListGroups
             | ApiKey::DescribeGroups
+            | ApiKey::DescribeCluster
+            | ApiKey::ListPartitionReassignments
     )
 }
 
@@ -258,6 +268,10 @@ pub async fn handle(
         ApiKey::DescribeGroups => describe_groups::handle(broker, &request).await,
         ApiKey::DeleteGroups => delete_groups::handle(broker, &request).await,
         ApiKey::OffsetDelete => offset_delete::handle(broker, &request).await,
+        ApiKey::DescribeCluster => describe_cluster::handle(broker, &request),
+        ApiKey::ElectLeaders => elect_leaders::handle(broker, &request).await,
+        ApiKey::AlterPartitionReassignments => alter_partition_reassignments::handle(broker, &request).await,
+        ApiKey::ListPartitionReassignments => list_partition_reassignments::handle(broker, &request),
         other => Err(FrameError(format!("API {other:?} is not supported"))),
     }
 }

@@ -5,11 +5,13 @@
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 
 use super::{decode_body, error_code, Applied, FrameError};
-use crate::broker::{durability_for_acks, Broker, PartitionError, PartitionOk, PartitionOp};
+use crate::broker::{durability_for_acks, Broker, ClusterMeta, PartitionError, PartitionOk, PartitionOp};
 use crate::protocol::{encode, Reply, Request};
 
 /// `applied` is dropped once every partition's batch has its offsets (or
@@ -58,6 +60,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) ->
 
     let mut response = ProduceResponse::default();
     let mut failed = None;
+    let mut leaders = Vec::new();
     for topic in &body.topic_data {
         let mut topic_out = TopicProduceResponse::default();
         topic_out.name = topic.name.clone();
@@ -78,6 +81,11 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) ->
                 Err(e) => {
                     out.error_code = error_code(e);
                     crate::metrics::with(|m| m.error(request.api_key, out.error_code));
+                    if e == PartitionError::NotAvailable {
+                        // KIP-951: where the partition went, so the client moves at once.
+                        out.current_leader = current_leader(&meta, topic.name.0.as_str(), partition.index);
+                        leaders.push(out.current_leader.leader_id.0);
+                    }
                     failed = Some(e);
                 }
             }
@@ -85,6 +93,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) ->
         }
         response.responses.push(topic_out);
     }
+    response.node_endpoints = node_endpoints(&meta, leaders);
     if acks == 0 {
         return Ok(match failed {
             Some(e) => Reply::Close(format!("acks=0 produce failed: {e:?}")),
@@ -92,4 +101,35 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request, applied: Applied) ->
         });
     }
     Ok(encode(request, &response))
+}
+
+/// The partition's leader and epoch as this node knows them (-1: unknown).
+fn current_leader(meta: &ClusterMeta, topic: &str, partition: i32) -> LeaderIdAndEpoch {
+    let mut leader = LeaderIdAndEpoch::default();
+    leader.leader_id = BrokerId(-1);
+    leader.leader_epoch = -1;
+    if let Some(state) =
+        meta.topic(topic).filter(|t| partition >= 0 && partition < t.partitions).map(|t| t.partition(partition))
+    {
+        leader.leader_id = BrokerId(state.leader);
+        leader.leader_epoch = state.leader_epoch;
+    }
+    leader
+}
+
+/// The endpoints of the leaders named in NOT_LEADER_OR_FOLLOWER answers (KIP-951).
+fn node_endpoints(meta: &ClusterMeta, mut leaders: Vec<i32>) -> Vec<NodeEndpoint> {
+    leaders.sort_unstable();
+    leaders.dedup();
+    leaders
+        .into_iter()
+        .filter_map(|id| meta.brokers.get(&id).filter(|b| !b.fenced))
+        .map(|b| {
+            let mut endpoint = NodeEndpoint::default();
+            endpoint.node_id = BrokerId(b.node_id);
+            endpoint.host = crate::protocol::str_bytes(&b.host);
+            endpoint.port = b.port;
+            endpoint
+        })
+        .collect()
 }

@@ -78,6 +78,7 @@ pub async fn install_partition(broker: &Rc<Broker>, topic: &TopicMeta, p: i32, p
                 set.pending_isr = None;
             }
             set.isr = state.isr.clone();
+            set.set_replicas(&state.replicas, now_ms());
         }
         partition.update_high_watermark();
         return;

@@ -74,6 +74,20 @@ impl ReplicaSet {
         }
     }
 
+    /// The partition's replicas changed (a reassignment): new followers
+    /// start unknown, removed ones are forgotten.
+    pub fn set_replicas(&mut self, replicas: &[NodeId], now_ms: i64) {
+        self.followers.retain(|n, _| replicas.contains(n));
+        for r in replicas.iter().filter(|r| **r != self.leader) {
+            self.followers.entry(*r).or_insert(FollowerState {
+                log_end: -1,
+                last_caught_up_ms: now_ms,
+                leader_end_at_last_fetch: -1,
+                last_fetch_ms: 0,
+            });
+        }
+    }
+
     /// A follower fetched from `fetch_offset`: its log end. `leader_end` is
     /// the leader's written end now.
     pub fn on_fetch(&mut self, node: NodeId, fetch_offset: i64, leader_end: i64, now_ms: i64) -> bool {

@@ -5,8 +5,8 @@ What is tested here is the cluster's metadata: one quorum, brokers that
 register and are fenced when silent, partitions spread over the nodes,
 clients that follow leaders and coordinators to whichever node has them,
 controller failover under `kill -9`, and a restarted node catching up from
-the quorum's log or its snapshot. Partitions are not replicated yet
-(replication factor 1).
+the quorum's log or its snapshot. These topics have one replica per
+partition; replication itself is tested in test_replication.py.
 """
 
 import shutil

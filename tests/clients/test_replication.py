@@ -672,3 +672,150 @@ def test_group_moves_with_its_coordinator():
         assert moved != coordinator
     finally:
         shut_down(cluster)
+
+
+def test_preferred_leader_election_and_describe_cluster():
+    """A partition whose preferred replica died and came back is led by
+    another node until ElectLeaders moves it home (confluent-kafka's
+    `elect_leaders`); a second election is not needed. DescribeCluster lists
+    the three nodes and the controller. acks=all writes keep working and
+    every acknowledged record stays at its offset."""
+    from confluent_kafka import ElectionType
+
+    cluster = Cluster(extra=["replica_lag_time_max_ms=2000"])
+    try:
+        topic = "elect"
+        create_replicated_topic(cluster, topic, 1, min_isr=2)
+        preferred = partitions_state(cluster, topic)[0][0]
+        replicas = AdminClient({"bootstrap.servers": cluster.bootstrap()}).list_topics(topic).topics[topic]
+        assert replicas.partitions[0].replicas[0] == preferred, "the first replica leads a new partition"
+        acked, failed = send(cluster.bootstrap(), topic, [(0, f"a{i}") for i in range(50)])
+        assert len(acked) == 50 and not failed, failed
+
+        cluster.nodes[preferred].kill9()
+        others = [n for n in ALL if n != preferred]
+        moved = wait_until("another leader once the preferred one is fenced",
+                           lambda: partitions_state(cluster, topic, via=others),
+                           lambda s: s[0][0] in others, 20)[0][0]
+        more, failed = send(cluster.bootstrap(*others), topic, [(0, f"b{i}") for i in range(50)])
+        assert len(more) == 50 and not failed, failed
+        acked.update(more)
+        restart(cluster, preferred)
+        wait_until("the preferred replica back in sync", lambda: partitions_state(cluster, topic),
+                   fully_in_sync(1), 30)
+        assert partitions_state(cluster, topic)[0][0] == moved, "no automatic move back"
+
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap()})
+        result = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition(topic, 0)]).result(timeout=20)
+        errors = {(tp.topic, tp.partition): err for tp, err in result.items()}
+        assert errors == {(topic, 0): None}, f"election results: {errors}"
+        state = wait_until("the preferred replica leading again", lambda: partitions_state(cluster, topic),
+                           lambda s: s[0][0] == preferred, 20)
+        assert state[0][2] == list(ALL), state
+        again = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition(topic, 0)]).result(timeout=20)
+        err = {(tp.topic, tp.partition): e for tp, e in again.items()}.get((topic, 0))
+        assert err is not None and err.code() == KafkaError.ELECTION_NOT_NEEDED, f"second election: {err}"
+
+        last, failed = send(cluster.bootstrap(), topic, [(0, f"c{i}") for i in range(50)])
+        assert len(last) == 50 and not failed, failed
+        acked.update(last)
+        ends = high_watermarks(cluster.bootstrap(), topic, 1)
+        seen = read_to_ends(cluster.bootstrap(), topic, ends)
+        assert all(seen.get(k) == v for k, v in acked.items()), "every acknowledged record at its offset"
+        assert len(seen) == len(acked) == 150, (len(seen), len(acked))
+
+        described = admin.describe_cluster().result(timeout=10)
+        assert sorted(n.id for n in described.nodes) == list(ALL), described.nodes
+        assert described.controller is not None and described.controller.id in ALL
+        assert described.cluster_id
+    finally:
+        shut_down(cluster)
+
+
+def test_reassignment_under_load_loses_nothing():
+    """`spate partition move` under an acks=all load: reordering a
+    partition's replicas (1,2,3 → 2,3,1) is done at once and `spate
+    partition elect-leaders` hands it to its new preferred leader; moving a
+    two-replica partition onto the third node (x,y → z,x) makes z a follower
+    that catches up, then drops y. Every acknowledged record is read back at
+    its offset, and the moved replicas hold the same bytes."""
+    import subprocess
+    from conftest import SPATE
+
+    def cli(*args):
+        out = subprocess.run([str(SPATE), "--brokers", cluster.bootstrap(), *args], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    cluster = Cluster()
+    stop = threading.Event()
+    acked, errors = {}, []
+
+    def load(topics):
+        producer = Producer({"bootstrap.servers": cluster.bootstrap(), "acks": "all", "enable.idempotence": True,
+                             "linger.ms": 2})
+
+        def on_delivery(err, msg):
+            if err:
+                errors.append(err)
+            else:
+                acked[(msg.topic(), msg.partition(), msg.offset())] = msg.value().decode()
+        i = 0
+        while not stop.is_set():
+            for topic in topics:
+                producer.produce(topic, value=f"{topic}-{i}", partition=0, on_delivery=on_delivery)
+            i += 1
+            producer.poll(0.005)
+        producer.flush(30)
+
+    try:
+        create_replicated_topic(cluster, "reorder", 1)
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap()})
+        admin.create_topics([NewTopic("grow", num_partitions=1, replication_factor=2)])["grow"].result(timeout=20)
+        grow = wait_until("grow led with 2 replicas in sync", lambda: partitions_state(cluster, "grow"),
+                          lambda s: s[0][0] in ALL and len(s[0][2]) == 2, 30)[0]
+        md = admin.list_topics("reorder").topics["reorder"].partitions[0]
+        first, rest = md.replicas[0], md.replicas[1:]
+        thread = threading.Thread(target=load, args=(["reorder", "grow"],), daemon=True)
+        thread.start()
+        time.sleep(1)
+
+        reordered = rest + [first]
+        cli("partition", "move", "reorder/0", "--to", ",".join(map(str, reordered)))
+        md = admin.list_topics("reorder").topics["reorder"].partitions[0]
+        assert md.replicas == reordered, f"replicas now {md.replicas}, wanted {reordered}"
+        assert "elected its preferred leader" in cli("partition", "elect-leaders", "reorder/0")
+        wait_until("reorder led by its new preferred replica", lambda: partitions_state(cluster, "reorder"),
+                   lambda s: s[0][0] == reordered[0], 20)
+
+        x, y = grow[1]  # sorted replicas of "grow"
+        z = next(n for n in ALL if n not in (x, y))
+        out = cli("partition", "move", "grow/0", "--to", f"{z},{x}", "--timeout-s", "60")
+        assert "now has replicas" in out, out
+        state = wait_until("grow on z and x only", lambda: partitions_state(cluster, "grow"),
+                           lambda s: s[0][1] == sorted([z, x]) and s[0][2] == sorted([z, x]), 20)
+        assert state[0][0] in (z, x)
+        assert "grow/0" not in cli("partition", "moves")
+        time.sleep(1)
+        stop.set()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert not errors, f"{len(errors)} deliveries failed, e.g. {errors[:3]}"
+        for topic in ("reorder", "grow"):
+            mine = {(p, o): v for (t, p, o), v in acked.items() if t == topic}
+            assert len(mine) > 50, f"only {len(mine)} records acknowledged on {topic}"
+            ends = high_watermarks(cluster.bootstrap(), topic, 1)
+            seen = read_to_ends(cluster.bootstrap(), topic, ends)
+            wrong = [k for k, v in mine.items() if seen.get(k) != v]
+            assert not wrong, f"{topic}: {len(wrong)} acknowledged records not at their offsets, e.g. {wrong[:3]}"
+        wait_until("z in sync on grow", lambda: partitions_state(cluster, "grow"),
+                   lambda s: sorted(s[0][2]) == sorted([z, x]), 20)
+        for node in cluster.nodes.values():
+            node.stop()
+        logs = {n: partition_log(cluster, n, "grow", 0)[0] for n in (z, x)}
+        assert logs[z] and logs[z] == logs[x], (
+            f"grow/0 differs between {z} and {x} from byte {first_difference(logs[z], logs[x])}")
+    finally:
+        stop.set()
+        shut_down(cluster)
