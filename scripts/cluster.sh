@@ -65,10 +65,20 @@ start() {
 }
 
 stop() {
+    local pids=()
     for pidfile in "$dir"/node-*.pid; do
         [[ -f "$pidfile" ]] || continue
-        kill "$(cat "$pidfile")" 2>/dev/null || true
+        pids+=("$(cat "$pidfile")")
+        kill "${pids[-1]}" 2>/dev/null || true
         rm -f "$pidfile"
+    done
+    # Wait for the nodes to finish their clean shutdown (at most 30 s each),
+    # so that a new start finds the ports and data directories free.
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 1 300); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
     done
     echo "stopped"
 }

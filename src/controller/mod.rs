@@ -28,7 +28,7 @@ use anyhow::{bail, Context};
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use kafka_protocol::error::ResponseError;
-use raft::prelude::{Entry, EntryType, Message, Snapshot};
+use raft::prelude::{Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole, Storage};
 use serde::{Deserialize, Serialize};
 use shards::NodeId;
@@ -329,7 +329,16 @@ impl Controller {
             Event::Tick => {
                 node.tick();
             }
-            Event::Step(message) => {
+            Event::Step(mut message) => {
+                let last_index = node.raft.raft_log.last_index();
+                if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last_index {
+                    // A leader that remembers more of this node's log than it
+                    // has (its data directory was replaced): raft-rs would
+                    // panic. Commit only what is here; the leader's next
+                    // append finds the gap and sends the rest.
+                    warn!(from = message.from, commit = message.commit, last_index, "heartbeat past this node's log");
+                    message.commit = last_index;
+                }
                 if let Err(e) = node.step(message) {
                     tracing::debug!("raft step: {e}");
                 }
