@@ -17,6 +17,9 @@ pub struct Config {
     /// Host clients are told to connect to; defaults to the listen host, or
     /// "localhost" when listening on a wildcard address.
     pub advertised_host: Option<String>,
+    /// Port clients are told to connect to; defaults to the listen port (set
+    /// it when clients reach the broker through a proxy or a port mapping).
+    pub advertised_port: Option<u16>,
     pub data_dir: PathBuf,
     pub node_id: i32,
     /// This node's controller endpoint (HOST:PORT) for Raft traffic and
@@ -175,6 +178,7 @@ impl Default for Config {
         Config {
             listen: "0.0.0.0:9092".into(),
             advertised_host: None,
+            advertised_port: None,
             data_dir: PathBuf::from("./data"),
             node_id: 0,
             controller_listen: String::new(),
@@ -260,7 +264,7 @@ impl Config {
         for (key, value) in std::env::vars() {
             if let Some(name) = key.strip_prefix("SPATE_") {
                 let name = name.to_ascii_lowercase();
-                if table.contains_key(&name) || name == "advertised_host" {
+                if table.contains_key(&name) || name == "advertised_host" || name == "advertised_port" {
                     table.insert(name, parse_value(&value));
                 }
             }
@@ -357,6 +361,9 @@ impl Config {
     }
 
     pub fn advertised_port(&self) -> i32 {
+        if let Some(port) = self.advertised_port {
+            return port as i32;
+        }
         self.listen.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(9092)
     }
 

@@ -854,3 +854,231 @@ def test_a_node_with_a_replaced_data_directory_rejoins():
             assert logs[victim] and all(logs[n] == logs[victim] for n in others), f"wiped-{p} differs between nodes"
     finally:
         shut_down(cluster)
+
+
+class Proxy:
+    """A TCP proxy from a local port to `target_port` that the test can cut.
+    `replica_only`: the target is a Kafka listener, and only connections
+    whose first request comes from a follower's fetcher (client id
+    `spate-replica-N`) are cut; clients pass. Otherwise every connection is."""
+
+    def __init__(self, target_port, replica_only=False):
+        import socket
+        self.target_port, self.replica_only = target_port, replica_only
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.port = self.listener.getsockname()[1]
+        self.cut_off = threading.Event()
+        self.lock = threading.Lock()
+        self.cuttable = []  # live (client, upstream) socket pairs that a cut closes
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self):
+        self.cut_off.set()
+        with self.lock:
+            pairs, self.cuttable = self.cuttable, []
+        for pair in pairs:
+            for s in pair:
+                self._close(s)
+
+    def heal(self):
+        self.cut_off.clear()
+
+    @staticmethod
+    def _close(s):
+        import socket
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        import socket
+        head = b""
+        cuttable = True
+        if self.replica_only:
+            # The first request's header: length, api key, version, correlation id, client id.
+            try:
+                while len(head) < 14:
+                    chunk = client.recv(14 - len(head))
+                    if not chunk:
+                        return client.close()
+                    head += chunk
+                (id_len,) = struct.unpack_from(">h", head, 12)
+                while len(head) < 14 + max(id_len, 0):
+                    chunk = client.recv(14 + id_len - len(head))
+                    if not chunk:
+                        return client.close()
+                    head += chunk
+            except OSError:
+                return client.close()
+            cuttable = head[14:14 + max(id_len, 0)].startswith(b"spate-replica-")
+        if cuttable and self.cut_off.is_set():
+            return self._close(client)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            upstream.settimeout(None)
+            upstream.sendall(head)
+        except OSError:
+            return client.close()
+        if cuttable:
+            with self.lock:
+                self.cuttable.append((client, upstream))
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            self._close(s)
+
+
+class IsolatableCluster:
+    """Three nodes where node 3 talks to the others only through proxies:
+    the controller traffic both ways, and the followers' fetches from its
+    Kafka listener (which it advertises through a proxy that lets clients
+    pass). `isolate()` cuts node 3 off from the other nodes, not from clients."""
+
+    def __init__(self):
+        import tempfile
+        from pathlib import Path
+
+        from conftest import free_port
+        from test_cluster import Node
+
+        self.root = Path(tempfile.mkdtemp(prefix="spate-isolation-"))
+        kafka = {i: free_port() for i in ALL}
+        control = {i: free_port() for i in ALL}
+        self.proxies = {i: Proxy(control[i]) for i in ALL}  # to node i's controller port
+        self.kafka_proxy = Proxy(kafka[3], replica_only=True)
+        direct = {i: f"{i}@127.0.0.1:{control[i]}" for i in ALL}
+        proxied = {i: f"{i}@127.0.0.1:{self.proxies[i].port}" for i in ALL}
+        voters_of_3 = ",".join([proxied[1], proxied[2], direct[3]])
+        voters_of_others = ",".join([direct[1], direct[2], proxied[3]])
+        self.nodes = {
+            1: Node(self.root, 1, kafka[1], control[1], voters_of_others, []),
+            2: Node(self.root, 2, kafka[2], control[2], voters_of_others, []),
+            3: Node(self.root, 3, kafka[3], control[3], voters_of_3,
+                    [f"advertised_port={self.kafka_proxy.port}"]),
+        }
+        for node in self.nodes.values():
+            node.start()
+        for node in self.nodes.values():
+            node.wait_serving()
+
+    def isolate(self):
+        for proxy in self.proxies.values():
+            proxy.cut()
+        self.kafka_proxy.cut()
+
+    def heal(self):
+        for proxy in self.proxies.values():
+            proxy.heal()
+        self.kafka_proxy.heal()
+
+    def bootstrap(self, *ids):
+        return ",".join(self.nodes[i].addr for i in (ids or self.nodes))
+
+    def stop(self):
+        for node in self.nodes.values():
+            node.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def test_an_isolated_leader_acknowledges_nothing_that_is_lost():
+    """Node 3 leads a partition (RF 3, min.insync.replicas 2) and is cut off
+    from the other nodes while clients still reach it. It cannot get acks=all
+    writes replicated, so it acknowledges none; the others fence it and elect
+    a new leader, where writes go on. Healed, node 3 learns it follows,
+    truncates what it took alone, and catches up: every acknowledged record
+    is at its offset, once, and the three replicas end byte-identical."""
+    cluster = IsolatableCluster()
+    stop = threading.Event()
+    acked, isolated_acks = {}, []
+    try:
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap()})
+        admin.create_topics([NewTopic("iso", num_partitions=1, replica_assignment=[[3, 1, 2]],
+                                      config={"min.insync.replicas": "2"})])["iso"].result(timeout=20)
+        wait_until("iso led by node 3, all in sync", lambda: partitions_state(cluster, "iso"),
+                   lambda s: s[0][0] == 3 and s[0][2] == list(ALL), 30)
+        first, failed = send(cluster.bootstrap(), "iso", [(0, f"before-{i}") for i in range(50)],
+                             conf={"enable.idempotence": True})
+        assert len(first) == 50 and not failed, failed
+        acked.update(first)
+
+        def load():
+            producer = Producer({"bootstrap.servers": cluster.bootstrap(), "acks": "all",
+                                 "enable.idempotence": True, "linger.ms": 2, "message.timeout.ms": 30000})
+
+            def on_delivery(err, msg):
+                if not err:
+                    acked[(msg.partition(), msg.offset())] = msg.value().decode()
+            i = 0
+            while not stop.is_set():
+                producer.produce("iso", value=f"during-{i}", partition=0, on_delivery=on_delivery)
+                i += 1
+                producer.poll(0.01)
+            assert producer.flush(40) == 0, "records neither acknowledged nor failed"
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        time.sleep(0.5)
+
+        cluster.isolate()
+        # A producer that knows only node 3 sends it acks=all writes while it is cut off.
+        alone = Producer({"bootstrap.servers": f"127.0.0.1:{cluster.kafka_proxy.port}", "acks": "all",
+                          "message.timeout.ms": 4000, "retries": 0})
+        alone_errors = []
+        for i in range(20):
+            alone.produce("iso", value=f"alone-{i}", partition=0,
+                          on_delivery=lambda err, msg: alone_errors.append(err) if err else isolated_acks.append(
+                              msg.offset()))
+        alone.flush(10)
+        assert not isolated_acks, f"the isolated leader acknowledged acks=all writes at {isolated_acks}"
+        timed_out = (KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT)
+        assert len(alone_errors) == 20 and all(e.code() in timed_out for e in alone_errors), (
+            f"writes to the isolated leader should wait for replicas and time out: {alone_errors[:3]}")
+        wait_until("a new leader among the connected nodes", lambda: partitions_state(cluster, "iso", via=(1, 2)),
+                   lambda s: s[0][0] in (1, 2), 20)
+        assert partitions_state(cluster, "iso", via=(3,))[0][0] == 3, "node 3, cut off, still believes it leads"
+        time.sleep(2)  # writes go on at the new leader
+        cluster.heal()
+        wait_until("node 3 back in sync after healing", lambda: partitions_state(cluster, "iso"),
+                   lambda s: s[0][0] in (1, 2) and s[0][2] == list(ALL), 40)
+        stop.set()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        during = [k for k, v in acked.items() if v.startswith("during-")]
+        assert len(during) > 50, f"only {len(during)} acknowledged writes around the isolation"
+        ends = high_watermarks(cluster.bootstrap(1, 2), "iso", 1)
+        seen = read_to_ends(cluster.bootstrap(1, 2), "iso", ends)
+        lost = {k: v for k, v in acked.items() if seen.get(k) != v}
+        assert not lost, f"{len(lost)} acknowledged records not at their offsets, e.g. {list(lost.items())[:3]}"
+        values = list(seen.values())
+        assert len(values) == len(set(values)), "a record appears twice"
+        assert not any(v.startswith("alone-") for v in values), "a write the isolated leader took alone survived"
+        for node in cluster.nodes.values():
+            node.stop()
+        logs = {n: partition_log(cluster, n, "iso", 0)[0] for n in ALL}
+        assert logs[1] and logs[1] == logs[2] == logs[3], (
+            f"replicas differ: 1/3 from byte {first_difference(logs[1], logs[3])}")
+    finally:
+        stop.set()
+        shut_down(cluster)
