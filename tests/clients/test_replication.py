@@ -13,7 +13,10 @@ What is checked: acknowledged acks=all records survive two leader kills,
 once each, with no long stall; an old leader's acks=1 tail that no follower
 had is dropped and the three replicas end byte-identical; a frozen follower
 leaves the ISR and rejoins it; a consumer group's offsets outlive their
-coordinator.
+coordinator; preferred leader election and DescribeCluster; replicas moved
+under load (AlterPartitionReassignments through `spate partition move`); a
+node whose data directory was replaced rejoins; a leader cut off from the
+other nodes (by proxies the test runs) acknowledges nothing that is lost.
 
 Each test starts its own cluster and stops it in `finally`; clients are
 always bootstrapped with nodes believed alive (a SIGSTOPped node accepts
