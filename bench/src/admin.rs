@@ -42,11 +42,12 @@ pub fn unique_topic_name() -> String {
     format!("spate-bench-{millis}-{}", std::process::id())
 }
 
-/// Creates `name` with `partitions`; an existing topic is used as it is
-/// unless `must_create` (a unique name that exists is someone else's).
-pub async fn prepare_topic(addr: &str, name: &str, partitions: i32, must_create: bool) -> Result<Topic> {
+/// Creates `name` with `partitions` and `replicas` replicas of each (-1:
+/// the broker's default); an existing topic is used as it is unless
+/// `must_create` (a unique name that exists is someone else's).
+pub async fn prepare_topic(addr: &str, name: &str, partitions: i32, replicas: i16, must_create: bool) -> Result<Topic> {
     let conn = Conn::connect(addr).await?;
-    let created = create_topic(&conn, name, partitions).await?;
+    let created = create_topic(&conn, name, partitions, replicas).await?;
     if !created && must_create {
         bail!("topic {name} already exists");
     }
@@ -56,11 +57,11 @@ pub async fn prepare_topic(addr: &str, name: &str, partitions: i32, must_create:
 }
 
 /// True if created, false if it already existed.
-async fn create_topic(conn: &Conn, name: &str, partitions: i32) -> Result<bool> {
+async fn create_topic(conn: &Conn, name: &str, partitions: i32, replicas: i16) -> Result<bool> {
     let mut topic = create_topics_request::CreatableTopic::default();
     topic.name = TopicName(s(name));
     topic.num_partitions = partitions;
-    topic.replication_factor = -1;
+    topic.replication_factor = replicas;
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![topic];
     req.timeout_ms = 60_000;

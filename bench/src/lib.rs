@@ -68,6 +68,12 @@ pub struct BenchArgs {
     /// --topic keeps its own count]
     #[arg(long)]
     pub partitions: Option<i32>,
+    /// Replication factor of the topic the run creates; -1 leaves it to the
+    /// broker (its default.replication.factor). [default: -1; an existing
+    /// --topic keeps its own]
+    #[arg(long, allow_negative_numbers = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
     /// Producer connections. [default: one per core]
     #[arg(long)]
     pub producers: Option<usize>,
@@ -84,10 +90,10 @@ pub struct BenchArgs {
     /// none, gzip, snappy, lz4 or zstd. [default: none]
     #[arg(long)]
     pub compression: Option<String>,
-    /// 0, 1 or all: 0 expects no answer; 1 is answered once the batch is
-    /// written; all once it is also fsynced (and on every in-sync replica).
-    /// [default: 1; all with --preset acks-all]
-    #[arg(long)]
+    /// 0, 1 or all (or -1): 0 expects no answer; 1 is answered once the
+    /// leader wrote the batch; all once it is also fsynced (and on every
+    /// in-sync replica). [default: 1; all with --preset acks-all]
+    #[arg(long, allow_negative_numbers = true)]
     pub acks: Option<String>,
     /// none, random, or a number of distinct keys; keyed messages go to the
     /// partition of their key. [default: none]
@@ -279,7 +285,17 @@ impl BenchArgs {
         if !self.warmup_secs.is_finite() || self.warmup_secs < 0.0 {
             bail!("--warmup-secs must be 0 or more");
         }
+        self.replication_factor()?;
         Ok(workload)
+    }
+
+    /// --replicas as CreateTopics takes it.
+    fn replication_factor(&self) -> Result<i16> {
+        match self.replicas {
+            None | Some(-1) => Ok(-1),
+            Some(n) if n >= 1 => i16::try_from(n).context("--replicas is too large"),
+            Some(n) => bail!("--replicas must be -1 (the broker's default) or at least 1, not {n}"),
+        }
     }
 }
 
@@ -339,9 +355,14 @@ pub fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
 /// Creates (or finds) the topic and fits the workload to it.
 fn prepare_topic(w: &mut Workload, args: &BenchArgs) -> Result<admin::Topic> {
     let (addr, name, partitions, must_create) = (w.broker.clone(), w.topic.clone(), w.partitions, args.topic.is_none());
-    let topic = on_thread(move || async move { admin::prepare_topic(&addr, &name, partitions, must_create).await })?;
+    let replicas = args.replication_factor()?;
+    let topic =
+        on_thread(move || async move { admin::prepare_topic(&addr, &name, partitions, replicas, must_create).await })?;
     if !topic.created && args.partitions.is_some_and(|p| p != topic.partitions) {
         eprintln!("topic {} exists with {} partitions: --partitions ignored", topic.name, topic.partitions);
+    }
+    if !topic.created && args.replicas.is_some() {
+        eprintln!("topic {} exists: --replicas ignored", topic.name);
     }
     w.partitions = topic.partitions;
     w.max_message_bytes = topic.max_message_bytes;
@@ -898,5 +919,16 @@ mod tests {
         assert!(w.topic.starts_with("spate-bench-"), "a unique topic: {}", w.topic);
         let acks_all = Cli::parse_from(["bench", "--preset", "acks-all"]).bench.resolve("x:1").unwrap();
         assert_eq!(acks_all.acks, -1);
+    }
+
+    #[test]
+    fn acks_and_replicas_take_minus_one() {
+        let args = Cli::parse_from(["bench", "--acks", "-1", "--replicas", "-1"]).bench;
+        assert_eq!((args.resolve("x:1").unwrap().acks, args.replication_factor().unwrap()), (-1, -1));
+        let args = Cli::parse_from(["bench", "--acks", "all", "--replicas", "3"]).bench;
+        assert_eq!((args.resolve("x:1").unwrap().acks, args.replication_factor().unwrap()), (-1, 3));
+        assert!(Cli::parse_from(["bench", "--replicas", "0"]).bench.resolve("x:1").is_err());
+        let flags = serde_json::to_value(Cli::parse_from(["bench"]).bench).unwrap();
+        assert!(flags.get("replicas").is_none(), "a run without --replicas reports the flags it always did");
     }
 }
