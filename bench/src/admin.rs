@@ -4,6 +4,7 @@
 //! (best effort), delete afterwards.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use kafka_protocol::error::ResponseError;
@@ -47,7 +48,7 @@ pub fn unique_topic_name() -> String {
 /// `must_create` (a unique name that exists is someone else's).
 pub async fn prepare_topic(addr: &str, name: &str, partitions: i32, replicas: i16, must_create: bool) -> Result<Topic> {
     let conn = Conn::connect(addr).await?;
-    let created = create_topic(&conn, name, partitions, replicas).await?;
+    let created = create_topic(&conn, name, partitions, replicas, must_create).await?;
     if !created && must_create {
         bail!("topic {name} already exists");
     }
@@ -56,8 +57,13 @@ pub async fn prepare_topic(addr: &str, name: &str, partitions: i32, replicas: i1
     Ok(Topic { name: name.to_string(), partitions, created, max_message_bytes })
 }
 
-/// True if created, false if it already existed.
-async fn create_topic(conn: &Conn, name: &str, partitions: i32, replicas: i16) -> Result<bool> {
+/// How long admin requests are retried while the cluster elects a
+/// controller (NOT_CONTROLLER), as Kafka's admin client does.
+const CONTROLLER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// True if created, false if it already existed. `unique`: the name is
+/// this run's own, so if it exists after a retry, the earlier attempt made it.
+async fn create_topic(conn: &Conn, name: &str, partitions: i32, replicas: i16, unique: bool) -> Result<bool> {
     let mut topic = create_topics_request::CreatableTopic::default();
     topic.name = TopicName(s(name));
     topic.num_partitions = partitions;
@@ -65,13 +71,22 @@ async fn create_topic(conn: &Conn, name: &str, partitions: i32, replicas: i16) -
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![topic];
     req.timeout_ms = 60_000;
-    let resp: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &req).await?;
-    let code = resp.topics.first().map_or(0, |t| t.error_code);
-    if code == ResponseError::TopicAlreadyExists.code() {
-        return Ok(false);
+    let deadline = Instant::now() + CONTROLLER_PATIENCE;
+    let mut retried = false;
+    loop {
+        let resp: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &req).await?;
+        let code = resp.topics.first().map_or(0, |t| t.error_code);
+        if code == ResponseError::NotController.code() && Instant::now() < deadline {
+            retried = true;
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if code == ResponseError::TopicAlreadyExists.code() {
+            return Ok(retried && unique);
+        }
+        check(code, &format!("creating topic {name}"))?;
+        return Ok(true);
     }
-    check(code, &format!("creating topic {name}"))?;
-    Ok(true)
 }
 
 async fn metadata(conn: &Conn, topic: Option<&str>) -> Result<MetadataResponse> {
@@ -159,11 +174,21 @@ pub async fn delete_topic(addr: &str, name: &str) -> Result<()> {
     let mut req = DeleteTopicsRequest::default();
     req.topic_names = vec![TopicName(s(name))];
     req.timeout_ms = 60_000;
-    let resp: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 4, &req).await?;
-    for r in resp.responses {
-        check(r.error_code, &format!("deleting topic {name}"))?;
+    let deadline = Instant::now() + CONTROLLER_PATIENCE;
+    let mut retried = false;
+    loop {
+        let resp: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 4, &req).await?;
+        let code = resp.responses.iter().map(|r| r.error_code).find(|&c| c != 0).unwrap_or(0);
+        if code == ResponseError::NotController.code() && Instant::now() < deadline {
+            retried = true;
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if retried && code == ResponseError::UnknownTopicOrPartition.code() {
+            return Ok(()); // the earlier attempt deleted it
+        }
+        return check(code, &format!("deleting topic {name}"));
     }
-    Ok(())
 }
 
 /// Latest (-1) or earliest (-2) offsets of partitions 0..`partitions`.
