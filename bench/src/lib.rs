@@ -21,6 +21,7 @@ pub mod stats;
 pub mod workers;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -171,6 +172,7 @@ pub struct Workload {
 
 /// Where the broker is; an embedded broker also gives the config it runs.
 pub struct Target {
+    /// host:port, or a comma-separated list of a cluster's brokers.
     pub address: String,
     pub embedded_config: Option<serde_json::Value>,
 }
@@ -186,6 +188,24 @@ pub struct BrokerInfo {
     /// named with --topic).
     pub topic_created: bool,
     pub topic_deleted: bool,
+    /// Against a cluster (several addresses given, or several brokers in
+    /// Metadata): its brokers and where the topic's partitions are led.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterInfo {
+    /// The addresses given with --brokers.
+    pub addresses: Vec<String>,
+    /// The one the admin requests went to: the first that answered.
+    pub admin: String,
+    /// Node id to host:port, as Metadata lists the brokers.
+    pub nodes: BTreeMap<i32, String>,
+    /// The topic's replication factor (the fewest replicas of any partition).
+    pub replication_factor: usize,
+    /// The leader's node id of each partition (indexed by partition).
+    pub leaders: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -310,8 +330,34 @@ fn worker_cores() -> Vec<usize> {
 pub fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
     signals::install()?;
     let date = meta::now_rfc3339();
-    let mut w = args.resolve(&target.address)?;
+    let addresses: Vec<String> =
+        target.address.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+    let admin = match addresses.as_slice() {
+        [] => bail!("no broker address given"),
+        [one] => one.clone(),
+        several => {
+            let several = several.to_vec();
+            on_thread(move || async move { admin::first_answering(&several).await })?
+        }
+    };
+    let mut w = args.resolve(&admin)?;
     let topic = prepare_topic(&mut w, args)?;
+    let layout = match find_leaders(&w) {
+        Ok(layout) => layout,
+        Err(e) => {
+            if topic.created && args.topic.is_none() {
+                delete_topic(&w);
+            }
+            return Err(e);
+        }
+    };
+    let cluster = (addresses.len() > 1 || layout.nodes.len() > 1).then(|| ClusterInfo {
+        addresses,
+        admin: admin.clone(),
+        nodes: layout.nodes.clone(),
+        replication_factor: layout.replication_factor,
+        leaders: layout.leaders.clone(),
+    });
     let config = match &target.embedded_config {
         Some(config) => config.clone(),
         None => {
@@ -325,9 +371,10 @@ pub fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
         config,
         topic_created: topic.created,
         topic_deleted: false,
+        cluster,
     };
     print_header(&w, &broker, args, &date);
-    let measured = measure(args, &w);
+    let measured = measure(args, &w, &layout);
     // Only a topic of its own: one named with --topic is kept, even if created.
     if topic.created && args.topic.is_none() {
         broker.topic_deleted = delete_topic(&w);
@@ -370,6 +417,12 @@ fn prepare_topic(w: &mut Workload, args: &BenchArgs) -> Result<admin::Topic> {
     Ok(topic)
 }
 
+/// Each partition's leader, once every partition has one that answers.
+fn find_leaders(w: &Workload) -> Result<admin::Layout> {
+    let (addr, topic, partitions) = (w.broker.clone(), w.topic.clone(), w.partitions);
+    on_thread(move || async move { admin::layout(&addr, &topic, partitions).await })
+}
+
 /// Deletes the run's topic; false (and a line saying why) if that failed.
 fn delete_topic(w: &Workload) -> bool {
     let (addr, name) = (w.broker.clone(), w.topic.clone());
@@ -383,13 +436,18 @@ fn delete_topic(w: &Workload) -> bool {
 }
 
 /// The probes, then the phases.
-fn measure(args: &BenchArgs, w: &Workload) -> Result<(Machine, Vec<PhaseReport>)> {
+fn measure(args: &BenchArgs, w: &Workload, layout: &admin::Layout) -> Result<(Machine, Vec<PhaseReport>)> {
     let machine = probe_machine(args, &w.broker)?;
     // Consume phases read from here: data already in the topic is not this run's.
-    let (addr, topic, partitions) = (w.broker.clone(), w.topic.clone(), w.partitions);
-    let starts = on_thread(move || async move { admin::offsets(&addr, &topic, partitions, -1).await })?;
-    let run = Phases { w, warmup: Warmup::new(args.warmup_secs), progress: !args.quiet, starts };
+    let starts = latest_offsets(w, layout)?;
+    let run = Phases { w, layout, warmup: Warmup::new(args.warmup_secs), progress: !args.quiet, starts };
     Ok((machine, run.all()?))
+}
+
+/// Every partition's latest offset, each asked of its leader.
+fn latest_offsets(w: &Workload, layout: &admin::Layout) -> Result<Vec<(i32, i64)>> {
+    let (layout, topic) = (layout.clone(), w.topic.clone());
+    on_thread(move || async move { admin::offsets(&layout, &topic, -1).await })
 }
 
 fn print_header(w: &Workload, broker: &BrokerInfo, args: &BenchArgs, date: &str) {
@@ -410,7 +468,7 @@ fn print_header(w: &Workload, broker: &BrokerInfo, args: &BenchArgs, date: &str)
         build.version,
         build.commit,
         w.mode,
-        w.broker,
+        broker.cluster.as_ref().map_or_else(|| w.broker.clone(), |c| c.addresses.join(",")),
         if broker.embedded { " (embedded broker)" } else { "" },
         w.message_bytes,
         match (w.messages, w.duration_secs) {
@@ -436,6 +494,20 @@ fn print_header(w: &Workload, broker: &BrokerInfo, args: &BenchArgs, date: &str)
         w.rate.map(|r| format!(", rate {r:.0}/s")).unwrap_or_default(),
         w.warmup_secs
     );
+    if let Some(cluster) = &broker.cluster {
+        let nodes: Vec<String> = cluster.nodes.iter().map(|(id, addr)| format!("{id} {addr}")).collect();
+        let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+        cluster.leaders.iter().for_each(|node| *led.entry(*node).or_default() += 1);
+        let led: Vec<String> = led.iter().map(|(node, n)| format!("node {node} {n}")).collect();
+        println!(
+            "  cluster of {} brokers ({}), admin requests to {}; replication factor {}; partitions led: {}",
+            cluster.nodes.len(),
+            nodes.join(", "),
+            cluster.admin,
+            cluster.replication_factor,
+            led.join(", ")
+        );
+    }
 }
 
 /// Cores, kernel, and the probes: the disk when asked, loopback when the
@@ -503,12 +575,18 @@ fn write_outputs(args: &BenchArgs, report: &Report) -> Result<()> {
     }
     if let Some(path) = &args.plot {
         let w = &report.workload;
+        let cluster = report
+            .broker
+            .cluster
+            .as_ref()
+            .map(|c| format!(", {} brokers, replication factor {}", c.nodes.len(), c.replication_factor));
         let title = format!(
-            "spate bench {}: {} x {} B, {} partitions, acks {}{}",
+            "spate bench {}: {} x {} B, {} partitions{}, acks {}{}",
             report.spate.version,
             w.mode,
             w.message_bytes,
             w.partitions,
+            cluster.unwrap_or_default(),
             w.acks,
             if report.partial { " (partial)" } else { "" }
         );
@@ -651,6 +729,7 @@ impl<'a> Watch<'a> {
 /// The phases of one run.
 struct Phases<'a> {
     w: &'a Workload,
+    layout: &'a admin::Layout,
     warmup: Warmup,
     progress: bool,
     /// Offsets at the start of the run: consume phases read from here.
@@ -794,8 +873,7 @@ impl Phases<'_> {
     /// Producers and consumers at once; latency from the send time stamped
     /// in each message to its receipt.
     fn e2e(&self, w: &Workload, rate: Option<f64>) -> Result<PhaseReport> {
-        let (addr, topic, partitions) = (w.broker.clone(), w.topic.clone(), w.partitions);
-        let starts = on_thread(move || async move { admin::offsets(&addr, &topic, partitions, -1).await })?;
+        let starts = latest_offsets(w, self.layout)?;
         let shared = Arc::new(Shared::new(self.warmup));
         let consumers = consumer_plans(w, &starts, None, true);
         let cs = shared.clone();
