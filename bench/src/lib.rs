@@ -358,6 +358,7 @@ pub fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
         replication_factor: layout.replication_factor,
         leaders: layout.leaders.clone(),
     });
+    fit_connections(&mut w, &layout);
     let config = match &target.embedded_config {
         Some(config) => config.clone(),
         None => {
@@ -421,6 +422,26 @@ fn prepare_topic(w: &mut Workload, args: &BenchArgs) -> Result<admin::Topic> {
 fn find_leaders(w: &Workload) -> Result<admin::Layout> {
     let (addr, topic, partitions) = (w.broker.clone(), w.topic.clone(), w.partitions);
     on_thread(move || async move { admin::layout(&addr, &topic, partitions).await })
+}
+
+/// At least one producer and one consumer connection per leader: the
+/// counts are raised to the number of leaders if they are fewer (against
+/// one broker, nothing changes). Group members fetch from every leader, and
+/// the commit phase talks to coordinators only.
+fn fit_connections(w: &mut Workload, layout: &admin::Layout) {
+    if w.mode == "commit" {
+        return;
+    }
+    let produced = producer_groups(w, layout).iter().map(|(_, _, n)| n).sum();
+    if produced > w.producers {
+        eprintln!("{produced} producers, not {}: at least one for each partition leader", w.producers);
+        w.producers = produced;
+    }
+    let leaders = layout.by_leader().len();
+    if leaders > w.consumers && w.group.is_none() && w.mode != "produce" {
+        eprintln!("{leaders} consumers, not {}: at least one for each partition leader", w.consumers);
+        w.consumers = leaders;
+    }
 }
 
 /// Deletes the run's topic; false (and a line saying why) if that failed.
@@ -785,7 +806,7 @@ impl Phases<'_> {
 
     fn produce(&self, name: &str, w: &Workload, rate: Option<f64>) -> Result<PhaseReport> {
         let shared = Arc::new(Shared::new(self.warmup));
-        let plans = producer_plans(w, rate, shared.started);
+        let plans = producer_plans(w, self.layout, rate, shared.started);
         let s = shared.clone();
         let workers = Workers::start("produce", plans.len(), &w.worker_cores, &shared, move |i, stats| {
             workers::run_producer(plans[i].clone(), s.clone(), stats)
@@ -806,7 +827,7 @@ impl Phases<'_> {
         let s = shared.clone();
         let workers = match &w.group {
             None => {
-                let plans = consumer_plans(w, &self.starts, Some(target), false);
+                let plans = consumer_plans(w, self.layout, &self.starts, Some(target), false);
                 Workers::start("consume", plans.len(), &w.worker_cores, &shared, move |i, stats| {
                     workers::run_consumer(plans[i].clone(), s.clone(), stats)
                 })?
@@ -814,8 +835,9 @@ impl Phases<'_> {
             Some(name) => {
                 // Every member may be assigned any partition: each knows every start.
                 let plan = ConsumerPlan {
+                    addr: w.broker.clone(),
                     partitions: self.starts.clone(),
-                    ..consumer_plans(w, &self.starts, Some(target), false)[0].clone()
+                    ..consumer_plans(w, self.layout, &self.starts, Some(target), false)[0].clone()
                 };
                 let group = group::GroupPlan {
                     group: name.clone(),
@@ -875,13 +897,13 @@ impl Phases<'_> {
     fn e2e(&self, w: &Workload, rate: Option<f64>) -> Result<PhaseReport> {
         let starts = latest_offsets(w, self.layout)?;
         let shared = Arc::new(Shared::new(self.warmup));
-        let consumers = consumer_plans(w, &starts, None, true);
+        let consumers = consumer_plans(w, self.layout, &starts, None, true);
         let cs = shared.clone();
         let consumer_workers =
             Workers::start("consume", consumers.len(), &w.worker_cores, &shared, move |i, stats| {
                 workers::run_consumer(consumers[i].clone(), cs.clone(), stats)
             })?;
-        let producers = producer_plans(w, rate, shared.started);
+        let producers = producer_plans(w, self.layout, rate, shared.started);
         let producer_shared = Arc::new(Shared::new(self.warmup));
         let ps = producer_shared.clone();
         let producer_workers =
@@ -915,14 +937,78 @@ impl Phases<'_> {
     }
 }
 
-fn producer_plans(w: &Workload, rate: Option<f64>, started: Instant) -> Vec<ProducerPlan> {
+/// Splits `n` connections over groups in proportion to `weights` (largest
+/// remainder): at least one to each group of nonzero weight (`n` is raised
+/// to their number), none to the others; with `capped`, at most a group's
+/// weight to it (`n` is lowered to the weights' sum).
+fn spread(n: usize, weights: &[usize], capped: bool) -> Vec<usize> {
+    let total: usize = weights.iter().sum();
+    let active = weights.iter().filter(|&&w| w > 0).count();
+    if total == 0 {
+        return vec![0; weights.len()];
+    }
+    let mut n = n.max(active);
+    if capped {
+        n = n.min(total);
+    }
+    let mut out: Vec<usize> = weights
+        .iter()
+        .map(|&w| match w {
+            0 => 0,
+            w if capped => (n * w / total).clamp(1, w),
+            w => (n * w / total).max(1),
+        })
+        .collect();
+    // How far each group is below its exact share, in units of 1/total.
+    let below = |out: &[usize], i: usize| (n * weights[i]) as i128 - (out[i] * total) as i128;
+    while out.iter().sum::<usize>() > n {
+        let i = (0..out.len()).filter(|&i| out[i] > 1).min_by_key(|&i| below(&out, i)).expect("n >= groups");
+        out[i] -= 1;
+    }
+    while out.iter().sum::<usize>() < n {
+        let i = (0..out.len())
+            .filter(|&i| weights[i] > 0 && (!capped || out[i] < weights[i]))
+            .max_by_key(|&i| (below(&out, i), std::cmp::Reverse(i)))
+            .expect("n <= the weights' sum");
+        out[i] += 1;
+    }
+    out
+}
+
+/// The producers of each leader: its address, the partitions it leads, and
+/// how many producer connections write to them (in proportion to the
+/// partitions that get messages: with keys from a set smaller than the
+/// partition count, only the first ones do).
+fn producer_groups(w: &Workload, layout: &admin::Layout) -> Vec<(String, Vec<i32>, usize)> {
+    let groups = layout.by_leader();
+    let weights: Vec<usize> = groups
+        .iter()
+        .map(|(_, _, partitions)| match w.keys {
+            Keys::Cardinality(n) => {
+                workers::keys_of(n.max(1), partitions, w.partitions).min(partitions.len() as u64) as usize
+            }
+            _ => partitions.len(),
+        })
+        .collect();
+    let counts = spread(w.producers, &weights, false);
+    groups.into_iter().zip(counts).map(|((_, addr, partitions), n)| (addr, partitions, n)).collect()
+}
+
+/// One plan per producer connection, each to one leader and the partitions
+/// it leads (against one broker: every producer to it, every partition).
+fn producer_plans(w: &Workload, layout: &admin::Layout, rate: Option<f64>, started: Instant) -> Vec<ProducerPlan> {
     let per_producer =
         |total: u64, i: usize| total / w.producers as u64 + u64::from((i as u64) < total % w.producers as u64);
-    (0..w.producers)
-        .map(|i| ProducerPlan {
-            addr: w.broker.clone(),
+    let targets = producer_groups(w, layout)
+        .into_iter()
+        .flat_map(|(addr, partitions, n)| std::iter::repeat_n((addr, partitions), n));
+    targets
+        .enumerate()
+        .map(|(i, (addr, partitions))| ProducerPlan {
+            addr,
             topic: w.topic.clone(),
-            partitions: (0..w.partitions).collect(),
+            partitions,
+            topic_partitions: w.partitions,
             message_bytes: w.message_bytes,
             messages: w.messages.map(|n| per_producer(n, i)),
             deadline: w.duration_secs.map(|s| started + Duration::from_secs_f64(s)),
@@ -939,25 +1025,37 @@ fn producer_plans(w: &Workload, rate: Option<f64>, started: Instant) -> Vec<Prod
         .collect()
 }
 
-/// `target`: stop once all consumers together have this many messages.
+/// One plan per consumer connection, each to one leader and a share of the
+/// partitions it leads (connections in proportion to the partitions led,
+/// at most one per partition). `target`: stop once all consumers together
+/// have this many messages.
 fn consumer_plans(
     w: &Workload,
+    layout: &admin::Layout,
     starts: &[(i32, i64)],
     target: Option<u64>,
     measure_latency: bool,
 ) -> Vec<ConsumerPlan> {
-    (0..w.consumers.min(starts.len()))
-        .map(|c| ConsumerPlan {
-            addr: w.broker.clone(),
+    let leaders = Arc::new(layout.leader_addrs());
+    let groups = layout.by_leader();
+    let weights: Vec<usize> = groups.iter().map(|(_, _, partitions)| partitions.len()).collect();
+    let counts = spread(w.consumers, &weights, true);
+    let mut plans = Vec::new();
+    for ((_, addr, partitions), n) in groups.iter().zip(counts) {
+        let led: Vec<(i32, i64)> = starts.iter().filter(|(p, _)| partitions.contains(p)).copied().collect();
+        plans.extend((0..n).map(|c| ConsumerPlan {
+            addr: addr.clone(),
             topic: w.topic.clone(),
-            partitions: starts.iter().skip(c).step_by(w.consumers).copied().collect(),
+            partitions: led.iter().skip(c).step_by(n).copied().collect(),
+            leaders: leaders.clone(),
             stop_at_total: target,
             measure_latency,
             fetch_max_bytes: 64 << 20,
             partition_max_bytes: 8 << 20,
             message_bytes: w.message_bytes,
-        })
-        .collect()
+        }));
+    }
+    plans
 }
 
 #[cfg(test)]
@@ -1008,5 +1106,48 @@ mod tests {
         assert!(Cli::parse_from(["bench", "--replicas", "0"]).bench.resolve("x:1").is_err());
         let flags = serde_json::to_value(Cli::parse_from(["bench"]).bench).unwrap();
         assert!(flags.get("replicas").is_none(), "a run without --replicas reports the flags it always did");
+    }
+
+    #[test]
+    fn connections_spread_over_leaders_in_proportion() {
+        assert_eq!(spread(4, &[8], false), vec![4]);
+        assert_eq!(spread(64, &[2], false), vec![64]);
+        assert_eq!(spread(4, &[8], true), vec![4]);
+        assert_eq!(spread(12, &[8], true), vec![8]);
+        assert_eq!(spread(2, &[3, 3, 2], false), vec![1, 1, 1]);
+        assert_eq!(spread(8, &[3, 3, 2], false), vec![3, 3, 2]);
+        assert_eq!(spread(4, &[3, 3, 2], false), vec![2, 1, 1]);
+        assert_eq!(spread(10, &[6, 1, 1], false), vec![8, 1, 1]);
+        assert_eq!(spread(10, &[2, 1, 0], true), vec![2, 1, 0]);
+        assert_eq!(spread(5, &[0, 4, 0], false), vec![0, 5, 0]);
+    }
+
+    fn layout(leaders: &[i32]) -> admin::Layout {
+        let nodes = [1, 2, 3].map(|n| (n, format!("127.0.0.1:{}", 9091 + n))).into_iter().collect();
+        admin::Layout { nodes, leaders: leaders.to_vec(), replication_factor: 3 }
+    }
+
+    #[test]
+    fn each_producer_and_consumer_talks_to_one_leader() {
+        let mut w = Cli::parse_from(["bench", "--producers", "2", "--consumers", "4"]).bench.resolve("x:1").unwrap();
+        let layout = layout(&[1, 2, 3, 1, 2, 3, 1, 2]);
+        fit_connections(&mut w, &layout);
+        assert_eq!((w.producers, w.consumers), (3, 4), "at least one producer per leader");
+        let plans = producer_plans(&w, &layout, None, Instant::now());
+        let routes: Vec<(&str, &[i32])> = plans.iter().map(|p| (p.addr.as_str(), p.partitions.as_slice())).collect();
+        assert_eq!(
+            routes,
+            [("127.0.0.1:9092", &[0, 3, 6][..]), ("127.0.0.1:9093", &[1, 4, 7]), ("127.0.0.1:9094", &[2, 5])]
+        );
+        assert_eq!(plans.iter().map(|p| p.messages.unwrap()).sum::<u64>(), 5_000_000);
+        let starts: Vec<(i32, i64)> = (0..8).map(|p| (p, 10 * p as i64)).collect();
+        let consumers = consumer_plans(&w, &layout, &starts, None, false);
+        let mut read: Vec<i32> = Vec::new();
+        for c in &consumers {
+            assert!(c.partitions.iter().all(|(p, _)| layout.leader_addr(*p) == c.addr));
+            read.extend(c.partitions.iter().map(|(p, _)| *p));
+        }
+        read.sort_unstable();
+        assert_eq!((consumers.len(), read), (4, (0..8).collect::<Vec<_>>()));
     }
 }
