@@ -3,11 +3,16 @@
 //! so that the client is not the bottleneck, and measures throughput and
 //! latency (HDR histograms, corrected for coordinated omission).
 //!
-//! A run: flags → [`Workload`]; its own topic (unique unless `--topic`);
-//! the header line; the machine probes; the phases (each with a warm-up left
+//! A run: flags → [`Workload`]; its own topic (unique unless `--topic`),
+//! and where each of its partitions is led; the header line; the machine probes; the phases (each with a warm-up left
 //! out of its figures); the topic deleted; the summary, JSON and SVG. Any
 //! error fails the run (the caller exits non-zero); SIGINT or SIGTERM stops
 //! it with partial results.
+//!
+//! Against a cluster (`--brokers a,b,c`), admin requests go to the first
+//! address that answers, and every producer and consumer connection talks
+//! to one partition leader about the partitions it leads, as Kafka clients
+//! do; against one broker everything goes to it, as it always did.
 
 pub mod admin;
 pub mod batch;
