@@ -1,11 +1,14 @@
 //! The bench's own topic and what it needs to know of the broker: create
 //! (a unique name unless `--topic`), look up partitions and
-//! `max.message.bytes`, list offsets, read the broker's configuration
-//! (best effort), delete afterwards.
+//! `max.message.bytes`, find each partition's leader, list offsets (from
+//! each partition's leader), read the broker's configuration (best effort),
+//! delete afterwards.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use futures::future::{select, Either};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     create_topics_request, describe_configs_request, list_offsets_request, metadata_request, ApiKey, BrokerId,
@@ -42,11 +45,34 @@ pub fn unique_topic_name() -> String {
     format!("spate-bench-{millis}-{}", std::process::id())
 }
 
-/// Creates `name` with `partitions`; an existing topic is used as it is
-/// unless `must_create` (a unique name that exists is someone else's).
-pub async fn prepare_topic(addr: &str, name: &str, partitions: i32, must_create: bool) -> Result<Topic> {
+/// The first of `addresses` that connects and answers a Metadata request
+/// within a few seconds: the one the admin requests go to.
+pub async fn first_answering(addresses: &[String]) -> Result<String> {
+    const PATIENCE: Duration = Duration::from_secs(5);
+    let mut failures = Vec::new();
+    for addr in addresses {
+        let answer = async {
+            let conn = Conn::connect(addr).await?;
+            metadata(&conn, None).await
+        };
+        let outcome = match select(Box::pin(answer), Box::pin(glommio::timer::sleep(PATIENCE))).await {
+            Either::Left((answer, _)) => answer.map(|_| ()),
+            Either::Right(_) => Err(anyhow!("no answer within {} s", PATIENCE.as_secs())),
+        };
+        match outcome {
+            Ok(()) => return Ok(addr.clone()),
+            Err(e) => failures.push(format!("{addr}: {e:#}")),
+        }
+    }
+    bail!("no broker answered: {}", failures.join("; "))
+}
+
+/// Creates `name` with `partitions` and `replicas` replicas of each (-1:
+/// the broker's default); an existing topic is used as it is unless
+/// `must_create` (a unique name that exists is someone else's).
+pub async fn prepare_topic(addr: &str, name: &str, partitions: i32, replicas: i16, must_create: bool) -> Result<Topic> {
     let conn = Conn::connect(addr).await?;
-    let created = create_topic(&conn, name, partitions).await?;
+    let created = create_topic(&conn, name, partitions, replicas, must_create).await?;
     if !created && must_create {
         bail!("topic {name} already exists");
     }
@@ -55,22 +81,36 @@ pub async fn prepare_topic(addr: &str, name: &str, partitions: i32, must_create:
     Ok(Topic { name: name.to_string(), partitions, created, max_message_bytes })
 }
 
-/// True if created, false if it already existed.
-async fn create_topic(conn: &Conn, name: &str, partitions: i32) -> Result<bool> {
+/// How long admin requests are retried while the cluster elects a
+/// controller (NOT_CONTROLLER), as Kafka's admin client does.
+const CONTROLLER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// True if created, false if it already existed. `unique`: the name is
+/// this run's own, so if it exists after a retry, the earlier attempt made it.
+async fn create_topic(conn: &Conn, name: &str, partitions: i32, replicas: i16, unique: bool) -> Result<bool> {
     let mut topic = create_topics_request::CreatableTopic::default();
     topic.name = TopicName(s(name));
     topic.num_partitions = partitions;
-    topic.replication_factor = -1;
+    topic.replication_factor = replicas;
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![topic];
     req.timeout_ms = 60_000;
-    let resp: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &req).await?;
-    let code = resp.topics.first().map_or(0, |t| t.error_code);
-    if code == ResponseError::TopicAlreadyExists.code() {
-        return Ok(false);
+    let deadline = Instant::now() + CONTROLLER_PATIENCE;
+    let mut retried = false;
+    loop {
+        let resp: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &req).await?;
+        let code = resp.topics.first().map_or(0, |t| t.error_code);
+        if code == ResponseError::NotController.code() && Instant::now() < deadline {
+            retried = true;
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if code == ResponseError::TopicAlreadyExists.code() {
+            return Ok(retried && unique);
+        }
+        check(code, &format!("creating topic {name}"))?;
+        return Ok(true);
     }
-    check(code, &format!("creating topic {name}"))?;
-    Ok(true)
 }
 
 async fn metadata(conn: &Conn, topic: Option<&str>) -> Result<MetadataResponse> {
@@ -158,20 +198,132 @@ pub async fn delete_topic(addr: &str, name: &str) -> Result<()> {
     let mut req = DeleteTopicsRequest::default();
     req.topic_names = vec![TopicName(s(name))];
     req.timeout_ms = 60_000;
-    let resp: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 4, &req).await?;
-    for r in resp.responses {
-        check(r.error_code, &format!("deleting topic {name}"))?;
+    let deadline = Instant::now() + CONTROLLER_PATIENCE;
+    let mut retried = false;
+    loop {
+        let resp: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 4, &req).await?;
+        let code = resp.responses.iter().map(|r| r.error_code).find(|&c| c != 0).unwrap_or(0);
+        if code == ResponseError::NotController.code() && Instant::now() < deadline {
+            retried = true;
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if retried && code == ResponseError::UnknownTopicOrPartition.code() {
+            return Ok(()); // the earlier attempt deleted it
+        }
+        return check(code, &format!("deleting topic {name}"));
     }
-    Ok(())
 }
 
-/// Latest (-1) or earliest (-2) offsets of partitions 0..`partitions`.
-pub async fn offsets(addr: &str, topic: &str, partitions: i32, which: i64) -> Result<Vec<(i32, i64)>> {
+/// Where the topic's partitions are led, and how to reach their leaders.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Node id to host:port, as Metadata lists the brokers; when it lists
+    /// only one, the address the run was given (so that a single broker is
+    /// reached exactly as before, whatever it advertises).
+    pub nodes: BTreeMap<i32, String>,
+    /// The leader's node id of each partition (indexed by partition).
+    pub leaders: Vec<i32>,
+    /// Replicas of the partition with the fewest.
+    pub replication_factor: usize,
+}
+
+impl Layout {
+    /// The address of `partition`'s leader.
+    pub fn leader_addr(&self, partition: i32) -> &str {
+        &self.nodes[&self.leaders[partition as usize]]
+    }
+
+    /// Each partition's leader address, indexed by partition.
+    pub fn leader_addrs(&self) -> Vec<String> {
+        (0..self.leaders.len() as i32).map(|p| self.leader_addr(p).to_string()).collect()
+    }
+
+    /// The nodes that lead partitions, in node id order, with the
+    /// partitions each leads (ascending).
+    pub fn by_leader(&self) -> Vec<(i32, String, Vec<i32>)> {
+        let mut led: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for (p, node) in self.leaders.iter().enumerate() {
+            led.entry(*node).or_default().push(p as i32);
+        }
+        led.into_iter().map(|(node, partitions)| (node, self.nodes[&node].clone(), partitions)).collect()
+    }
+}
+
+/// How long a new topic may take until every partition has a leader that
+/// answers for it.
+const LEADERS_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The topic's layout once every partition has a leader that answers for
+/// it (asked through `addr`; a ListOffsets to each leader checks that it
+/// knows itself leader), retrying while a new topic settles.
+pub async fn layout(addr: &str, topic: &str, partitions: i32) -> Result<Layout> {
+    let conn = Conn::connect(addr).await?;
+    let deadline = Instant::now() + LEADERS_PATIENCE;
+    loop {
+        let attempt = async {
+            let layout = try_layout(&conn, addr, topic, partitions).await?;
+            offsets(&layout, topic, -1).await?;
+            Ok::<_, anyhow::Error>(layout)
+        };
+        match attempt.await {
+            Ok(layout) => return Ok(layout),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "waiting {} s for every partition of {topic} to have a leader",
+                    LEADERS_PATIENCE.as_secs()
+                )))
+            }
+            Err(_) => glommio::timer::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The layout as Metadata shows it now; an error while a partition has no
+/// (live) leader.
+async fn try_layout(conn: &Conn, addr: &str, name: &str, partitions: i32) -> Result<Layout> {
+    let resp = metadata(conn, Some(name)).await?;
+    let mut nodes: BTreeMap<i32, String> =
+        resp.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port))).collect();
+    if nodes.len() == 1 {
+        nodes.values_mut().for_each(|a| *a = addr.to_string());
+    }
+    let topic = resp.topics.first().context("empty metadata response")?;
+    check(topic.error_code, &format!("metadata of {name}"))?;
+    let mut leaders = vec![-1; partitions as usize];
+    let mut replication_factor = usize::MAX;
+    for p in &topic.partitions {
+        check(p.error_code, &format!("metadata of {name} partition {}", p.partition_index))?;
+        if let Some(slot) = usize::try_from(p.partition_index).ok().and_then(|i| leaders.get_mut(i)) {
+            *slot = p.leader_id.0;
+            replication_factor = replication_factor.min(p.replica_nodes.len());
+        }
+    }
+    if let Some(p) = leaders.iter().position(|l| !nodes.contains_key(l)) {
+        bail!("partition {p} of {name} has no live leader (leader {})", leaders[p]);
+    }
+    Ok(Layout { nodes, leaders, replication_factor })
+}
+
+/// Latest (-1) or earliest (-2) offsets of every partition, each asked of
+/// its leader.
+pub async fn offsets(layout: &Layout, topic: &str, which: i64) -> Result<Vec<(i32, i64)>> {
+    let mut out = Vec::new();
+    for (_, addr, partitions) in layout.by_leader() {
+        out.extend(offsets_at(&addr, topic, &partitions, which).await?);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Latest (-1) or earliest (-2) offsets of `partitions`, asked of `addr`.
+async fn offsets_at(addr: &str, topic: &str, partitions: &[i32], which: i64) -> Result<Vec<(i32, i64)>> {
     let conn = Conn::connect(addr).await?;
     let mut t = list_offsets_request::ListOffsetsTopic::default();
     t.name = TopicName(s(topic));
-    t.partitions = (0..partitions)
-        .map(|p| {
+    t.partitions = partitions
+        .iter()
+        .map(|&p| {
             let mut part = list_offsets_request::ListOffsetsPartition::default();
             part.partition_index = p;
             part.timestamp = which;
@@ -186,10 +338,9 @@ pub async fn offsets(addr: &str, topic: &str, partitions: i32, which: i64) -> Re
     let mut out = Vec::new();
     for t in resp.topics {
         for p in t.partitions {
-            check(p.error_code, "list offsets")?;
+            check(p.error_code, &format!("list offsets of partition {} at {addr}", p.partition_index))?;
             out.push((p.partition_index, p.offset));
         }
     }
-    out.sort_unstable();
     Ok(out)
 }

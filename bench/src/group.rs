@@ -17,7 +17,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::conn::{check, Conn};
-use crate::workers::{fetch_round, ConsumerPlan, Shared, ThreadStats};
+use crate::workers::{fetch_round, ConsumerPlan, Fetcher, Shared, ThreadStats};
 
 /// How a member takes part in its group.
 #[derive(Clone, Debug)]
@@ -258,7 +258,8 @@ pub async fn run_group_consumer(
     stats: ThreadStats,
 ) -> Result<()> {
     let coord = Rc::new(coordinator(&plan.addr, &group.group).await?);
-    let data = Conn::connect(&plan.addr).await?;
+    // Any partition may be assigned: a connection to every leader.
+    let data = Fetcher::connect(plan.leaders.iter().map(String::as_str)).await?;
     let mut member_id = String::new();
     let mut idle_after_producers = 0;
     'membership: loop {

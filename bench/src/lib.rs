@@ -3,11 +3,16 @@
 //! so that the client is not the bottleneck, and measures throughput and
 //! latency (HDR histograms, corrected for coordinated omission).
 //!
-//! A run: flags → [`Workload`]; its own topic (unique unless `--topic`);
-//! the header line; the machine probes; the phases (each with a warm-up left
+//! A run: flags → [`Workload`]; its own topic (unique unless `--topic`),
+//! and where each of its partitions is led; the header line; the machine probes; the phases (each with a warm-up left
 //! out of its figures); the topic deleted; the summary, JSON and SVG. Any
 //! error fails the run (the caller exits non-zero); SIGINT or SIGTERM stops
 //! it with partial results.
+//!
+//! Against a cluster (`--brokers a,b,c`), admin requests go to the first
+//! address that answers, and every producer and consumer connection talks
+//! to one partition leader about the partitions it leads, as Kafka clients
+//! do; against one broker everything goes to it, as it always did.
 
 pub mod admin;
 pub mod batch;
@@ -21,6 +26,7 @@ pub mod stats;
 pub mod workers;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,6 +74,12 @@ pub struct BenchArgs {
     /// --topic keeps its own count]
     #[arg(long)]
     pub partitions: Option<i32>,
+    /// Replication factor of the topic the run creates; -1 leaves it to the
+    /// broker (its default.replication.factor). [default: -1; an existing
+    /// --topic keeps its own]
+    #[arg(long, allow_negative_numbers = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
     /// Producer connections. [default: one per core]
     #[arg(long)]
     pub producers: Option<usize>,
@@ -84,10 +96,10 @@ pub struct BenchArgs {
     /// none, gzip, snappy, lz4 or zstd. [default: none]
     #[arg(long)]
     pub compression: Option<String>,
-    /// 0, 1 or all: 0 expects no answer; 1 is answered once the batch is
-    /// written; all once it is also fsynced (and on every in-sync replica).
-    /// [default: 1; all with --preset acks-all]
-    #[arg(long)]
+    /// 0, 1 or all (or -1): 0 expects no answer; 1 is answered once the
+    /// leader wrote the batch; all once it is also fsynced (and on every
+    /// in-sync replica). [default: 1; all with --preset acks-all]
+    #[arg(long, allow_negative_numbers = true)]
     pub acks: Option<String>,
     /// none, random, or a number of distinct keys; keyed messages go to the
     /// partition of their key. [default: none]
@@ -165,6 +177,7 @@ pub struct Workload {
 
 /// Where the broker is; an embedded broker also gives the config it runs.
 pub struct Target {
+    /// host:port, or a comma-separated list of a cluster's brokers.
     pub address: String,
     pub embedded_config: Option<serde_json::Value>,
 }
@@ -180,6 +193,24 @@ pub struct BrokerInfo {
     /// named with --topic).
     pub topic_created: bool,
     pub topic_deleted: bool,
+    /// Against a cluster (several addresses given, or several brokers in
+    /// Metadata): its brokers and where the topic's partitions are led.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterInfo {
+    /// The addresses given with --brokers.
+    pub addresses: Vec<String>,
+    /// The one the admin requests went to: the first that answered.
+    pub admin: String,
+    /// Node id to host:port, as Metadata lists the brokers.
+    pub nodes: BTreeMap<i32, String>,
+    /// The topic's replication factor (the fewest replicas of any partition).
+    pub replication_factor: usize,
+    /// The leader's node id of each partition (indexed by partition).
+    pub leaders: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -279,7 +310,17 @@ impl BenchArgs {
         if !self.warmup_secs.is_finite() || self.warmup_secs < 0.0 {
             bail!("--warmup-secs must be 0 or more");
         }
+        self.replication_factor()?;
         Ok(workload)
+    }
+
+    /// --replicas as CreateTopics takes it.
+    fn replication_factor(&self) -> Result<i16> {
+        match self.replicas {
+            None | Some(-1) => Ok(-1),
+            Some(n) if n >= 1 => i16::try_from(n).context("--replicas is too large"),
+            Some(n) => bail!("--replicas must be -1 (the broker's default) or at least 1, not {n}"),
+        }
     }
 }
 
@@ -294,8 +335,35 @@ fn worker_cores() -> Vec<usize> {
 pub fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
     signals::install()?;
     let date = meta::now_rfc3339();
-    let mut w = args.resolve(&target.address)?;
+    let addresses: Vec<String> =
+        target.address.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+    let admin = match addresses.as_slice() {
+        [] => bail!("no broker address given"),
+        [one] => one.clone(),
+        several => {
+            let several = several.to_vec();
+            on_thread(move || async move { admin::first_answering(&several).await })?
+        }
+    };
+    let mut w = args.resolve(&admin)?;
     let topic = prepare_topic(&mut w, args)?;
+    let layout = match find_leaders(&w) {
+        Ok(layout) => layout,
+        Err(e) => {
+            if topic.created && args.topic.is_none() {
+                delete_topic(&w);
+            }
+            return Err(e);
+        }
+    };
+    let cluster = (addresses.len() > 1 || layout.nodes.len() > 1).then(|| ClusterInfo {
+        addresses,
+        admin: admin.clone(),
+        nodes: layout.nodes.clone(),
+        replication_factor: layout.replication_factor,
+        leaders: layout.leaders.clone(),
+    });
+    fit_connections(&mut w, &layout);
     let config = match &target.embedded_config {
         Some(config) => config.clone(),
         None => {
@@ -309,9 +377,10 @@ pub fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
         config,
         topic_created: topic.created,
         topic_deleted: false,
+        cluster,
     };
     print_header(&w, &broker, args, &date);
-    let measured = measure(args, &w);
+    let measured = measure(args, &w, &layout);
     // Only a topic of its own: one named with --topic is kept, even if created.
     if topic.created && args.topic.is_none() {
         broker.topic_deleted = delete_topic(&w);
@@ -339,14 +408,45 @@ pub fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
 /// Creates (or finds) the topic and fits the workload to it.
 fn prepare_topic(w: &mut Workload, args: &BenchArgs) -> Result<admin::Topic> {
     let (addr, name, partitions, must_create) = (w.broker.clone(), w.topic.clone(), w.partitions, args.topic.is_none());
-    let topic = on_thread(move || async move { admin::prepare_topic(&addr, &name, partitions, must_create).await })?;
+    let replicas = args.replication_factor()?;
+    let topic =
+        on_thread(move || async move { admin::prepare_topic(&addr, &name, partitions, replicas, must_create).await })?;
     if !topic.created && args.partitions.is_some_and(|p| p != topic.partitions) {
         eprintln!("topic {} exists with {} partitions: --partitions ignored", topic.name, topic.partitions);
+    }
+    if !topic.created && args.replicas.is_some() {
+        eprintln!("topic {} exists: --replicas ignored", topic.name);
     }
     w.partitions = topic.partitions;
     w.max_message_bytes = topic.max_message_bytes;
     w.batch_bytes = w.batch_bytes.min(batch::record_budget(topic.max_message_bytes, w.compression));
     Ok(topic)
+}
+
+/// Each partition's leader, once every partition has one that answers.
+fn find_leaders(w: &Workload) -> Result<admin::Layout> {
+    let (addr, topic, partitions) = (w.broker.clone(), w.topic.clone(), w.partitions);
+    on_thread(move || async move { admin::layout(&addr, &topic, partitions).await })
+}
+
+/// At least one producer and one consumer connection per leader: the
+/// counts are raised to the number of leaders if they are fewer (against
+/// one broker, nothing changes). Group members fetch from every leader, and
+/// the commit phase talks to coordinators only.
+fn fit_connections(w: &mut Workload, layout: &admin::Layout) {
+    if w.mode == "commit" {
+        return;
+    }
+    let produced = producer_groups(w, layout).iter().map(|(_, _, n)| n).sum();
+    if produced > w.producers {
+        eprintln!("{produced} producers, not {}: at least one for each partition leader", w.producers);
+        w.producers = produced;
+    }
+    let leaders = layout.by_leader().len();
+    if leaders > w.consumers && w.group.is_none() && w.mode != "produce" {
+        eprintln!("{leaders} consumers, not {}: at least one for each partition leader", w.consumers);
+        w.consumers = leaders;
+    }
 }
 
 /// Deletes the run's topic; false (and a line saying why) if that failed.
@@ -362,13 +462,18 @@ fn delete_topic(w: &Workload) -> bool {
 }
 
 /// The probes, then the phases.
-fn measure(args: &BenchArgs, w: &Workload) -> Result<(Machine, Vec<PhaseReport>)> {
+fn measure(args: &BenchArgs, w: &Workload, layout: &admin::Layout) -> Result<(Machine, Vec<PhaseReport>)> {
     let machine = probe_machine(args, &w.broker)?;
     // Consume phases read from here: data already in the topic is not this run's.
-    let (addr, topic, partitions) = (w.broker.clone(), w.topic.clone(), w.partitions);
-    let starts = on_thread(move || async move { admin::offsets(&addr, &topic, partitions, -1).await })?;
-    let run = Phases { w, warmup: Warmup::new(args.warmup_secs), progress: !args.quiet, starts };
+    let starts = latest_offsets(w, layout)?;
+    let run = Phases { w, layout, warmup: Warmup::new(args.warmup_secs), progress: !args.quiet, starts };
     Ok((machine, run.all()?))
+}
+
+/// Every partition's latest offset, each asked of its leader.
+fn latest_offsets(w: &Workload, layout: &admin::Layout) -> Result<Vec<(i32, i64)>> {
+    let (layout, topic) = (layout.clone(), w.topic.clone());
+    on_thread(move || async move { admin::offsets(&layout, &topic, -1).await })
 }
 
 fn print_header(w: &Workload, broker: &BrokerInfo, args: &BenchArgs, date: &str) {
@@ -389,7 +494,7 @@ fn print_header(w: &Workload, broker: &BrokerInfo, args: &BenchArgs, date: &str)
         build.version,
         build.commit,
         w.mode,
-        w.broker,
+        broker.cluster.as_ref().map_or_else(|| w.broker.clone(), |c| c.addresses.join(",")),
         if broker.embedded { " (embedded broker)" } else { "" },
         w.message_bytes,
         match (w.messages, w.duration_secs) {
@@ -415,6 +520,20 @@ fn print_header(w: &Workload, broker: &BrokerInfo, args: &BenchArgs, date: &str)
         w.rate.map(|r| format!(", rate {r:.0}/s")).unwrap_or_default(),
         w.warmup_secs
     );
+    if let Some(cluster) = &broker.cluster {
+        let nodes: Vec<String> = cluster.nodes.iter().map(|(id, addr)| format!("{id} {addr}")).collect();
+        let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+        cluster.leaders.iter().for_each(|node| *led.entry(*node).or_default() += 1);
+        let led: Vec<String> = led.iter().map(|(node, n)| format!("node {node} {n}")).collect();
+        println!(
+            "  cluster of {} brokers ({}), admin requests to {}; replication factor {}; partitions led: {}",
+            cluster.nodes.len(),
+            nodes.join(", "),
+            cluster.admin,
+            cluster.replication_factor,
+            led.join(", ")
+        );
+    }
 }
 
 /// Cores, kernel, and the probes: the disk when asked, loopback when the
@@ -482,12 +601,18 @@ fn write_outputs(args: &BenchArgs, report: &Report) -> Result<()> {
     }
     if let Some(path) = &args.plot {
         let w = &report.workload;
+        let cluster = report
+            .broker
+            .cluster
+            .as_ref()
+            .map(|c| format!(", {} brokers, replication factor {}", c.nodes.len(), c.replication_factor));
         let title = format!(
-            "spate bench {}: {} x {} B, {} partitions, acks {}{}",
+            "spate bench {}: {} x {} B, {} partitions{}, acks {}{}",
             report.spate.version,
             w.mode,
             w.message_bytes,
             w.partitions,
+            cluster.unwrap_or_default(),
             w.acks,
             if report.partial { " (partial)" } else { "" }
         );
@@ -630,6 +755,7 @@ impl<'a> Watch<'a> {
 /// The phases of one run.
 struct Phases<'a> {
     w: &'a Workload,
+    layout: &'a admin::Layout,
     warmup: Warmup,
     progress: bool,
     /// Offsets at the start of the run: consume phases read from here.
@@ -685,7 +811,7 @@ impl Phases<'_> {
 
     fn produce(&self, name: &str, w: &Workload, rate: Option<f64>) -> Result<PhaseReport> {
         let shared = Arc::new(Shared::new(self.warmup));
-        let plans = producer_plans(w, rate, shared.started);
+        let plans = producer_plans(w, self.layout, rate, shared.started);
         let s = shared.clone();
         let workers = Workers::start("produce", plans.len(), &w.worker_cores, &shared, move |i, stats| {
             workers::run_producer(plans[i].clone(), s.clone(), stats)
@@ -706,7 +832,7 @@ impl Phases<'_> {
         let s = shared.clone();
         let workers = match &w.group {
             None => {
-                let plans = consumer_plans(w, &self.starts, Some(target), false);
+                let plans = consumer_plans(w, self.layout, &self.starts, Some(target), false);
                 Workers::start("consume", plans.len(), &w.worker_cores, &shared, move |i, stats| {
                     workers::run_consumer(plans[i].clone(), s.clone(), stats)
                 })?
@@ -714,8 +840,9 @@ impl Phases<'_> {
             Some(name) => {
                 // Every member may be assigned any partition: each knows every start.
                 let plan = ConsumerPlan {
+                    addr: w.broker.clone(),
                     partitions: self.starts.clone(),
-                    ..consumer_plans(w, &self.starts, Some(target), false)[0].clone()
+                    ..consumer_plans(w, self.layout, &self.starts, Some(target), false)[0].clone()
                 };
                 let group = group::GroupPlan {
                     group: name.clone(),
@@ -773,16 +900,15 @@ impl Phases<'_> {
     /// Producers and consumers at once; latency from the send time stamped
     /// in each message to its receipt.
     fn e2e(&self, w: &Workload, rate: Option<f64>) -> Result<PhaseReport> {
-        let (addr, topic, partitions) = (w.broker.clone(), w.topic.clone(), w.partitions);
-        let starts = on_thread(move || async move { admin::offsets(&addr, &topic, partitions, -1).await })?;
+        let starts = latest_offsets(w, self.layout)?;
         let shared = Arc::new(Shared::new(self.warmup));
-        let consumers = consumer_plans(w, &starts, None, true);
+        let consumers = consumer_plans(w, self.layout, &starts, None, true);
         let cs = shared.clone();
         let consumer_workers =
             Workers::start("consume", consumers.len(), &w.worker_cores, &shared, move |i, stats| {
                 workers::run_consumer(consumers[i].clone(), cs.clone(), stats)
             })?;
-        let producers = producer_plans(w, rate, shared.started);
+        let producers = producer_plans(w, self.layout, rate, shared.started);
         let producer_shared = Arc::new(Shared::new(self.warmup));
         let ps = producer_shared.clone();
         let producer_workers =
@@ -816,14 +942,78 @@ impl Phases<'_> {
     }
 }
 
-fn producer_plans(w: &Workload, rate: Option<f64>, started: Instant) -> Vec<ProducerPlan> {
+/// Splits `n` connections over groups in proportion to `weights` (largest
+/// remainder): at least one to each group of nonzero weight (`n` is raised
+/// to their number), none to the others; with `capped`, at most a group's
+/// weight to it (`n` is lowered to the weights' sum).
+fn spread(n: usize, weights: &[usize], capped: bool) -> Vec<usize> {
+    let total: usize = weights.iter().sum();
+    let active = weights.iter().filter(|&&w| w > 0).count();
+    if total == 0 {
+        return vec![0; weights.len()];
+    }
+    let mut n = n.max(active);
+    if capped {
+        n = n.min(total);
+    }
+    let mut out: Vec<usize> = weights
+        .iter()
+        .map(|&w| match w {
+            0 => 0,
+            w if capped => (n * w / total).clamp(1, w),
+            w => (n * w / total).max(1),
+        })
+        .collect();
+    // How far each group is below its exact share, in units of 1/total.
+    let below = |out: &[usize], i: usize| (n * weights[i]) as i128 - (out[i] * total) as i128;
+    while out.iter().sum::<usize>() > n {
+        let i = (0..out.len()).filter(|&i| out[i] > 1).min_by_key(|&i| below(&out, i)).expect("n >= groups");
+        out[i] -= 1;
+    }
+    while out.iter().sum::<usize>() < n {
+        let i = (0..out.len())
+            .filter(|&i| weights[i] > 0 && (!capped || out[i] < weights[i]))
+            .max_by_key(|&i| (below(&out, i), std::cmp::Reverse(i)))
+            .expect("n <= the weights' sum");
+        out[i] += 1;
+    }
+    out
+}
+
+/// The producers of each leader: its address, the partitions it leads, and
+/// how many producer connections write to them (in proportion to the
+/// partitions that get messages: with keys from a set smaller than the
+/// partition count, only the first ones do).
+fn producer_groups(w: &Workload, layout: &admin::Layout) -> Vec<(String, Vec<i32>, usize)> {
+    let groups = layout.by_leader();
+    let weights: Vec<usize> = groups
+        .iter()
+        .map(|(_, _, partitions)| match w.keys {
+            Keys::Cardinality(n) => {
+                workers::keys_of(n.max(1), partitions, w.partitions).min(partitions.len() as u64) as usize
+            }
+            _ => partitions.len(),
+        })
+        .collect();
+    let counts = spread(w.producers, &weights, false);
+    groups.into_iter().zip(counts).map(|((_, addr, partitions), n)| (addr, partitions, n)).collect()
+}
+
+/// One plan per producer connection, each to one leader and the partitions
+/// it leads (against one broker: every producer to it, every partition).
+fn producer_plans(w: &Workload, layout: &admin::Layout, rate: Option<f64>, started: Instant) -> Vec<ProducerPlan> {
     let per_producer =
         |total: u64, i: usize| total / w.producers as u64 + u64::from((i as u64) < total % w.producers as u64);
-    (0..w.producers)
-        .map(|i| ProducerPlan {
-            addr: w.broker.clone(),
+    let targets = producer_groups(w, layout)
+        .into_iter()
+        .flat_map(|(addr, partitions, n)| std::iter::repeat_n((addr, partitions), n));
+    targets
+        .enumerate()
+        .map(|(i, (addr, partitions))| ProducerPlan {
+            addr,
             topic: w.topic.clone(),
-            partitions: (0..w.partitions).collect(),
+            partitions,
+            topic_partitions: w.partitions,
             message_bytes: w.message_bytes,
             messages: w.messages.map(|n| per_producer(n, i)),
             deadline: w.duration_secs.map(|s| started + Duration::from_secs_f64(s)),
@@ -840,25 +1030,37 @@ fn producer_plans(w: &Workload, rate: Option<f64>, started: Instant) -> Vec<Prod
         .collect()
 }
 
-/// `target`: stop once all consumers together have this many messages.
+/// One plan per consumer connection, each to one leader and a share of the
+/// partitions it leads (connections in proportion to the partitions led,
+/// at most one per partition). `target`: stop once all consumers together
+/// have this many messages.
 fn consumer_plans(
     w: &Workload,
+    layout: &admin::Layout,
     starts: &[(i32, i64)],
     target: Option<u64>,
     measure_latency: bool,
 ) -> Vec<ConsumerPlan> {
-    (0..w.consumers.min(starts.len()))
-        .map(|c| ConsumerPlan {
-            addr: w.broker.clone(),
+    let leaders = Arc::new(layout.leader_addrs());
+    let groups = layout.by_leader();
+    let weights: Vec<usize> = groups.iter().map(|(_, _, partitions)| partitions.len()).collect();
+    let counts = spread(w.consumers, &weights, true);
+    let mut plans = Vec::new();
+    for ((_, addr, partitions), n) in groups.iter().zip(counts) {
+        let led: Vec<(i32, i64)> = starts.iter().filter(|(p, _)| partitions.contains(p)).copied().collect();
+        plans.extend((0..n).map(|c| ConsumerPlan {
+            addr: addr.clone(),
             topic: w.topic.clone(),
-            partitions: starts.iter().skip(c).step_by(w.consumers).copied().collect(),
+            partitions: led.iter().skip(c).step_by(n).copied().collect(),
+            leaders: leaders.clone(),
             stop_at_total: target,
             measure_latency,
             fetch_max_bytes: 64 << 20,
             partition_max_bytes: 8 << 20,
             message_bytes: w.message_bytes,
-        })
-        .collect()
+        }));
+    }
+    plans
 }
 
 #[cfg(test)]
@@ -898,5 +1100,59 @@ mod tests {
         assert!(w.topic.starts_with("spate-bench-"), "a unique topic: {}", w.topic);
         let acks_all = Cli::parse_from(["bench", "--preset", "acks-all"]).bench.resolve("x:1").unwrap();
         assert_eq!(acks_all.acks, -1);
+    }
+
+    #[test]
+    fn acks_and_replicas_take_minus_one() {
+        let args = Cli::parse_from(["bench", "--acks", "-1", "--replicas", "-1"]).bench;
+        assert_eq!((args.resolve("x:1").unwrap().acks, args.replication_factor().unwrap()), (-1, -1));
+        let args = Cli::parse_from(["bench", "--acks", "all", "--replicas", "3"]).bench;
+        assert_eq!((args.resolve("x:1").unwrap().acks, args.replication_factor().unwrap()), (-1, 3));
+        assert!(Cli::parse_from(["bench", "--replicas", "0"]).bench.resolve("x:1").is_err());
+        let flags = serde_json::to_value(Cli::parse_from(["bench"]).bench).unwrap();
+        assert!(flags.get("replicas").is_none(), "a run without --replicas reports the flags it always did");
+    }
+
+    #[test]
+    fn connections_spread_over_leaders_in_proportion() {
+        assert_eq!(spread(4, &[8], false), vec![4]);
+        assert_eq!(spread(64, &[2], false), vec![64]);
+        assert_eq!(spread(4, &[8], true), vec![4]);
+        assert_eq!(spread(12, &[8], true), vec![8]);
+        assert_eq!(spread(2, &[3, 3, 2], false), vec![1, 1, 1]);
+        assert_eq!(spread(8, &[3, 3, 2], false), vec![3, 3, 2]);
+        assert_eq!(spread(4, &[3, 3, 2], false), vec![2, 1, 1]);
+        assert_eq!(spread(10, &[6, 1, 1], false), vec![8, 1, 1]);
+        assert_eq!(spread(10, &[2, 1, 0], true), vec![2, 1, 0]);
+        assert_eq!(spread(5, &[0, 4, 0], false), vec![0, 5, 0]);
+    }
+
+    fn layout(leaders: &[i32]) -> admin::Layout {
+        let nodes = [1, 2, 3].map(|n| (n, format!("127.0.0.1:{}", 9091 + n))).into_iter().collect();
+        admin::Layout { nodes, leaders: leaders.to_vec(), replication_factor: 3 }
+    }
+
+    #[test]
+    fn each_producer_and_consumer_talks_to_one_leader() {
+        let mut w = Cli::parse_from(["bench", "--producers", "2", "--consumers", "4"]).bench.resolve("x:1").unwrap();
+        let layout = layout(&[1, 2, 3, 1, 2, 3, 1, 2]);
+        fit_connections(&mut w, &layout);
+        assert_eq!((w.producers, w.consumers), (3, 4), "at least one producer per leader");
+        let plans = producer_plans(&w, &layout, None, Instant::now());
+        let routes: Vec<(&str, &[i32])> = plans.iter().map(|p| (p.addr.as_str(), p.partitions.as_slice())).collect();
+        assert_eq!(
+            routes,
+            [("127.0.0.1:9092", &[0, 3, 6][..]), ("127.0.0.1:9093", &[1, 4, 7]), ("127.0.0.1:9094", &[2, 5])]
+        );
+        assert_eq!(plans.iter().map(|p| p.messages.unwrap()).sum::<u64>(), 5_000_000);
+        let starts: Vec<(i32, i64)> = (0..8).map(|p| (p, 10 * p as i64)).collect();
+        let consumers = consumer_plans(&w, &layout, &starts, None, false);
+        let mut read: Vec<i32> = Vec::new();
+        for c in &consumers {
+            assert!(c.partitions.iter().all(|(p, _)| layout.leader_addr(*p) == c.addr));
+            read.extend(c.partitions.iter().map(|(p, _)| *p));
+        }
+        read.sort_unstable();
+        assert_eq!((consumers.len(), read), (4, (0..8).collect::<Vec<_>>()));
     }
 }

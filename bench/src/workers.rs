@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
@@ -82,9 +83,14 @@ impl Shared {
 
 #[derive(Clone, Debug)]
 pub struct ProducerPlan {
+    /// The leader of `partitions`.
     pub addr: String,
     pub topic: String,
+    /// The partitions this producer writes to, ascending: all of the topic's
+    /// against one broker, those its leader leads against a cluster.
     pub partitions: Vec<i32>,
+    /// The topic's partition count: a key's partition is key % this.
+    pub topic_partitions: i32,
     pub message_bytes: usize,
     /// This producer's share of the message count, if counted.
     pub messages: Option<u64>,
@@ -277,6 +283,8 @@ fn account_produce(result: Result<Option<Bytes>>, sent: &[Sent], done: Instant, 
 
 /// The partition slot the next message goes to (and its key). Without
 /// keys, sticky: one batch until it is full, then the next that is not.
+/// With keys, a key whose partition (key % the topic's partitions) is one of
+/// this producer's, drawn uniformly among those.
 fn choose_partition(
     plan: &ProducerPlan,
     rng: &mut u64,
@@ -295,13 +303,56 @@ fn choose_partition(
             (*sticky, None)
         }
         Keys::Random => {
-            let key = xorshift(rng);
-            ((key % pending.len() as u64) as usize, Some(key.to_be_bytes().to_vec()))
+            let (slot, key) = random_key(xorshift(rng), &plan.partitions, plan.topic_partitions);
+            (slot, Some(key.to_be_bytes().to_vec()))
         }
         Keys::Cardinality(n) => {
-            let k = xorshift(rng) % n.max(1);
-            ((k % pending.len() as u64) as usize, Some(format!("key-{k}").into_bytes()))
+            let (slot, k) = counted_key(xorshift(rng), n, &plan.partitions, plan.topic_partitions);
+            (slot, Some(format!("key-{k}").into_bytes()))
         }
+    }
+}
+
+/// A random key (from `x`) of one of `mine` (ascending partitions of a
+/// topic of `total`), and its slot in `mine`; `x` itself when `mine` is the
+/// whole topic.
+fn random_key(x: u64, mine: &[i32], total: i32) -> (usize, u64) {
+    let total = total as u64;
+    if mine.len() as u64 == total {
+        return ((x % total) as usize, x);
+    }
+    let slot = (x % mine.len() as u64) as usize;
+    let base = x >> 1;
+    (slot, base - base % total + mine[slot] as u64)
+}
+
+/// How many of the keys 0..`n` fall in `mine` (ascending partitions of a
+/// topic of `total`; key k in partition k % total).
+pub fn keys_of(n: u64, mine: &[i32], total: i32) -> u64 {
+    let total = total as u64;
+    let (rows, rest) = (n / total, n % total);
+    rows * mine.len() as u64 + mine.iter().filter(|&&p| (p as u64) < rest).count() as u64
+}
+
+/// One of the keys 0..`n` that fall in `mine`, drawn uniformly from `x`, and
+/// its slot in `mine`; `x % n` when `mine` is the whole topic (as the keys
+/// of a single broker's run were always drawn).
+fn counted_key(x: u64, n: u64, mine: &[i32], total: i32) -> (usize, u64) {
+    let n = n.max(1);
+    let (width, total) = (mine.len() as u64, total as u64);
+    let Some(j) = x.checked_rem(keys_of(n, mine, total as i32)) else {
+        // No key of the topic lands here (plans give such producers no work).
+        let k = x % n;
+        return ((k % width) as usize, k);
+    };
+    let rows = n / total;
+    if j < rows * width {
+        let slot = (j % width) as usize;
+        (slot, (j / width) * total + mine[slot] as u64)
+    } else {
+        // The last, partial row: the first partitions of `mine` (ascending).
+        let slot = (j - rows * width) as usize;
+        (slot, rows * total + mine[slot] as u64)
     }
 }
 
@@ -371,10 +422,15 @@ fn record_batch_latency(stats: &mut WorkerStats, at: Duration, done: Instant, ba
 
 #[derive(Clone, Debug)]
 pub struct ConsumerPlan {
+    /// The broker the run's admin requests go to (group members find their
+    /// coordinator through it).
     pub addr: String,
     pub topic: String,
     /// (partition, first offset to read).
     pub partitions: Vec<(i32, i64)>,
+    /// The address of each partition's leader (indexed by partition): each
+    /// partition is fetched from there.
+    pub leaders: Arc<Vec<String>>,
     /// Stop once all consumers together received this many messages.
     pub stop_at_total: Option<u64>,
     /// e2e: measure latency from the send time stamped in each value.
@@ -385,15 +441,47 @@ pub struct ConsumerPlan {
     pub message_bytes: usize,
 }
 
+/// A consumer's connections: one to each leader it fetches from.
+pub struct Fetcher {
+    conns: Vec<(String, Conn)>,
+}
+
+impl Fetcher {
+    /// Connects to each of `addresses` (once each).
+    pub async fn connect<'a>(addresses: impl IntoIterator<Item = &'a str>) -> Result<Fetcher> {
+        let mut conns: Vec<(String, Conn)> = Vec::new();
+        for addr in addresses {
+            if !conns.iter().any(|(a, _)| a == addr) {
+                conns.push((addr.to_string(), Conn::connect(addr).await?));
+            }
+        }
+        Ok(Fetcher { conns })
+    }
+
+    /// Connects to the leaders of `partitions`.
+    pub async fn for_partitions(plan: &ConsumerPlan, partitions: &[(i32, i64)]) -> Result<Fetcher> {
+        Fetcher::connect(partitions.iter().map(|(p, _)| plan.leaders[*p as usize].as_str())).await
+    }
+
+    /// The connection to the leader of `partition`.
+    fn index_of(&self, plan: &ConsumerPlan, partition: i32) -> Result<usize> {
+        let addr = &plan.leaders[partition as usize];
+        self.conns
+            .iter()
+            .position(|(a, _)| a == addr)
+            .ok_or_else(|| anyhow::anyhow!("no connection to {addr}, the leader of partition {partition}"))
+    }
+}
+
 pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>, stats: ThreadStats) -> Result<()> {
-    let conn = Conn::connect(&plan.addr).await?;
+    let fetcher = Fetcher::for_partitions(&plan, &plan.partitions).await?;
     let mut offsets = plan.partitions.clone();
     let mut idle_after_producers = 0;
     while !shared.stopping() {
         if plan.stop_at_total.is_some_and(|n| shared.done.load(Ordering::Relaxed) >= n) {
             break;
         }
-        let got = fetch_round(&conn, &plan, &mut offsets, &stats, &shared).await?;
+        let got = fetch_round(&fetcher, &plan, &mut offsets, &stats, &shared).await?;
         if got > 0 {
             idle_after_producers = 0;
         } else if shared.producers_finished.load(Ordering::Acquire) {
@@ -406,10 +494,12 @@ pub async fn run_consumer(plan: ConsumerPlan, shared: Arc<Shared>, stats: Thread
     Ok(())
 }
 
-/// One Fetch of every partition in `offsets` (partition, next offset),
-/// advanced past what arrived; returns the messages received.
+/// One Fetch of every partition in `offsets` (partition, next offset), from
+/// its leader (one request per leader, all in flight at once, each response
+/// taken as it arrives), advanced past what arrived; returns the messages
+/// received.
 pub async fn fetch_round(
-    conn: &Conn,
+    fetcher: &Fetcher,
     plan: &ConsumerPlan,
     offsets: &mut [(i32, i64)],
     stats: &ThreadStats,
@@ -419,14 +509,44 @@ pub async fn fetch_round(
         glommio::timer::sleep(Duration::from_millis(100)).await;
         return Ok(0);
     }
-    let response: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(plan, offsets)).await?;
+    let mut by_leader: Vec<Vec<(i32, i64)>> = fetcher.conns.iter().map(|_| Vec::new()).collect();
+    for &(partition, offset) in offsets.iter() {
+        by_leader[fetcher.index_of(plan, partition)?].push((partition, offset));
+    }
+    let mut in_flight: FuturesUnordered<_> = by_leader
+        .iter()
+        .zip(&fetcher.conns)
+        .filter(|(wanted, _)| !wanted.is_empty())
+        .map(|(wanted, (_, conn))| {
+            let request = fetch_request(plan, wanted);
+            async move { conn.call::<_, FetchResponse>(ApiKey::Fetch, 12, &request).await }
+        })
+        .collect();
+    let mut got = 0;
+    while let Some(response) = in_flight.next().await {
+        got += absorb(plan, &response?, offsets, stats, shared)?;
+    }
+    Ok(got)
+}
+
+/// Takes in one Fetch response: counts its messages (and their latency),
+/// advances `offsets`; returns the messages received.
+fn absorb(
+    plan: &ConsumerPlan,
+    response: &FetchResponse,
+    offsets: &mut [(i32, i64)],
+    stats: &ThreadStats,
+    shared: &Shared,
+) -> Result<u64> {
     let received_us = now_us();
     let since_start = shared.started.elapsed();
     let mut stats = stats.borrow_mut();
     let mut got = 0u64;
     for topic in &response.responses {
         for part in &topic.partitions {
-            check(part.error_code, "fetch")?;
+            if part.error_code != 0 {
+                check(part.error_code, &format!("fetch of partition {}", part.partition_index))?;
+            }
             let Some(slot) = offsets.iter_mut().find(|(p, _)| *p == part.partition_index) else {
                 continue;
             };
@@ -498,4 +618,45 @@ fn fetch_request(plan: &ConsumerPlan, offsets: &[(i32, i64)]) -> FetchRequest {
     request.session_epoch = -1;
     request.topics = vec![topic];
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_the_whole_topic_are_drawn_as_before() {
+        let all: Vec<i32> = (0..8).collect();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for _ in 0..10_000 {
+            let r = xorshift(&mut x);
+            assert_eq!(random_key(r, &all, 8), ((r % 8) as usize, r));
+            for n in [1, 3, 8, 100, 10_000] {
+                let k = r % n;
+                assert_eq!(counted_key(r, n, &all, 8), ((k % 8) as usize, k));
+            }
+        }
+    }
+
+    #[test]
+    fn keys_of_a_subset_land_in_it_and_cover_it() {
+        let mine = [1, 4, 6];
+        for n in [2, 5, 7, 8, 9, 100] {
+            let expected: Vec<u64> = (0..n).filter(|k| mine.contains(&((k % 8) as i32))).collect();
+            assert_eq!(keys_of(n, &mine, 8), expected.len() as u64, "n {n}");
+            let mut seen = std::collections::BTreeSet::new();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            for _ in 0..5_000 {
+                let (slot, k) = counted_key(xorshift(&mut x), n, &mine, 8);
+                assert!(k < n && (k % 8) as i32 == mine[slot], "n {n}: key {k} in slot {slot}");
+                seen.insert(k);
+            }
+            assert_eq!(seen.into_iter().collect::<Vec<_>>(), expected, "n {n}: every key drawn");
+        }
+        let mut x = 7u64;
+        for _ in 0..5_000 {
+            let (slot, k) = random_key(xorshift(&mut x), &mine, 8);
+            assert_eq!((k % 8) as i32, mine[slot]);
+        }
+    }
 }
