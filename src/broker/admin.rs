@@ -257,7 +257,10 @@ impl Broker {
     /// the difference to the metadata log once (which installs it on every
     /// shard); answers each change.
     async fn commit(self: &Rc<Self>, group: Vec<Queued>) {
-        let old = self.meta();
+        // The controller's image, not this shard's installed snapshot: it may
+        // hold committed entries not installed yet, which a change computed
+        // against an older image would undo.
+        let old = Arc::new(self.controller().image());
         let mut meta = (*old).clone();
         let mut answers = Vec::with_capacity(group.len());
         for Queued { op, reply } in group {
@@ -808,12 +811,12 @@ fn reelect(meta: &mut ClusterMeta, node: NodeId, fenced: bool) {
     }
 }
 
-/// Removes deleted partitions' directories: `(directory, its -delete name)`.
-/// Each is first renamed to its `-delete` name and the renames made durable,
-/// so that a crash halfway through a removal never leaves a partly removed
-/// directory under a name a topic could open; only then are the files removed.
-/// A directory that is already gone is skipped. Blocking.
-pub(super) fn remove_partition_dirs(dirs: &[(PathBuf, String)]) -> std::io::Result<()> {
+/// Renames deleted partitions' directories, `(directory, its -delete name)`,
+/// and makes the renames durable, so that a crash halfway through a removal
+/// never leaves a partly removed directory under a name a topic could open;
+/// the files are removed afterwards ([`remove_renamed_dirs`]). A directory
+/// that is already gone is skipped. Returns the new paths. Blocking.
+pub(super) fn rename_partition_dirs(dirs: &[(PathBuf, String)]) -> std::io::Result<Vec<PathBuf>> {
     let mut doomed = Vec::with_capacity(dirs.len());
     for (dir, deleted_name) in dirs {
         let target = dir.with_file_name(deleted_name);
@@ -828,10 +831,15 @@ pub(super) fn remove_partition_dirs(dirs: &[(PathBuf, String)]) -> std::io::Resu
     for parent in parents {
         fsutil::sync_dir(parent)?;
     }
-    for dir in &doomed {
+    Ok(doomed)
+}
+
+/// Removes directories renamed by [`rename_partition_dirs`]. Blocking, and
+/// slow for large partitions: nothing waits for it.
+pub(super) fn remove_renamed_dirs(doomed: &[PathBuf]) {
+    for dir in doomed {
         remove_renamed_dir(dir);
     }
-    Ok(())
 }
 
 /// Removes a directory already renamed to a `-delete` name. A failure is
@@ -868,7 +876,7 @@ fn remove_leftover_dirs(data_dir: &Path, live: &HashSet<String>) -> std::io::Res
     for dir in &deleted {
         remove_renamed_dir(dir);
     }
-    remove_partition_dirs(&orphans)?;
+    remove_renamed_dirs(&rename_partition_dirs(&orphans)?);
     Ok(deleted.len() + orphans.len())
 }
 

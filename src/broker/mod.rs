@@ -431,9 +431,16 @@ impl Broker {
             }
         }
         if !doomed.is_empty() {
-            let removed = glommio::executor().spawn_blocking(move || admin::remove_partition_dirs(&doomed)).await;
-            if let Err(e) = removed {
-                error!("deleting partition data: {e}");
+            // The renames are durable before the install is done (no new topic
+            // of the same name can see the old records); removing the files
+            // may take seconds for large partitions, and the metadata log
+            // (whose driver awaits installs) must not wait for it.
+            match glommio::executor().spawn_blocking(move || admin::rename_partition_dirs(&doomed)).await {
+                Ok(renamed) => {
+                    let removal = glommio::executor().spawn_blocking(move || admin::remove_renamed_dirs(&renamed));
+                    glommio::spawn_local(removal).detach();
+                }
+                Err(e) => error!("deleting partition data: {e}"),
             }
         }
     }
@@ -498,7 +505,7 @@ impl Broker {
         for partition in self.local_partitions() {
             let dirty = {
                 let log = partition.log.borrow();
-                log.synced_offset() < log.end_offset()
+                log.synced_offset() < log.end_offset() && !partition.is_stopping()
             };
             if dirty {
                 if let Err(e) = partition.flush_all().await {

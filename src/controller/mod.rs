@@ -19,7 +19,7 @@ pub mod store;
 pub mod transport;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ use store::{LogFiles, RaftStore};
 const EVENT_QUEUE: usize = 4096;
 /// Events the driver takes before handling a Ready.
 const EVENTS_PER_ROUND: usize = 256;
+/// Applied rounds waiting for their shard installs before the driver waits.
+const MAX_PENDING_INSTALLS: usize = 256;
 /// Longest a change waits to be committed and applied.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Raft's election timeout and heartbeat, in ticks.
@@ -111,6 +113,10 @@ enum Event {
     Propose { data: Vec<u8>, done: oneshot::Sender<Result<u64, AdminError>> },
 }
 
+/// Applied entries awaiting their install: (last index, whether the image
+/// changed, the (index, term) of each entry).
+type PendingInstall = (u64, bool, Vec<(u64, u64)>);
+
 /// A proposal waiting for its entry to be applied.
 struct Waiter {
     term: u64,
@@ -138,6 +144,12 @@ pub struct Controller {
     /// first entry commits all of its predecessors' entries).
     commit_in_term: Cell<bool>,
     waiters: RefCell<BTreeMap<u64, Waiter>>,
+    /// Applied entries whose installation on the shards is pending, oldest
+    /// first: (last index, whether the image changed, (index, term) of each).
+    /// The driver never waits for installs (a slow one, a deleted topic's
+    /// files, would starve Raft's ticks and cost the quorum its leader).
+    installs: RefCell<VecDeque<PendingInstall>>,
+    install_bell: RefCell<mpsc::Sender<()>>,
     /// Active controller only: when each broker was last heard from.
     heard: RefCell<HashMap<NodeId, Instant>>,
     /// Active controller only: brokers whose fencing is being committed.
@@ -196,6 +208,7 @@ impl Controller {
             node.campaign().context("electing the only voter")?;
         }
         let (events, inbox) = mpsc::channel(EVENT_QUEUE);
+        let (install_bell, install_rung) = mpsc::channel(1);
         let peers = voters
             .iter()
             .filter(|v| v.id != node_id)
@@ -215,6 +228,8 @@ impl Controller {
             applied: Cell::new(applied),
             commit_in_term: Cell::new(false),
             waiters: RefCell::new(BTreeMap::new()),
+            installs: RefCell::new(VecDeque::new()),
+            install_bell: RefCell::new(install_bell),
             heard: RefCell::new(HashMap::new()),
             fencing: RefCell::new(HashSet::new()),
         });
@@ -225,8 +240,14 @@ impl Controller {
             glommio::spawn_local(transport::serve(listener, controller.clone())).detach();
         }
         glommio::spawn_local(controller.clone().drive(node, inbox)).detach();
+        glommio::spawn_local(controller.clone().install_loop(install_rung)).detach();
         glommio::spawn_local(controller.clone().tick_loop()).detach();
         Ok(controller)
+    }
+
+    /// The image as applied here (possibly ahead of what the shards have installed).
+    pub fn image(&self) -> ClusterMeta {
+        self.image.borrow().clone()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -443,12 +464,12 @@ impl Controller {
                 heard.insert(*node, now);
             }
         }
-        let meta = {
+        let applied = {
             let mut image = self.image.borrow_mut();
             image.controller = leader;
-            Arc::new(image.clone())
+            image.applied_index
         };
-        self.broker.install_everywhere(meta).await;
+        self.queue_install(applied, true, Vec::new()).await;
     }
 
     async fn install_snapshot(&self, node: &mut RawNode<RaftStore>, snapshot: Snapshot) -> anyhow::Result<()> {
@@ -459,19 +480,17 @@ impl Controller {
         node.mut_store().install_snapshot(snapshot.clone());
         let frames = node.store().log_frames();
         self.blocking(move |files| files.rewrite_log(&frames)).await?;
-        let meta = {
+        {
             let mut image = self.image.borrow_mut();
             records::decode_image(&mut image, snapshot.get_data())?;
             image.applied_index = index;
-            Arc::new(image.clone())
-        };
-        self.applied.set(index);
-        self.broker.install_everywhere(meta).await;
+        }
+        self.queue_install(index, true, Vec::new()).await;
         Ok(())
     }
 
-    /// Applies committed entries to the image, installs it on every shard,
-    /// then answers the proposals among them.
+    /// Applies committed entries to the image and queues its installation
+    /// on every shard; the proposals among them are answered once installed.
     async fn apply_entries(&self, entries: Vec<Entry>) {
         let Some(last) = entries.last().map(|e| e.index) else { return };
         let mut changed = false;
@@ -484,11 +503,42 @@ impl Controller {
             }
             image.applied_index = last;
         }
-        if changed {
-            let meta = Arc::new(self.image.borrow().clone());
-            self.broker.install_everywhere(meta).await;
+        self.queue_install(last, changed, terms).await;
+    }
+
+    /// Queues the image as applied up to `last` for installation; waits only
+    /// while [`MAX_PENDING_INSTALLS`] are queued already.
+    async fn queue_install(&self, last: u64, changed: bool, terms: Vec<(u64, u64)>) {
+        while self.installs.borrow().len() >= MAX_PENDING_INSTALLS {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
         }
-        self.applied.set(last);
+        self.installs.borrow_mut().push_back((last, changed, terms));
+        let _ = self.install_bell.borrow_mut().try_send(());
+    }
+
+    /// Installs queued images in order, the newest of a run of them at once
+    /// (each is the whole image), then marks them applied and answers their
+    /// proposals.
+    async fn install_loop(self: Rc<Self>, mut bell: mpsc::Receiver<()>) {
+        loop {
+            let queued: Vec<_> = self.installs.borrow_mut().drain(..).collect();
+            let Some(last) = queued.last().map(|q| q.0) else {
+                if bell.next().await.is_none() {
+                    return;
+                }
+                continue;
+            };
+            if queued.iter().any(|q| q.1) {
+                let meta = Arc::new(self.image.borrow().clone());
+                self.broker.install_everywhere(meta).await;
+            }
+            self.applied.set(self.applied.get().max(last));
+            self.answer(queued.into_iter().flat_map(|q| q.2), last);
+        }
+    }
+
+    /// Answers the proposals among the entries `terms` now installed.
+    fn answer(&self, terms: impl Iterator<Item = (u64, u64)>, last: u64) {
         let mut waiters = self.waiters.borrow_mut();
         for (index, term) in terms {
             if let Some(waiter) = waiters.remove(&index) {
@@ -509,7 +559,7 @@ impl Controller {
     /// at the applied index replaces the entries it covers, on disk too.
     async fn maybe_snapshot(&self, node: &mut RawNode<RaftStore>) -> anyhow::Result<()> {
         let every = self.broker.config.metadata_snapshot_interval_entries.max(1);
-        let applied = self.applied.get().min(node.raft.raft_log.persisted);
+        let applied = self.image.borrow().applied_index.min(node.raft.raft_log.persisted);
         let store = node.store();
         let snapshot_index = store.current_snapshot().get_metadata().index;
         if store.entry_count() < every || applied <= snapshot_index {

@@ -343,6 +343,7 @@ impl Fetcher {
                         return Taken::Retry;
                     }
                 }
+                Err(_) if partition.is_stopping() => return Taken::Retry, // deleted or being truncated
                 Err(e) => {
                     warn!(dir = %partition.log.borrow().dir.display(), "leader's batches refused: {e:?}; checking divergence");
                     self.mark_truncate(&tp);

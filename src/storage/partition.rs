@@ -893,6 +893,11 @@ impl Partition {
         flushed
     }
 
+    /// Closing or deleted: it takes no more appends.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.get().is_some()
+    }
+
     /// The partition is being deleted: its writer ends once work in flight is done.
     pub fn discard(&self) {
         self.stop(Stop::Discard);
