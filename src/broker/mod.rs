@@ -253,7 +253,8 @@ impl Broker {
                 drop(appended); // took effect: the request's connection may dispatch its next one
                 let info = appended_info.map_err(PartitionError::from)?;
                 partition.wait_durable(info.last_offset, durability).await.map_err(PartitionError::from)?;
-                if all {
+                // Only a replicated partition waits for others (no timer otherwise: hot path).
+                if all && partition.replicas.borrow().is_some() {
                     let timeout = Duration::from_millis(timeout_ms);
                     let replicated = partition.wait_replicated(info.last_offset);
                     match glommio::timer::timeout(timeout, async { Ok(replicated.await) }).await {
@@ -496,7 +497,14 @@ impl Broker {
             reopened.discard();
             return Ok(());
         }
-        self.partitions.borrow_mut().insert(tp, reopened);
+        self.partitions.borrow_mut().insert(tp, reopened.clone());
+        // Its role may have changed while it was cut (the old partition got
+        // it): apply the current one to the partition now in place.
+        let meta = self.meta();
+        if let Some(topic) = meta.topics.values().find(|t| t.id == tp.topic_id) {
+            self.replication.reset_role(&tp);
+            crate::replication::install_partition(self, topic, tp.partition, &reopened).await;
+        }
         Ok(())
     }
 

@@ -344,6 +344,12 @@ impl Fetcher {
                     }
                 }
                 Err(_) if partition.is_stopping() => return Taken::Retry, // deleted or being truncated
+                Err(e) if partition.is_offline() => {
+                    // Its device failed: it fetches no more until restart (Kafka's offline log directory).
+                    warn!(dir = %partition.log.borrow().dir.display(), "replica offline, fetching stops: {e:?}");
+                    self.remove(&tp);
+                    return Taken::Retry;
+                }
                 Err(e) => {
                     warn!(dir = %partition.log.borrow().dir.display(), "leader's batches refused: {e:?}; checking divergence");
                     self.mark_truncate(&tp);

@@ -41,6 +41,15 @@ impl Replication {
     /// The partition is gone from this shard: it is fetched no more.
     pub fn forget(&self, tp: &TopicPartition) {
         self.roles.borrow_mut().remove(tp);
+        self.stop_fetching(tp);
+    }
+
+    /// The next install applies the partition's role afresh (it was reopened).
+    pub fn reset_role(&self, tp: &TopicPartition) {
+        self.roles.borrow_mut().remove(tp);
+    }
+
+    fn stop_fetching(&self, tp: &TopicPartition) {
         for fetcher in self.fetchers.borrow().values() {
             fetcher.remove(tp);
         }
@@ -64,9 +73,7 @@ pub async fn install_partition(broker: &Rc<Broker>, topic: &TopicMeta, p: i32, p
     let previous = broker.replication.roles.borrow_mut().insert(tp, role);
     if state.leader == me {
         if previous != Some(role) {
-            for fetcher in broker.replication.fetchers.borrow().values() {
-                fetcher.remove(&tp);
-            }
+            broker.replication.stop_fetching(&tp);
             lead(partition, state.leader_epoch, &state.replicas, &state.isr, me).await;
             info!(topic = %topic.name, partition = p, epoch = state.leader_epoch, "leading partition");
             if topic.name == OFFSETS_TOPIC {
@@ -84,22 +91,13 @@ pub async fn install_partition(broker: &Rc<Broker>, topic: &TopicMeta, p: i32, p
         return;
     }
     partition.stop_leading();
-    {
-        // A follower's high watermark is what its leader said; until then,
-        // nothing past the log start (a new leader's must not pass what
-        // the other in-sync replicas have).
-        let mut log = partition.log.borrow_mut();
-        if log.replica_hw() == i64::MAX {
-            let start = log.log_start_offset();
-            log.set_replica_hw(start);
-        }
-    }
+    // A follower's high watermark is what its leader said; until then,
+    // nothing past the log start.
+    bound_high_watermark(partition);
     if previous == Some(role) {
         return;
     }
-    for fetcher in broker.replication.fetchers.borrow().values() {
-        fetcher.remove(&tp);
-    }
+    broker.replication.stop_fetching(&tp);
     if topic.name == OFFSETS_TOPIC {
         broker.groups.unload(p, topic.partitions);
     }
@@ -126,15 +124,20 @@ async fn lead(partition: &Rc<Partition>, epoch: i32, replicas: &[NodeId], isr: &
         partition.log.borrow_mut().set_replica_hw(i64::MAX);
         return;
     }
-    {
-        let mut log = partition.log.borrow_mut();
-        if log.replica_hw() == i64::MAX {
-            let start = log.log_start_offset();
-            log.set_replica_hw(start);
-        }
-    }
+    bound_high_watermark(partition);
     let set = ReplicaSet::new(me, epoch, replicas, isr, end, now_ms());
     partition.replicas.replace(Some(set));
+}
+
+/// A partition that had no replicated high watermark starts from its log
+/// start: a new leader's must never pass what the other in-sync replicas
+/// have, and it only moves up from there as they report their log ends.
+fn bound_high_watermark(partition: &Partition) {
+    let mut log = partition.log.borrow_mut();
+    if log.replica_hw() == i64::MAX {
+        let start = log.log_start_offset();
+        log.set_replica_hw(start);
+    }
 }
 
 fn fetcher_for(broker: &Rc<Broker>, leader: NodeId) -> Rc<Fetcher> {

@@ -730,7 +730,12 @@ impl Partition {
                 continue;
             };
             let kept = read_disk(&file, position, len, readable, from, max_bytes).await?;
-            let kept = super::log::cut_below(kept, visible_end);
+            // Written but not yet replicated batches stay invisible to consumers.
+            let kept = if visible_end < self.log.borrow().flushed_offset() {
+                super::log::cut_below(kept, visible_end)
+            } else {
+                kept
+            };
             if !kept.is_empty() {
                 return Ok(vec![kept]);
             }
@@ -891,6 +896,11 @@ impl Partition {
         self.stop(Stop::Close);
         self.stopped().await;
         flushed
+    }
+
+    /// A device error took it offline until restart.
+    pub fn is_offline(&self) -> bool {
+        self.offline.borrow().is_some()
     }
 
     /// Closing or deleted: it takes no more appends.
