@@ -107,6 +107,13 @@ pub struct Config {
     pub max_connections_per_shard: usize,
     /// Upper bound on a fetch's max_wait_ms.
     pub fetch_max_wait_cap_ms: u64,
+    /// Incremental fetch sessions (KIP-227) each shard keeps
+    /// (`max.incremental.fetch.session.cache.slots`); past it, fetches go
+    /// on without a session.
+    pub max_incremental_fetch_session_cache_slots: usize,
+    /// Partitions all of a shard's fetch sessions may hold together (about
+    /// 100 bytes each): a bound on the cache's memory.
+    pub max_incremental_fetch_session_partitions: usize,
 
     pub segment_bytes: u64,
     pub segment_ms: i64,
@@ -215,6 +222,8 @@ impl Default for Config {
             shutdown_drain_timeout_ms: 10_000,
             max_connections_per_shard: 10_000,
             fetch_max_wait_cap_ms: 30_000,
+            max_incremental_fetch_session_cache_slots: 1000,
+            max_incremental_fetch_session_partitions: 200_000,
             segment_bytes: log.segment_bytes,
             segment_ms: log.segment_ms,
             retention_ms: log.retention_ms,

@@ -3,6 +3,7 @@
 //! partitions to them as actor messages (the only way shards talk).
 
 pub mod admin;
+pub mod fetch_sessions;
 pub mod messages;
 pub mod metadata;
 mod stats;
@@ -60,6 +61,8 @@ pub struct Broker {
     pub groups: Rc<Coordinator>,
     /// Roles of this shard's replicated partitions and its fetchers.
     pub replication: crate::replication::Replication,
+    /// Incremental fetch sessions of the connections this shard serves.
+    pub fetch_sessions: RefCell<fetch_sessions::FetchSessionCache>,
 }
 
 impl Broker {
@@ -79,6 +82,10 @@ impl Broker {
             controller: RefCell::new(None),
             groups: Coordinator::new(&config),
             replication: Default::default(),
+            fetch_sessions: RefCell::new(fetch_sessions::FetchSessionCache::new(
+                config.max_incremental_fetch_session_cache_slots,
+                config.max_incremental_fetch_session_partitions,
+            )),
         }
     }
 
@@ -254,9 +261,9 @@ impl Broker {
                 let info = appended_info.map_err(PartitionError::from)?;
                 partition.wait_durable(info.last_offset, durability).await.map_err(PartitionError::from)?;
                 // Only a replicated partition waits for others (no timer otherwise: hot path).
-                if all && partition.replicas.borrow().is_some() {
+                if all && info.replicated_in_epoch.is_some() {
                     let timeout = Duration::from_millis(timeout_ms);
-                    let replicated = partition.wait_replicated(info.last_offset);
+                    let replicated = partition.wait_replicated(&info);
                     match glommio::timer::timeout(timeout, async { Ok(replicated.await) }).await {
                         Ok(result) => result.map_err(PartitionError::from)?,
                         Err(_) => return Err(PartitionError::RequestTimedOut),
@@ -425,10 +432,21 @@ impl Broker {
                 self.groups.unload(tp.partition, offsets.partitions);
             }
             partition.stopped().await;
-            let deleted_topic = old.topics.values().find(|t| t.id == tp.topic_id).filter(|t| !live_ids.contains(&t.id));
-            if let Some(topic) = deleted_topic {
+            let Some(topic) = old.topics.values().find(|t| t.id == tp.topic_id) else { continue };
+            let dir = partition.log.borrow().dir.clone();
+            if !live_ids.contains(&topic.id) {
                 info!(topic = %topic.name, partition = tp.partition, "deleting partition data");
-                doomed.push((partition.log.borrow().dir.clone(), topic.deleted_dir_name(tp.partition)));
+                doomed.push((dir, topic.deleted_dir_name(tp.partition)));
+            } else if !meta.hosts(&tp) {
+                // Reassigned away from this node: its replica goes, as a
+                // restart would remove it. (A replica moved back later
+                // starts empty and fetches from the leader.) Each removal
+                // gets its own name: the replica may come and go again
+                // while an earlier copy is still being removed.
+                info!(topic = %topic.name, partition = tp.partition, "replica moved off this node: deleting its data");
+                let name =
+                    metadata::deleted_dir_name(&topic.name, &tp.partition.to_string(), &metadata::random_topic_id());
+                doomed.push((dir, name));
             }
         }
         if !doomed.is_empty() {

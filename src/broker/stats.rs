@@ -19,6 +19,10 @@ impl Broker {
             lines.reserve(count * 64);
         }
         snapshot.connections = self.connections.get() as u64;
+        let sessions = self.fetch_sessions.borrow();
+        (snapshot.fetch_sessions, snapshot.fetch_session_partitions) =
+            (sessions.len() as u64, sessions.partitions() as u64);
+        drop(sessions);
         let meta = self.meta();
         let names: HashMap<[u8; 16], Arc<str>> =
             meta.topics.values().map(|t| (t.id, Arc::from(t.name.as_str()))).collect();

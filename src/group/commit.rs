@@ -302,7 +302,7 @@ impl Coordinator {
         mut entries: Vec<Queued>,
         unapplied: Rc<Cell<u32>>,
     ) {
-        let durable = log.wait_committed(info.last_offset).await.map_err(PartitionError::from);
+        let durable = log.wait_committed(&info).await.map_err(PartitionError::from);
         let mut next = info.base_offset;
         for entry in entries.drain(..) {
             let first = next;

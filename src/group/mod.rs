@@ -668,19 +668,25 @@ impl Coordinator {
         let snapshot = self.snapshot_records(partition, count);
         let now_ms = storage::now_ms();
         let mut first = None;
-        let mut last = -1;
+        let mut last = None;
         for chunk in chunk_by_bytes(snapshot, CHECKPOINT_BATCH_BYTES) {
             let info = log.append(records::batch(chunk, now_ms), now_ms).await?;
             first.get_or_insert(info.base_offset);
-            last = info.last_offset;
+            if last
+                .as_ref()
+                .is_some_and(|l: &storage::log::AppendInfo| l.replicated_in_epoch != info.replicated_in_epoch)
+            {
+                return Err(StorageError::NotLeader); // leadership changed under the checkpoint
+            }
+            last = Some(info);
         }
         drop(permit);
-        let start = match first {
-            Some(first) => {
-                log.wait_committed(last).await?;
+        let start = match (first, last) {
+            (Some(first), Some(last)) => {
+                log.wait_committed(&last).await?;
                 first
             }
-            None => log.log.borrow().end_offset(), // no group left: nothing to keep
+            _ => log.log.borrow().end_offset(), // no group left: nothing to keep
         };
         log.delete_records(start).await
     }
@@ -762,7 +768,7 @@ impl Coordinator {
         let applying = if info.is_ok() { self.applying(partition) } else { Applying(None) };
         drop(permit);
         let stored = match info {
-            Ok(info) => log.wait_committed(info.last_offset).await.map(|_| info.base_offset),
+            Ok(info) => log.wait_committed(&info).await.map(|_| info.base_offset),
             Err(e) => Err(e),
         };
         match stored {

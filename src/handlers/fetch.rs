@@ -10,19 +10,25 @@
 //! A partition named more than once is answered once, as Kafka does (its
 //! request is read into a map keyed by topic-partition): at the position of
 //! its first mention, with the fetch offset and limits of its last.
+//!
+//! Fetch sessions (KIP-227, [`crate::broker::fetch_sessions`]): epoch 0
+//! creates one holding the request's partitions; a later epoch names only
+//! what changed, fetches every partition the session holds, and answers
+//! only those with records, a moved high watermark or log start, or an error.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::{ApiKey, FetchRequest};
 
 use super::{check_leader_epoch, decode_body, error_code, FrameError};
-use crate::broker::{Broker, ClusterMeta, PartitionOk, PartitionOp, TopicMeta, TopicPartition};
+use crate::broker::fetch_sessions::{Found, Wanted, FINAL_EPOCH, INITIAL_EPOCH};
+use crate::broker::{Broker, PartitionOk, PartitionOp, TopicMeta, TopicPartition};
 use crate::protocol::{PartsWriter, Reply, Request};
 
 /// The broker's cap on a response's record bytes, whatever the request's
@@ -56,18 +62,20 @@ impl Slot {
 
 pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
     let body: FetchRequest = decode_body(request)?;
-    if body.session_id != 0 {
-        // spate never hands out fetch sessions, so a client cannot hold one.
-        return Ok(encode(request, ResponseError::FetchSessionIdNotFound.code(), &[], &[]));
-    }
+    // A follower replica (replica id = its node id) reads everything written
+    // and waits for writes; a consumer reads and waits for the high watermark.
+    let follower = (body.replica_id.0 >= 0).then_some(body.replica_id.0);
+    let (session, wanted) = match open_session(broker, &body) {
+        Ok(opened) => opened,
+        Err(code) => return Ok(encode(request, code, 0, &[], &[])),
+    };
     let wait_ms = (body.max_wait_ms.max(0) as u64).min(broker.config.fetch_max_wait_cap_ms);
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     let min_bytes = usize::try_from(body.min_bytes).unwrap_or(0);
     let budget_bytes = response_budget_bytes(body.max_bytes);
-    let (mut slots, topics) = requested_slots(&broker.meta(), &body);
-    // A follower replica (replica id = its node id) reads everything written
-    // and waits for writes; a consumer reads and waits for the high watermark.
-    let follower = (body.replica_id.0 >= 0).then_some(body.replica_id.0);
+    let meta = broker.meta();
+    let mut slots: Vec<Slot> = wanted.iter().map(|w| new_slot(meta.topic(&w.topic), w)).collect();
+    drop(meta);
 
     loop {
         read_all(broker, &mut slots, budget_bytes, follower).await;
@@ -84,7 +92,108 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
         broker.wait_for_data(waits, deadline - now, follower.is_some()).await;
     }
     apply_response_limit(&mut slots, budget_bytes);
-    Ok(encode(request, 0, &topics, &slots))
+    let (session_id, carried) = close_session(broker, session, follower.is_some(), &wanted, &slots);
+    let (names, slots): (Vec<&str>, Vec<Slot>) =
+        wanted.iter().map(|w| &*w.topic).zip(slots).zip(carried).filter(|(_, carry)| *carry).map(|(x, _)| x).unzip();
+    Ok(encode(request, 0, session_id, &group_topics(&names), &slots))
+}
+
+/// What a fetch does with its session (KIP-227).
+enum SessionUse {
+    /// Epoch -1: none; every partition is answered.
+    None,
+    /// Epoch 0: every partition is answered, and a session is created for them.
+    Create,
+    /// A later epoch of this session: only partitions with news are answered.
+    Continue(i32),
+}
+
+/// The request's session and the partitions to fetch: the request's own,
+/// or with a session, the session's after the request's changes. Err: the
+/// top-level error of a request naming an unknown session or a wrong epoch.
+fn open_session(broker: &Broker, body: &FetchRequest) -> Result<(SessionUse, Vec<Wanted>), i16> {
+    let asked = asked_partitions(body);
+    let mut sessions = broker.fetch_sessions.borrow_mut();
+    match body.session_epoch {
+        FINAL_EPOCH | INITIAL_EPOCH => {
+            if body.session_id != 0 {
+                sessions.close(body.session_id);
+            }
+            let session = if body.session_epoch == INITIAL_EPOCH { SessionUse::Create } else { SessionUse::None };
+            Ok((session, asked))
+        }
+        epoch => {
+            let forgotten = body
+                .forgotten_topics_data
+                .iter()
+                .flat_map(|t| {
+                    let topic: Arc<str> = Arc::from(t.topic.0.as_str());
+                    t.partitions.iter().map(move |&p| (topic.clone(), p))
+                })
+                .collect();
+            let wanted = sessions.incremental(body.session_id, epoch, asked, forgotten, Instant::now())?;
+            // An incremental fetch that emptied its session closed it: answered sessionless.
+            let session = if wanted.is_empty() { SessionUse::None } else { SessionUse::Continue(body.session_id) };
+            Ok((session, wanted))
+        }
+    }
+}
+
+/// The response's session id, and for each slot whether the response carries it.
+fn close_session(
+    broker: &Broker,
+    session: SessionUse,
+    follower: bool,
+    wanted: &[Wanted],
+    slots: &[Slot],
+) -> (i32, Vec<bool>) {
+    let found = slots.iter().map(|s| Found {
+        high_watermark: s.high_watermark,
+        log_start_offset: s.log_start_offset,
+        has_records: !s.parts.is_empty(),
+        error: s.error,
+    });
+    let mut sessions = broker.fetch_sessions.borrow_mut();
+    match session {
+        SessionUse::None => (0, vec![true; slots.len()]),
+        SessionUse::Create => {
+            let id = sessions.create(follower, wanted.iter().cloned().zip(found).collect(), Instant::now());
+            (id, vec![true; slots.len()])
+        }
+        SessionUse::Continue(id) => {
+            let results: Vec<_> = wanted.iter().map(|w| (w.topic.clone(), w.partition)).zip(found).collect();
+            (id, sessions.respond(id, &results))
+        }
+    }
+}
+
+/// The request's partitions, each once: a partition named more than once
+/// keeps the position of its first mention and the fields of its last, as
+/// Kafka's map does.
+fn asked_partitions(body: &FetchRequest) -> Vec<Wanted> {
+    let mut index: HashMap<(&str, i32), usize> = HashMap::new();
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for topic in &body.topics {
+        let name = topic.topic.0.as_str();
+        let shared: Arc<str> = Arc::from(name);
+        for p in &topic.partitions {
+            let w = Wanted {
+                topic: shared.clone(),
+                partition: p.partition,
+                fetch_offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes,
+                current_leader_epoch: p.current_leader_epoch,
+            };
+            match index.entry((name, p.partition)) {
+                Entry::Occupied(at) => wanted[*at.get()] = w,
+                Entry::Vacant(at) => {
+                    at.insert(wanted.len());
+                    wanted.push(w);
+                }
+            }
+        }
+    }
+    wanted
 }
 
 /// The response's record-byte budget: the request's `max_bytes` within the
@@ -92,31 +201,6 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
 /// batch KIP-74 always allows.
 pub fn response_budget_bytes(request_max_bytes: i32) -> usize {
     usize::try_from(request_max_bytes).unwrap_or(0).min(FETCH_MAX_BYTES)
-}
-
-/// One slot per distinct topic-partition of the request, and the response's
-/// topics: each name with how many consecutive slots are its.
-fn requested_slots(meta: &ClusterMeta, body: &FetchRequest) -> (Vec<Slot>, Vec<(String, usize)>) {
-    let mut index: HashMap<(&str, i32), usize> = HashMap::new();
-    let mut slots = Vec::new();
-    let mut slot_topics: Vec<&str> = Vec::new();
-    for topic in &body.topics {
-        let name = topic.topic.0.as_str();
-        let known = meta.topic(name);
-        for p in &topic.partitions {
-            let slot = new_slot(known, p);
-            match index.entry((name, p.partition)) {
-                // Kafka's map keeps the first position and the last request.
-                Entry::Occupied(at) => slots[*at.get()] = slot,
-                Entry::Vacant(at) => {
-                    at.insert(slots.len());
-                    slots.push(slot);
-                    slot_topics.push(name);
-                }
-            }
-        }
-    }
-    (slots, group_topics(&slot_topics))
 }
 
 /// Runs of equal consecutive names: a topic named again after another one
@@ -132,12 +216,12 @@ fn group_topics(slot_topics: &[&str]) -> Vec<(String, usize)> {
     topics
 }
 
-fn new_slot(known: Option<&std::sync::Arc<TopicMeta>>, p: &FetchPartition) -> Slot {
+fn new_slot(known: Option<&Arc<TopicMeta>>, p: &Wanted) -> Slot {
     let mut slot = Slot {
         partition: p.partition,
         tp: None,
         fetch_offset: p.fetch_offset,
-        max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
+        max_bytes: usize::try_from(p.max_bytes).unwrap_or(0),
         error: 0,
         high_watermark: -1,
         log_start_offset: -1,
@@ -274,12 +358,12 @@ fn apply_response_limit(slots: &mut [Slot], max_bytes: usize) {
 /// Encodes the response; one whose frame would not fit the i32 length field
 /// closes the connection instead of sending a negative length. (Unreachable
 /// with the budget capped at [`FETCH_MAX_BYTES`]; checked all the same.)
-fn encode(request: &Request, top_error: i16, topics: &[(String, usize)], slots: &[Slot]) -> Reply {
+fn encode(request: &Request, top_error: i16, session_id: i32, topics: &[(String, usize)], slots: &[Slot]) -> Reply {
     crate::metrics::with(|m| {
         let errors = std::iter::once(top_error).chain(slots.iter().map(|slot| slot.error));
         errors.filter(|code| *code != 0).for_each(|code| m.error(ApiKey::Fetch, code));
     });
-    let parts = encode_response(request.version(), request.header.correlation_id, top_error, topics, slots);
+    let parts = encode_response(request.version(), request.header.correlation_id, top_error, session_id, topics, slots);
     let frame_bytes = parts.iter().fold(0usize, |sum, p| sum.saturating_add(p.len()));
     if i32::try_from(frame_bytes.saturating_sub(4)).is_err() {
         return Reply::Close(format!("Fetch response of {frame_bytes} bytes does not fit a Kafka frame"));
@@ -299,6 +383,7 @@ pub fn encode_response(
     version: i16,
     correlation_id: i32,
     top_error: i16,
+    session_id: i32,
     topics: &[(String, usize)],
     slots: &[Slot],
 ) -> Vec<Bytes> {
@@ -311,7 +396,7 @@ pub fn encode_response(
     w.buf().put_i32(0); // throttle_time_ms
     if version >= 7 {
         w.buf().put_i16(top_error);
-        w.buf().put_i32(0); // session_id: no session
+        w.buf().put_i32(session_id);
     }
     w.put_array_len(topics.len(), flexible);
     let mut slots = slots.iter();

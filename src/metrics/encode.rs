@@ -177,7 +177,7 @@ impl Scrape {
             busy,
         )?;
         type Gauge = fn(&ShardSnapshot) -> f64;
-        let shard_gauges: [(&str, &str, Gauge); 6] = [
+        let shard_gauges: [(&str, &str, Gauge); 8] = [
             ("spate_shard_busy_ratio", "Busy fraction of the shard over the last second.", |s| s.busy_ratio),
             ("spate_connections", "Open client connections.", |s| s.connections as f64),
             (
@@ -192,6 +192,14 @@ impl Scrape {
             ),
             ("spate_cache_bytes", "Bytes in the shard's tail caches.", |s| s.cache_bytes as f64),
             ("spate_shard_partitions", "Partitions the shard owns.", |s| s.partitions.len() as f64),
+            ("spate_fetch_sessions", "Incremental fetch sessions (KIP-227) the shard holds.", |s| {
+                s.fetch_sessions as f64
+            }),
+            (
+                "spate_fetch_session_partitions",
+                "Partitions held by the shard's fetch sessions (bounded by max_incremental_fetch_session_partitions).",
+                |s| s.fetch_session_partitions as f64,
+            ),
         ];
         for (name, help, gauge) in shard_gauges {
             gauges(e, name, help, self.shards.iter().map(|s| (shard_label(s), gauge(s))))?;

@@ -239,6 +239,8 @@ pub struct ShardSnapshot {
     pub cache_bytes: u64,
     pub cross_shard_messages: u64,
     pub connections: u64,
+    pub fetch_sessions: u64,
+    pub fetch_session_partitions: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub slow_requests: u64,

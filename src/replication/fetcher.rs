@@ -6,6 +6,10 @@
 //! is. The next fetch leaves only once those appends are written, so the
 //! offset a follower fetches from is what it has on disk: the leader may
 //! count it towards the high watermark.
+//!
+//! Fetches go through one incremental fetch session (KIP-227) per fetcher:
+//! a request names only the partitions whose fetch offset, log start or
+//! leader epoch moved, and the leader answers only those with news.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -14,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
 use kafka_protocol::messages::{
@@ -25,6 +29,7 @@ use kafka_protocol::protocol::StrBytes;
 use tracing::{debug, info, warn};
 
 use super::conn::LeaderConn;
+use crate::broker::fetch_sessions::{next_epoch, INITIAL_EPOCH};
 use crate::broker::{Broker, TopicPartition};
 use crate::storage::now_ms;
 use shards::NodeId;
@@ -40,6 +45,36 @@ const IDLE_MS: u64 = 100;
 /// Truncation rounds per partition before the fetcher gives up for a backoff
 /// (each round drops at least one epoch, so real logs need few).
 const MAX_TRUNCATION_ROUNDS: usize = 64;
+
+/// The fetcher's session with the leader (KIP-227).
+#[derive(Default)]
+struct Session {
+    /// 0: none (the next fetch is a full one, asking for a session).
+    id: i32,
+    /// The next request's epoch: 0 for a full fetch.
+    epoch: i32,
+    /// What the session holds of each partition, as last sent.
+    sent: HashMap<TopicPartition, Sent>,
+}
+
+impl Session {
+    /// After a lost connection or a refused session: the next fetch is full
+    /// (and closes the old session, if it reaches the same leader shard).
+    fn restart(&mut self) {
+        self.epoch = INITIAL_EPOCH;
+        self.sent.clear();
+    }
+}
+
+/// One partition's fields in a fetch request, as the session holds them.
+#[derive(Clone, Debug, PartialEq)]
+struct Sent {
+    topic: String,
+    partition: i32,
+    fetch_offset: i64,
+    log_start_offset: i64,
+    leader_epoch: i32,
+}
 
 #[derive(Clone, Debug)]
 struct Followed {
@@ -79,9 +114,11 @@ impl Fetcher {
     async fn run(self: Rc<Self>, broker: Rc<Broker>) {
         let backoff = Duration::from_millis(broker.config.replica_fetch_backoff_ms);
         let mut conn: Option<LeaderConn> = None;
+        let mut session = Session::default();
         while !self.stopped.get() {
             if self.partitions.borrow().is_empty() {
                 conn = None;
+                session.restart();
                 glommio::timer::sleep(Duration::from_millis(IDLE_MS)).await;
                 continue;
             }
@@ -98,7 +135,7 @@ impl Fetcher {
             let c = conn.as_mut().expect("connected above");
             let round = async {
                 let truncated_all = self.truncate(&broker, c).await?;
-                let fetched_cleanly = self.fetch(&broker, c).await?;
+                let fetched_cleanly = self.fetch(&broker, c, &mut session).await?;
                 Ok::<bool, std::io::Error>(truncated_all && fetched_cleanly)
             };
             match round.await {
@@ -107,6 +144,7 @@ impl Fetcher {
                 Err(e) => {
                     debug!(leader = self.leader, "replica fetch failed: {e}");
                     conn = None;
+                    session.restart();
                     glommio::timer::sleep(backoff).await;
                 }
             }
@@ -243,59 +281,27 @@ impl Fetcher {
         }
     }
 
-    /// One fetch of every partition ready for it; appends what came back
-    /// and waits until it is written. Ok(false): some partition failed.
-    async fn fetch(&self, broker: &Rc<Broker>, conn: &mut LeaderConn) -> std::io::Result<bool> {
-        let ready = self.snapshot(false);
-        if ready.is_empty() {
+    /// One fetch of every partition ready for it (naming only those the
+    /// session does not hold as they are now); appends what came back and
+    /// waits until it is written. Ok(false): some partition failed.
+    async fn fetch(&self, broker: &Rc<Broker>, conn: &mut LeaderConn, session: &mut Session) -> std::io::Result<bool> {
+        let current = self.current(broker);
+        if current.is_empty() {
             return Ok(true);
         }
-        let config = &broker.config;
-        let mut request = FetchRequest::default();
-        request.replica_id = BrokerId(config.node_id);
-        request.max_wait_ms = config.replica_fetch_wait_max_ms as i32;
-        request.min_bytes = 1;
-        request.max_bytes = config.replica_fetch_response_max_bytes as i32;
-        request.session_id = 0;
-        request.session_epoch = -1;
-        let mut sent = HashMap::new();
-        for (tp, followed) in &ready {
-            let Some(partition) = broker.local_partition(tp) else { continue };
-            let (end, start) = {
-                let log = partition.log.borrow();
-                (log.end_offset(), log.log_start_offset())
-            };
-            let mut p = FetchPartition::default();
-            p.partition = followed.partition;
-            p.current_leader_epoch = followed.leader_epoch;
-            p.fetch_offset = end;
-            p.last_fetched_epoch = -1;
-            p.log_start_offset = start;
-            p.partition_max_bytes = config.replica_fetch_max_bytes as i32;
-            match request.topics.last_mut().filter(|t| t.topic.0.as_str() == followed.topic) {
-                Some(t) => t.partitions.push(p),
-                None => {
-                    let mut t = FetchTopic::default();
-                    t.topic = TopicName(StrBytes::from_string(followed.topic.clone()));
-                    t.partitions.push(p);
-                    request.topics.push(t);
-                }
-            }
-            sent.insert((followed.topic.clone(), followed.partition), (*tp, followed.leader_epoch, end));
-        }
-        if sent.is_empty() {
-            return Ok(true);
-        }
-        let wait = Duration::from_millis(config.replica_fetch_wait_max_ms) + RESPONSE_GRACE;
+        let request = fetch_request(&broker.config, session, &current);
+        let wait = Duration::from_millis(broker.config.replica_fetch_wait_max_ms) + RESPONSE_GRACE;
         let response: FetchResponse = conn.call(ApiKey::Fetch, FETCH_VERSION, &request, wait).await?;
-        if response.error_code != 0 {
-            return Err(std::io::Error::other(format!("fetch refused: error {}", response.error_code)));
+        if !session_continues(session, &response, &current)? {
+            return Ok(true); // the next fetch is a full one
         }
+        let fetching: HashMap<(&str, i32), (TopicPartition, &Sent)> =
+            current.iter().map(|(tp, sent)| ((sent.topic.as_str(), sent.partition), (*tp, sent))).collect();
         let mut work = Vec::new();
         for topic in response.responses {
             for p in topic.partitions {
-                if let Some(&(tp, epoch, end)) = sent.get(&(topic.topic.0.to_string(), p.partition_index)) {
-                    work.push(self.take(broker, tp, epoch, end, p));
+                if let Some(&(tp, sent)) = fetching.get(&(topic.topic.0.as_str(), p.partition_index)) {
+                    work.push(self.take(broker, tp, sent.leader_epoch, sent.fetch_offset, p));
                 }
             }
         }
@@ -312,6 +318,24 @@ impl Fetcher {
             }
         }
         Ok(clean)
+    }
+
+    /// Every partition ready to fetch, with its fields as a request names them.
+    fn current(&self, broker: &Broker) -> HashMap<TopicPartition, Sent> {
+        let mut current = HashMap::new();
+        for (tp, followed) in self.snapshot(false) {
+            let Some(partition) = broker.local_partition(&tp) else { continue };
+            let log = partition.log.borrow();
+            let sent = Sent {
+                topic: followed.topic,
+                partition: followed.partition,
+                fetch_offset: log.end_offset(),
+                log_start_offset: log.log_start_offset(),
+                leader_epoch: followed.leader_epoch,
+            };
+            current.insert(tp, sent);
+        }
+        current
     }
 
     /// Appends one partition's fetched batches and waits until they are written.
@@ -431,4 +455,90 @@ fn whole_batches(records: Bytes) -> Bytes {
         at += len;
     }
     records.slice(..at)
+}
+
+/// The next fetch: a full one (epoch 0) naming every partition, or an
+/// incremental one naming the partitions that changed and forgetting those
+/// no longer fetched.
+fn fetch_request(
+    config: &crate::config::Config,
+    session: &Session,
+    current: &HashMap<TopicPartition, Sent>,
+) -> FetchRequest {
+    let mut request = FetchRequest::default();
+    request.replica_id = BrokerId(config.node_id);
+    request.max_wait_ms = config.replica_fetch_wait_max_ms as i32;
+    request.min_bytes = 1;
+    request.max_bytes = config.replica_fetch_response_max_bytes as i32;
+    request.session_id = session.id;
+    request.session_epoch = session.epoch;
+    let full = session.epoch == INITIAL_EPOCH;
+    let mut named: Vec<&Sent> =
+        current.iter().filter(|(tp, sent)| full || session.sent.get(tp) != Some(sent)).map(|(_, s)| s).collect();
+    named.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    for sent in named {
+        let mut p = FetchPartition::default();
+        p.partition = sent.partition;
+        p.current_leader_epoch = sent.leader_epoch;
+        p.fetch_offset = sent.fetch_offset;
+        p.last_fetched_epoch = -1;
+        p.log_start_offset = sent.log_start_offset;
+        p.partition_max_bytes = config.replica_fetch_max_bytes as i32;
+        match request.topics.last_mut().filter(|t| t.topic.0.as_str() == sent.topic) {
+            Some(t) => t.partitions.push(p),
+            None => {
+                let mut t = FetchTopic::default();
+                t.topic = TopicName(StrBytes::from_string(sent.topic.clone()));
+                t.partitions.push(p);
+                request.topics.push(t);
+            }
+        }
+    }
+    if !full {
+        let mut gone: Vec<&Sent> =
+            session.sent.iter().filter(|(tp, _)| !current.contains_key(tp)).map(|(_, s)| s).collect();
+        gone.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        for sent in gone {
+            match request.forgotten_topics_data.last_mut().filter(|t| t.topic.0.as_str() == sent.topic) {
+                Some(t) => t.partitions.push(sent.partition),
+                None => {
+                    let mut t = ForgottenTopic::default();
+                    t.topic = TopicName(StrBytes::from_string(sent.topic.clone()));
+                    t.partitions.push(sent.partition);
+                    request.forgotten_topics_data.push(t);
+                }
+            }
+        }
+    }
+    request
+}
+
+/// Moves the session on after a response: Ok(true) if the response is to be
+/// used. A refused session (unknown id, wrong epoch) restarts it; any other
+/// top-level error fails the connection.
+fn session_continues(
+    session: &mut Session,
+    response: &FetchResponse,
+    current: &HashMap<TopicPartition, Sent>,
+) -> std::io::Result<bool> {
+    let refused = [ResponseError::FetchSessionIdNotFound.code(), ResponseError::InvalidFetchSessionEpoch.code()];
+    if refused.contains(&response.error_code) {
+        debug!(session = session.id, error = response.error_code, "fetch session refused: starting a new one");
+        if response.error_code == ResponseError::FetchSessionIdNotFound.code() {
+            session.id = 0;
+        }
+        session.restart();
+        return Ok(false);
+    }
+    if response.error_code != 0 {
+        return Err(std::io::Error::other(format!("fetch refused: error {}", response.error_code)));
+    }
+    session.epoch = match (session.epoch, response.session_id) {
+        (_, 0) => INITIAL_EPOCH, // no session (the leader's cache is full), or it was closed
+        (INITIAL_EPOCH, _) => next_epoch(INITIAL_EPOCH),
+        (epoch, _) => next_epoch(epoch),
+    };
+    session.id = response.session_id;
+    session.sent = current.clone();
+    Ok(true)
 }

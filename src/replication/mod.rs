@@ -72,14 +72,20 @@ pub async fn install_partition(broker: &Rc<Broker>, topic: &TopicMeta, p: i32, p
     let role = (state.leader, state.leader_epoch);
     let previous = broker.replication.roles.borrow_mut().insert(tp, role);
     if state.leader == me {
+        // A reassignment may take a partition this node leads from one
+        // replica to several, or back, in the same epoch.
+        let reshaped = partition.replicas.borrow().is_some() != (state.replicas.len() > 1);
         if previous != Some(role) {
             broker.replication.stop_fetching(&tp);
-            lead(partition, state.leader_epoch, &state.replicas, &state.isr, me).await;
+            lead(partition, state.leader_epoch, &state.replicas, &state.isr, me, false).await;
             info!(topic = %topic.name, partition = p, epoch = state.leader_epoch, "leading partition");
             if topic.name == OFFSETS_TOPIC {
                 // The coordinator of its groups is its leader: load them.
                 broker.groups.start_loading(broker, p, partition.clone());
             }
+        } else if reshaped {
+            lead(partition, state.leader_epoch, &state.replicas, &state.isr, me, true).await;
+            info!(topic = %topic.name, partition = p, replicas = ?state.replicas, "leading partition with new replicas");
         } else if let Some(set) = partition.replicas.borrow_mut().as_mut() {
             if set.pending_isr.as_ref() == Some(&state.isr) {
                 set.pending_isr = None;
@@ -108,8 +114,27 @@ pub async fn install_partition(broker: &Rc<Broker>, topic: &TopicMeta, p: i32, p
 }
 
 /// Starts leading at `epoch`: the epoch cache names it from the log end, and
-/// a replicated partition tracks its followers from scratch.
-async fn lead(partition: &Rc<Partition>, epoch: i32, replicas: &[NodeId], isr: &[NodeId], me: NodeId) {
+/// a replicated partition tracks its followers from scratch. Until it does,
+/// appends are refused (`Leadership::None`): none may be answered as if
+/// this node held the partition alone. `continuing`: it led the partition
+/// alone until now, and what was visible stays visible.
+async fn lead(
+    partition: &Rc<Partition>,
+    epoch: i32,
+    replicas: &[NodeId],
+    isr: &[NodeId],
+    me: NodeId,
+    continuing: bool,
+) {
+    if replicas.len() > 1 {
+        partition.stop_leading();
+        if continuing {
+            let visible = partition.log.borrow().high_watermark();
+            partition.log.borrow_mut().set_replica_hw(visible);
+        } else {
+            bound_high_watermark(partition);
+        }
+    }
     let (mut epochs, end) = {
         let log = partition.log.borrow();
         (log.epochs.clone(), log.end_offset())
@@ -124,7 +149,6 @@ async fn lead(partition: &Rc<Partition>, epoch: i32, replicas: &[NodeId], isr: &
         partition.log.borrow_mut().set_replica_hw(i64::MAX);
         return;
     }
-    bound_high_watermark(partition);
     let set = ReplicaSet::new(me, epoch, replicas, isr, end, now_ms());
     partition.replicas.replace(Some(set));
 }

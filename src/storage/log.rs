@@ -129,6 +129,11 @@ pub struct AppendInfo {
     pub last_offset: i64,
     /// The broker time written into the batches, for LogAppendTime topics.
     pub log_append_time_ms: i64,
+    /// The leader epoch in which a replicated partition took the append
+    /// (its acks=all waits for the high watermark in that epoch only);
+    /// None where this node alone holds the partition, and for a
+    /// follower's appends. Set by [`super::Partition::append`].
+    pub replicated_in_epoch: Option<i32>,
 }
 
 pub struct PartitionLog {
@@ -338,7 +343,12 @@ impl PartitionLog {
                 SequenceCheck::Append => {}
                 SequenceCheck::Duplicate { base_offset } => {
                     let last_offset = base_offset + head.last_offset_delta as i64;
-                    return Ok(AppendInfo { base_offset, last_offset, log_append_time_ms: -1 });
+                    return Ok(AppendInfo {
+                        base_offset,
+                        last_offset,
+                        log_append_time_ms: -1,
+                        replicated_in_epoch: None,
+                    });
                 }
                 SequenceCheck::OutOfOrder => return Err(StorageError::OutOfOrderSequence),
                 SequenceCheck::Fenced => return Err(StorageError::InvalidProducerEpoch),
@@ -357,7 +367,12 @@ impl PartitionLog {
             at += info.total_bytes;
         }
         let log_append_time_ms = if self.config.log_append_time { now_ms } else { -1 };
-        Ok(AppendInfo { base_offset: first, last_offset: self.end_offset() - 1, log_append_time_ms })
+        Ok(AppendInfo {
+            base_offset: first,
+            last_offset: self.end_offset() - 1,
+            log_append_time_ms,
+            replicated_in_epoch: None,
+        })
     }
 
     fn append_batch(&mut self, whole: Bytes, info: &BatchInfo, now_ms: i64) {
@@ -710,7 +725,12 @@ impl PartitionLog {
             at += info.total_bytes;
         }
         self.trim_cache();
-        AppendInfo { base_offset: first, last_offset: self.end_offset() - 1, log_append_time_ms: -1 }
+        AppendInfo {
+            base_offset: first,
+            last_offset: self.end_offset() - 1,
+            log_append_time_ms: -1,
+            replicated_in_epoch: None,
+        }
     }
 }
 

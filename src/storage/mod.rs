@@ -20,5 +20,5 @@ pub mod segment;
 pub mod truncate;
 
 pub use log::{LogConfig, PartitionLog};
-pub use partition::{now_ms, Durability, Partition, StorageError};
+pub use partition::{now_ms, Durability, Leadership, Partition, StorageError};
 pub use recovery::open_log;

@@ -127,6 +127,18 @@ enum Stop {
     Discard,
 }
 
+/// What a node is to a partition, as appends see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leadership {
+    /// The only replica: an append is answered once durable here.
+    Sole,
+    /// The leader of a replicated partition in this epoch: acks=all waits
+    /// for the high watermark.
+    Replicated { leader_epoch: i32 },
+    /// A follower, or a leader not yet set up: appends are refused.
+    None,
+}
+
 pub struct Partition {
     pub log: RefCell<PartitionLog>,
     waiters: RefCell<Waiters>,
@@ -205,10 +217,31 @@ impl Partition {
     pub async fn append(&self, records: Bytes, now_ms: i64) -> Result<AppendInfo, StorageError> {
         let offsets = self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
         self.wait_for_room(records.len(), offsets, now_ms).await?;
-        // Synchronous from the checks above: no roll can start in between.
-        let info = self.log.borrow_mut().append(&records, now_ms)?;
+        // Synchronous from the checks above: no roll and no role change can
+        // come in between. Who must have the batch before an acks=all answer
+        // is decided here, when it gets its offsets, not when it is answered:
+        // by then this node may have stopped leading.
+        let replicated_in_epoch = match self.leadership() {
+            Leadership::Sole => None,
+            Leadership::Replicated { leader_epoch } => Some(leader_epoch),
+            Leadership::None => return Err(StorageError::NotLeader),
+        };
+        let mut info = self.log.borrow_mut().append(&records, now_ms)?;
+        info.replicated_in_epoch = replicated_in_epoch;
         self.appended(&records, &info);
         Ok(info)
+    }
+
+    /// What this node is to the partition now, for an append.
+    pub fn leadership(&self) -> Leadership {
+        if let Some(set) = self.replicas.borrow().as_ref() {
+            return Leadership::Replicated { leader_epoch: set.leader_epoch };
+        }
+        if self.log.borrow().replica_hw() == i64::MAX {
+            Leadership::Sole
+        } else {
+            Leadership::None
+        }
     }
 
     /// A follower's append of batches fetched from its leader, stored as
@@ -291,12 +324,12 @@ impl Partition {
         }
     }
 
-    /// Waits until the batch ending at `last_offset` is durable here and,
-    /// on a replicated partition, on every in-sync replica (what the group
-    /// coordinator waits for before it answers a commit).
-    pub async fn wait_committed(&self, last_offset: i64) -> Result<(), StorageError> {
-        self.wait_durable(last_offset, Durability::Synced).await?;
-        self.wait_replicated(last_offset).await
+    /// Waits until an append is durable here and, on a replicated
+    /// partition, on every in-sync replica (what the group coordinator waits
+    /// for before it answers a commit).
+    pub async fn wait_committed(&self, appended: &AppendInfo) -> Result<(), StorageError> {
+        self.wait_durable(appended.last_offset, Durability::Synced).await?;
+        self.wait_replicated(appended).await
     }
 
     fn check_online(&self) -> Result<(), StorageError> {
@@ -478,14 +511,18 @@ impl Partition {
         }
     }
 
-    /// acks=all on a replicated partition: waits until the high watermark
-    /// passes `offset`. NotLeader if leadership ends first.
-    pub async fn wait_replicated(&self, offset: i64) -> Result<(), StorageError> {
+    /// acks=all: waits until the high watermark of the leader epoch that
+    /// took the append passes it (at once for a partition this node alone
+    /// holds). NotLeader if that epoch's leadership ends first: the batch
+    /// may then be missing from the new leader, and must not be answered.
+    pub async fn wait_replicated(&self, appended: &AppendInfo) -> Result<(), StorageError> {
+        let Some(epoch) = appended.replicated_in_epoch else { return Ok(()) };
+        let offset = appended.last_offset;
+        if self.replicas.borrow().as_ref().is_none_or(|set| set.leader_epoch != epoch) {
+            return Err(StorageError::NotLeader);
+        }
         if offset < self.log.borrow().high_watermark() {
             return Ok(());
-        }
-        if self.replicas.borrow().is_none() {
-            return if self.log.borrow().replica_hw() == i64::MAX { Ok(()) } else { Err(StorageError::NotLeader) };
         }
         let (tx, rx) = oneshot::channel();
         {

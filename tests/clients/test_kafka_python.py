@@ -59,3 +59,43 @@ def test_admin_topics_partitions_and_delete_records(broker):
     admin.delete_topics(["kp-admin"])
     assert "kp-admin" not in admin.list_topics()
     admin.close()
+
+
+def test_consumer_fetch_sessions():
+    """kafka-python fetches through incremental fetch sessions (KIP-227): the
+    broker hands one out, and a consumer of several partitions, each busy in
+    turn while the others idle (and so left out of the answers), reads every
+    record of each partition in order."""
+    import time
+    from test_operating import AdminBroker, total
+    b = AdminBroker(extra=["default_partitions=4"])
+    try:
+        producer = KafkaProducer(bootstrap_servers=b.addr, acks=1)
+        for p in range(4):
+            producer.send("kp-sessions", value=b"first", partition=p)
+        producer.flush()
+        consumer = KafkaConsumer(bootstrap_servers=b.addr, auto_offset_reset="earliest",
+                                 enable_auto_commit=False, fetch_max_wait_ms=100)
+        consumer.assign([TopicPartition("kp-sessions", p) for p in range(4)])
+        expected = {p: [b"first"] for p in range(4)}
+        got = {p: [] for p in range(4)}
+        deadline = time.time() + 60
+        for wave in range(16):
+            busy = wave % 4
+            values = [f"w{wave}-{i}".encode() for i in range(50)]
+            for v in values:
+                producer.send("kp-sessions", value=v, partition=busy)
+            producer.flush()
+            expected[busy] += values
+            while got != expected and time.time() < deadline:
+                for tp, messages in consumer.poll(timeout_ms=200).items():
+                    got[tp.partition] += [m.value for m in messages]
+        assert got == expected
+        samples = b.scrape()
+        assert total(samples, "spate_fetch_sessions") >= 1, "kafka-python fetched without a session"
+        assert total(samples, "spate_fetch_session_partitions") >= 4
+        assert total(samples, "spate_request_errors", api="Fetch") == 0, "no session was refused"
+        consumer.close()
+        producer.close()
+    finally:
+        b.stop()

@@ -740,7 +740,7 @@ def test_reassignment_under_load_loses_nothing():
     partition's replicas (1,2,3 → 2,3,1) is done at once and `spate
     partition elect-leaders` hands it to its new preferred leader; moving a
     two-replica partition onto the third node (x,y → z,x) makes z a follower
-    that catches up, then drops y. Every acknowledged record is read back at
+    that catches up, then drops y, which deletes its copy. Every acknowledged record is read back at
     its offset, and the moved replicas hold the same bytes."""
     import subprocess
     from conftest import SPATE
@@ -800,6 +800,10 @@ def test_reassignment_under_load_loses_nothing():
                            lambda s: s[0][1] == sorted([z, x]) and s[0][2] == sorted([z, x]), 20)
         assert state[0][0] in (z, x)
         assert "grow/0" not in cli("partition", "moves")
+        # y no longer holds a replica: its copy is deleted (renamed, then removed).
+        wait_until(f"grow/0's directory gone from node {y}",
+                   lambda: [d.name for d in cluster.nodes[y].data.iterdir() if d.name.startswith("grow-0")],
+                   lambda names: names == [], 20)
         time.sleep(1)
         stop.set()
         thread.join(timeout=60)
