@@ -9,6 +9,7 @@ the quorum's log or its snapshot. These topics have one replica per
 partition; replication itself is tested in test_replication.py.
 """
 
+import os
 import shutil
 import signal
 import subprocess
@@ -43,8 +44,10 @@ class Node:
             self.cmd += ["--set", item]
         self.proc = None
 
-    def start(self):
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"))
+    def start(self, env=None):
+        """Starts the node; `env` adds environment variables (e.g. SPATE_FAULTS)."""
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"),
+                                     env={**os.environ, **(env or {})})
 
     def wait_serving(self, timeout=30):
         deadline = time.time() + timeout

@@ -591,6 +591,66 @@ def test_slow_follower_leaves_and_rejoins_isr():
         shut_down(cluster)
 
 
+def test_a_follower_whose_writes_fail():
+    """Injected I/O errors on a follower (SPATE_FAULTS at its restart): a
+    burst of ENOSPC on one replica's writes is rolled back and fetched
+    again, and the replica stays in step to the byte; EIO (its device
+    failed) takes another replica offline: it fetches no more and leaves the
+    ISR after replica_lag_time_max_ms, while acks=all writes go on with the
+    two others (min.insync.replicas=2). Every acknowledged record is read
+    back at its offset."""
+    cluster = Cluster(extra=["replica_lag_time_max_ms=2000"])
+    try:
+        for topic in ("sick", "blip"):
+            create_replicated_topic(cluster, topic, 1, min_isr=2)
+        leaders = {leader_of(cluster, "sick", 0), leader_of(cluster, "blip", 0)}
+        controller = cluster.metadata(next(iter(leaders)))[0]
+        followers = [n for n in ALL if n not in leaders]
+        faulty = next((n for n in followers if n != controller), followers[0])
+        healthy = [n for n in ALL if n != faulty]
+        acked = {}
+        for topic in ("sick", "blip"):
+            acked[topic], failed = send(cluster.bootstrap(), topic, [(0, f"{topic}-a{i}") for i in range(50)])
+            assert len(acked[topic]) == 50 and not failed, failed
+
+        cluster.nodes[faulty].stop()
+        faults = "op=write,error=EIO,times=0,path=sick-0;op=write,error=ENOSPC,times=5,path=blip-0"
+        cluster.nodes[faulty].start(env={"SPATE_FAULTS": faults})
+        cluster.nodes[faulty].wait_serving()
+        for topic in ("sick", "blip"):
+            wait_until(f"node {faulty} (restarted) back in the ISR of {topic}-0",
+                       lambda: partitions_state(cluster, topic, healthy), lambda s: s[0][2] == list(ALL), 30)
+
+        for topic in ("sick", "blip"):
+            more, failed = send(cluster.bootstrap(*healthy), topic, [(0, f"{topic}-b{i}") for i in range(200)])
+            assert len(more) == 200 and not failed, f"{topic}: {len(more)} acknowledged, failed {failed[:3]}"
+            acked[topic].update(more)
+        wait_until(f"node {faulty}, its sick-0 offline, out of the ISR", lambda: partitions_state(
+            cluster, "sick", healthy), lambda s: s[0][2] == healthy, 20)
+        log = cluster.nodes[faulty].log_path.read_text()
+        assert any("partition offline" in line and "sick-0" in line for line in log.splitlines()), log[-3000:]
+        wait_until(f"node {faulty} in step on blip-0 after its ENOSPC burst", lambda: partitions_state(
+            cluster, "blip", healthy), lambda s: s[0][2] == list(ALL), 20)
+        assert any("write failed" in line and "blip-0" in line for line in log.splitlines()), "no ENOSPC on blip-0"
+        for topic in ("sick", "blip"):
+            more, failed = send(cluster.bootstrap(*healthy), topic, [(0, f"{topic}-c{i}") for i in range(50)])
+            assert len(more) == 50 and not failed, failed
+            acked[topic].update(more)
+            seen = read_all(cluster.bootstrap(*healthy), topic, 1, len(acked[topic]))
+            wrong = [k for k, v in acked[topic].items() if seen.get(k) != v]
+            assert not wrong, f"{topic}: {len(wrong)} acknowledged records not at their offsets, e.g. {wrong[:3]}"
+
+        blip_leader = leader_of(cluster, "blip", 0, healthy)
+        for node in cluster.nodes.values():
+            node.stop()
+        logs = {n: partition_log(cluster, n, "blip", 0)[0] for n in (blip_leader, faulty)}
+        assert logs[faulty] and logs[faulty] == logs[blip_leader], (
+            f"blip-0 differs between {faulty} and {blip_leader} from byte "
+            f"{first_difference(logs[faulty], logs[blip_leader])}")
+    finally:
+        shut_down(cluster)
+
+
 def test_group_moves_with_its_coordinator():
     """A group commits offsets; its coordinator is killed; a new consumer of
     the group, knowing only the survivors, starts exactly at those commits:
