@@ -93,8 +93,13 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
     }
     apply_response_limit(&mut slots, budget_bytes);
     let (session_id, carried) = close_session(broker, session, follower.is_some(), &wanted, &slots);
+    let names: Vec<&str> = wanted.iter().map(|w| &*w.topic).collect();
+    let Some(carried) = carried else {
+        return Ok(encode(request, 0, session_id, &group_topics(&names), &slots));
+    };
+    // An incremental answer: only the partitions with news.
     let (names, slots): (Vec<&str>, Vec<Slot>) =
-        wanted.iter().map(|w| &*w.topic).zip(slots).zip(carried).filter(|(_, carry)| *carry).map(|(x, _)| x).unzip();
+        names.into_iter().zip(slots).zip(carried).filter(|(_, carry)| *carry).map(|(x, _)| x).unzip();
     Ok(encode(request, 0, session_id, &group_topics(&names), &slots))
 }
 
@@ -139,14 +144,15 @@ fn open_session(broker: &Broker, body: &FetchRequest) -> Result<(SessionUse, Vec
     }
 }
 
-/// The response's session id, and for each slot whether the response carries it.
+/// The response's session id and, for an incremental fetch, whether the
+/// response carries each slot (None: it carries them all).
 fn close_session(
     broker: &Broker,
     session: SessionUse,
     follower: bool,
     wanted: &[Wanted],
     slots: &[Slot],
-) -> (i32, Vec<bool>) {
+) -> (i32, Option<Vec<bool>>) {
     let found = slots.iter().map(|s| Found {
         high_watermark: s.high_watermark,
         log_start_offset: s.log_start_offset,
@@ -155,14 +161,14 @@ fn close_session(
     });
     let mut sessions = broker.fetch_sessions.borrow_mut();
     match session {
-        SessionUse::None => (0, vec![true; slots.len()]),
+        SessionUse::None => (0, None),
         SessionUse::Create => {
             let id = sessions.create(follower, wanted.iter().cloned().zip(found).collect(), Instant::now());
-            (id, vec![true; slots.len()])
+            (id, None)
         }
         SessionUse::Continue(id) => {
             let results: Vec<_> = wanted.iter().map(|w| (w.topic.clone(), w.partition)).zip(found).collect();
-            (id, sessions.respond(id, &results))
+            (id, Some(sessions.respond(id, &results)))
         }
     }
 }

@@ -292,11 +292,12 @@ impl Fetcher {
         let request = fetch_request(&broker.config, session, &current);
         let wait = Duration::from_millis(broker.config.replica_fetch_wait_max_ms) + RESPONSE_GRACE;
         let response: FetchResponse = conn.call(ApiKey::Fetch, FETCH_VERSION, &request, wait).await?;
-        if !session_continues(session, &response, &current)? {
+        if !session_continues(session, &response, current)? {
             return Ok(true); // the next fetch is a full one
         }
+        // What this fetch asked for is now what the session holds.
         let fetching: HashMap<(&str, i32), (TopicPartition, &Sent)> =
-            current.iter().map(|(tp, sent)| ((sent.topic.as_str(), sent.partition), (*tp, sent))).collect();
+            session.sent.iter().map(|(tp, sent)| ((sent.topic.as_str(), sent.partition), (*tp, sent))).collect();
         let mut work = Vec::new();
         for topic in response.responses {
             for p in topic.partitions {
@@ -514,12 +515,13 @@ fn fetch_request(
 }
 
 /// Moves the session on after a response: Ok(true) if the response is to be
-/// used. A refused session (unknown id, wrong epoch) restarts it; any other
+/// used, with `current` (what the request held) as the session's partitions.
+/// A refused session (unknown id, wrong epoch) restarts it; any other
 /// top-level error fails the connection.
 fn session_continues(
     session: &mut Session,
     response: &FetchResponse,
-    current: &HashMap<TopicPartition, Sent>,
+    current: HashMap<TopicPartition, Sent>,
 ) -> std::io::Result<bool> {
     let refused = [ResponseError::FetchSessionIdNotFound.code(), ResponseError::InvalidFetchSessionEpoch.code()];
     if refused.contains(&response.error_code) {
@@ -539,6 +541,6 @@ fn session_continues(
         (epoch, _) => next_epoch(epoch),
     };
     session.id = response.session_id;
-    session.sent = current.clone();
+    session.sent = current;
     Ok(true)
 }
