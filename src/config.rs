@@ -114,6 +114,9 @@ pub struct Config {
     /// Partitions all of a shard's fetch sessions may hold together (about
     /// 100 bytes each): a bound on the cache's memory.
     pub max_incremental_fetch_session_partitions: usize,
+    /// Partitions one DescribeTopicPartitions answer lists at most; the
+    /// client pages on with the cursor (`max.request.partition.size.limit`).
+    pub describe_topic_partitions_limit: i32,
 
     pub segment_bytes: u64,
     pub segment_ms: i64,
@@ -224,6 +227,7 @@ impl Default for Config {
             fetch_max_wait_cap_ms: 30_000,
             max_incremental_fetch_session_cache_slots: 1000,
             max_incremental_fetch_session_partitions: 200_000,
+            describe_topic_partitions_limit: 2000,
             segment_bytes: log.segment_bytes,
             segment_ms: log.segment_ms,
             retention_ms: log.retention_ms,
@@ -317,6 +321,9 @@ impl Config {
         }
         if self.max_open_segment_files_per_shard == 0 {
             bail!("max_open_segment_files_per_shard must be positive");
+        }
+        if self.describe_topic_partitions_limit < 1 {
+            bail!("describe_topic_partitions_limit must be positive");
         }
         if self.offsets_topic_replication_factor < 1 {
             bail!("offsets_topic_replication_factor must be at least 1");

@@ -42,6 +42,8 @@ pub enum PartitionOp {
     EndOffsetForEpoch {
         epoch: i32,
     },
+    /// DescribeProducers: the partition's idempotent producers.
+    Producers,
 }
 
 #[derive(Debug)]
@@ -70,6 +72,9 @@ pub enum PartitionOk {
     /// (leader epoch, end offset) for the requested epoch, if known.
     EpochEnd {
         found: Option<(i32, i64)>,
+    },
+    Producers {
+        producers: Vec<crate::storage::producers::ActiveProducer>,
     },
 }
 
@@ -137,4 +142,17 @@ pub enum ShardMsg {
     Metrics {
         reply: Reply<crate::metrics::ShardSnapshot>,
     },
+    /// To every shard, for DescribeLogDirs: the replicas it holds.
+    LocalReplicas {
+        reply: Reply<Vec<LocalReplica>>,
+    },
+}
+
+/// A replica held on this node, as DescribeLogDirs shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalReplica {
+    pub tp: TopicPartition,
+    pub size_bytes: u64,
+    /// How far the log end trails the high watermark (0 on a leader).
+    pub offset_lag: i64,
 }

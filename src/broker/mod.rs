@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::group::{offsets_partition, CommitArgs, Coordinator, GroupOp, GroupResult, OFFSETS_TOPIC};
 use crate::storage::{self, Durability, Partition, StorageError};
 use kafka_protocol::messages::list_groups_response::ListedGroup;
-pub use messages::{PartitionError, PartitionOk, PartitionOp, PartitionResult, ShardMsg};
+pub use messages::{LocalReplica, PartitionError, PartitionOk, PartitionOp, PartitionResult, ShardMsg};
 pub use metadata::{ClusterMeta, TopicMeta, TopicPartition};
 
 /// Smallest share of the shard's tail cache a partition gets.
@@ -141,6 +141,9 @@ impl Broker {
                 ShardMsg::Metrics { reply } => {
                     let _ = reply.send(broker.metrics_snapshot());
                 }
+                ShardMsg::LocalReplicas { reply } => {
+                    let _ = reply.send(broker.local_replicas());
+                }
             }
         })
         .detach();
@@ -241,6 +244,31 @@ impl Broker {
         Ok(all)
     }
 
+    /// The replicas this shard holds.
+    fn local_replicas(&self) -> Vec<LocalReplica> {
+        let partitions = self.partitions.borrow();
+        partitions
+            .iter()
+            .map(|(tp, partition)| {
+                let log = partition.log.borrow();
+                let offset_lag = (log.high_watermark().min(i64::MAX - 1) - log.end_offset()).max(0);
+                LocalReplica { tp: *tp, size_bytes: log.size_bytes(), offset_lag }
+            })
+            .collect()
+    }
+
+    /// The replicas every shard of this node holds (a shard that does not
+    /// answer is left out).
+    pub async fn all_local_replicas(&self) -> Vec<LocalReplica> {
+        let mut all = self.local_replicas();
+        for shard in (0..self.shard_count).filter(|s| *s != self.shard_id) {
+            if let Ok(replicas) = self.mailbox.call(shard, |reply| ShardMsg::LocalReplicas { reply }).await {
+                all.extend(replicas);
+            }
+        }
+        all
+    }
+
     pub(crate) fn local_partition(&self, tp: &TopicPartition) -> Option<Rc<Partition>> {
         self.partitions.borrow().get(tp).cloned()
     }
@@ -304,14 +332,21 @@ impl Broker {
                 })
             }
             PartitionOp::OffsetForTime { timestamp } => {
-                let found = partition
-                    .offset_for_time(timestamp)
-                    .await
-                    .map_err(|e| PartitionError::from(StorageError::Io(e)))?;
+                let found = offset_for_time(&partition, timestamp).await?;
                 Ok(PartitionOk::Timestamped { found })
             }
             PartitionOp::MaxTimestamp => {
-                Ok(PartitionOk::Timestamped { found: partition.log.borrow().max_timestamp_offset() })
+                // KIP-734: the first record carrying the log's largest
+                // timestamp, which is the first record reaching it.
+                let max_timestamp = partition.log.borrow().max_timestamp_offset().map(|(t, _)| t);
+                let found = match max_timestamp {
+                    Some(timestamp) => offset_for_time(&partition, timestamp).await?,
+                    None => None,
+                };
+                Ok(PartitionOk::Timestamped { found })
+            }
+            PartitionOp::Producers => {
+                Ok(PartitionOk::Producers { producers: partition.log.borrow().active_producers() })
             }
             PartitionOp::DeleteRecords { offset } => {
                 let low_watermark = partition.delete_records(offset).await.map_err(PartitionError::from)?;
@@ -625,4 +660,12 @@ pub fn durability_for_acks(acks: i16) -> Durability {
         1 => Durability::Written,
         _ => Durability::Synced,
     }
+}
+
+/// The first record at or after `timestamp` below the high watermark, as
+/// (its timestamp, its offset): Kafka hides what consumers cannot read yet.
+async fn offset_for_time(partition: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, PartitionError> {
+    let found = partition.offset_for_time(timestamp).await.map_err(|e| PartitionError::from(StorageError::Io(e)))?;
+    let high_watermark = partition.log.borrow().high_watermark();
+    Ok(found.filter(|&(_, offset)| offset < high_watermark))
 }

@@ -7,13 +7,11 @@ use std::rc::Rc;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
-use super::metadata::CLUSTER_ID;
+use super::metadata::{CLUSTER_ID, CLUSTER_OPERATIONS, OPERATIONS_NOT_REQUESTED};
 use super::{decode_body, FrameError};
 use crate::broker::Broker;
 use crate::protocol::{encode, str_bytes, Reply, Request};
 
-/// Kafka's "authorized operations not requested" marker.
-const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 /// Endpoint type 1: brokers (2, controllers, is not served).
 const ENDPOINT_BROKERS: i8 = 1;
 
@@ -29,7 +27,8 @@ pub fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameErro
     response.endpoint_type = ENDPOINT_BROKERS;
     response.cluster_id = str_bytes(CLUSTER_ID);
     response.controller_id = BrokerId(meta.controller);
-    response.cluster_authorized_operations = OPERATIONS_NOT_REQUESTED;
+    response.cluster_authorized_operations =
+        if body.include_cluster_authorized_operations { CLUSTER_OPERATIONS } else { OPERATIONS_NOT_REQUESTED };
     response.brokers = meta
         .brokers
         .values()

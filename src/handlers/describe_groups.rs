@@ -6,14 +6,11 @@ use std::rc::Rc;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
+use super::metadata::{GROUP_OPERATIONS, OPERATIONS_NOT_REQUESTED};
 use super::{decode_body, FrameError};
 use crate::broker::Broker;
 use crate::group::{GroupOp, GroupReply};
 use crate::protocol::{encode, Reply, Request};
-
-/// READ, DELETE and DESCRIBE (Kafka's ACL operation codes 3, 6, 8): all a
-/// group supports, and all allowed without ACLs.
-const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
 pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
     let body: DescribeGroupsRequest = decode_body(request)?;
@@ -28,7 +25,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
                 let mut d = DescribedGroup::default();
                 d.error_code = code;
                 d.group_id = group_id;
-                d.authorized_operations = i32::MIN;
+                d.authorized_operations = OPERATIONS_NOT_REQUESTED;
                 d
             }
         };
@@ -36,7 +33,7 @@ pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, Fra
             described.authorized_operations = GROUP_OPERATIONS;
         }
         if version < 3 {
-            described.authorized_operations = i32::MIN;
+            described.authorized_operations = OPERATIONS_NOT_REQUESTED;
         }
         if version < 4 {
             described.members.iter_mut().for_each(|m| m.group_instance_id = None);

@@ -1,6 +1,7 @@
 //! The request router: one handler file per Kafka API, and the table of API
 //! versions spate advertises. Only what is implemented is advertised.
 
+mod acls;
 mod alter_configs;
 mod alter_partition_reassignments;
 mod api_versions;
@@ -12,6 +13,9 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod describe_log_dirs;
+mod describe_producers;
+mod describe_topic_partitions;
 mod elect_leaders;
 pub mod fetch;
 mod find_coordinator;
@@ -77,6 +81,12 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -218,6 +228,10 @@ fn changes_nothing(api: ApiKey) -> bool {
             | ApiKey::DescribeGroups
             | ApiKey::DescribeCluster
             | ApiKey::ListPartitionReassignments
+            | ApiKey::DescribeLogDirs
+            | ApiKey::DescribeProducers
+            | ApiKey::DescribeTopicPartitions
+            | ApiKey::DescribeAcls
     )
 }
 
@@ -272,6 +286,12 @@ pub async fn handle(
         ApiKey::ElectLeaders => elect_leaders::handle(broker, &request).await,
         ApiKey::AlterPartitionReassignments => alter_partition_reassignments::handle(broker, &request).await,
         ApiKey::ListPartitionReassignments => list_partition_reassignments::handle(broker, &request),
+        ApiKey::DescribeLogDirs => describe_log_dirs::handle(broker, &request).await,
+        ApiKey::DescribeProducers => describe_producers::handle(broker, &request).await,
+        ApiKey::DescribeTopicPartitions => describe_topic_partitions::handle(broker, &request),
+        ApiKey::DescribeAcls => acls::handle_describe(&request),
+        ApiKey::CreateAcls => acls::handle_create(&request),
+        ApiKey::DeleteAcls => acls::handle_delete(&request),
         other => Err(FrameError(format!("API {other:?} is not supported"))),
     }
 }

@@ -89,6 +89,7 @@ impl BatchInfo {
             first_sequence: self.base_sequence,
             // Sequences wrap from i32::MAX to 0.
             last_sequence: ((self.base_sequence as i64 + self.last_offset_delta as i64) % (i32::MAX as i64 + 1)) as i32,
+            max_timestamp: self.max_timestamp,
         })
     }
 }

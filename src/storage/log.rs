@@ -551,6 +551,11 @@ impl PartitionLog {
             .map(|b| [&b.prefix[..], &b.body[..]].concat())
     }
 
+    /// The idempotent producers this partition remembers.
+    pub fn active_producers(&self) -> Vec<super::producers::ActiveProducer> {
+        self.producers.active()
+    }
+
     /// The batch with the greatest timestamp: (timestamp, its last offset).
     pub fn max_timestamp_offset(&self) -> Option<(i64, i64)> {
         let segment = self.segments.iter().filter(|s| s.next_offset > s.base_offset).max_by_key(|s| s.max_timestamp)?;

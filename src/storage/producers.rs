@@ -22,6 +22,18 @@ pub struct ProducerBatch {
     pub producer_epoch: i16,
     pub first_sequence: i32,
     pub last_sequence: i32,
+    /// The batch's largest timestamp (DescribeProducers' last timestamp).
+    pub max_timestamp: i64,
+}
+
+/// One producer as DescribeProducers shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveProducer {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub last_sequence: i32,
+    /// -1 when unknown (a snapshot written before timestamps were kept).
+    pub last_timestamp: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +54,8 @@ struct Entry {
     /// (first sequence, last sequence, base offset), oldest first.
     batches: VecDeque<(i32, i32, i64)>,
     last_seen: u64,
+    /// The largest timestamp of the last batch recorded.
+    last_timestamp: i64,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +103,26 @@ impl ProducerStates {
             entry.batches.pop_front();
         }
         entry.last_seen = clock;
+        entry.last_timestamp = batch.max_timestamp;
+    }
+
+    /// Every remembered producer, by producer id.
+    pub fn active(&self) -> Vec<ActiveProducer> {
+        let mut out: Vec<ActiveProducer> = self
+            .producers
+            .iter()
+            .filter_map(|(&producer_id, entry)| {
+                let &(_, last_sequence, _) = entry.batches.back()?;
+                Some(ActiveProducer {
+                    producer_id,
+                    producer_epoch: entry.epoch,
+                    last_sequence,
+                    last_timestamp: entry.last_timestamp,
+                })
+            })
+            .collect();
+        out.sort_unstable_by_key(|p| p.producer_id);
+        out
     }
 
     fn evict_oldest(&mut self) {
@@ -108,7 +142,8 @@ impl ProducerStates {
     }
 
     /// The snapshot file's contents: one line per producer,
-    /// `pid epoch first:last:base ...`, in least-recently-seen order.
+    /// `pid epoch first:last:base ... t:timestamp`, in least-recently-seen
+    /// order (the timestamp, of the last batch, may be absent: older files).
     pub fn encode(&self) -> Vec<u8> {
         let mut entries: Vec<(&i64, &Entry)> = self.producers.iter().collect();
         entries.sort_by_key(|(_, e)| e.last_seen);
@@ -118,7 +153,7 @@ impl ProducerStates {
             for (first, last, base) in &entry.batches {
                 out.push_str(&format!(" {first}:{last}:{base}"));
             }
-            out.push('\n');
+            out.push_str(&format!(" t:{}\n", entry.last_timestamp));
         }
         out.into_bytes()
     }
@@ -131,11 +166,17 @@ impl ProducerStates {
             let producer_id: i64 = fields.next()?.parse().ok()?;
             let producer_epoch: i16 = fields.next()?.parse().ok()?;
             for batch in fields {
+                if let Some(timestamp) = batch.strip_prefix("t:") {
+                    let entry = states.producers.get_mut(&producer_id)?;
+                    entry.last_timestamp = timestamp.parse().ok()?;
+                    continue;
+                }
                 let mut parts = batch.split(':');
                 let first_sequence = parts.next()?.parse().ok()?;
                 let last_sequence = parts.next()?.parse().ok()?;
                 let base_offset = parts.next()?.parse().ok()?;
-                let batch = ProducerBatch { producer_id, producer_epoch, first_sequence, last_sequence };
+                let batch =
+                    ProducerBatch { producer_id, producer_epoch, first_sequence, last_sequence, max_timestamp: -1 };
                 states.record(&batch, base_offset);
             }
         }
@@ -183,7 +224,13 @@ mod tests {
     use super::*;
 
     fn batch(epoch: i16, first: i32, last: i32) -> ProducerBatch {
-        ProducerBatch { producer_id: 7, producer_epoch: epoch, first_sequence: first, last_sequence: last }
+        ProducerBatch {
+            producer_id: 7,
+            producer_epoch: epoch,
+            first_sequence: first,
+            last_sequence: last,
+            max_timestamp: 1000 + last as i64,
+        }
     }
 
     #[test]
@@ -216,6 +263,10 @@ mod tests {
         states.record(&batch(0, 10, 19), 110);
         let back = ProducerStates::decode(&states.encode()).unwrap();
         assert_eq!(back.check(&batch(0, 10, 19)), SequenceCheck::Duplicate { base_offset: 110 });
+        let active = ActiveProducer { producer_id: 7, producer_epoch: 0, last_sequence: 19, last_timestamp: 1019 };
+        assert_eq!(back.active(), vec![active]);
+        let old_format = ProducerStates::decode(b"7 0 0:9:100\n").unwrap();
+        assert_eq!(old_format.active()[0].last_timestamp, -1);
         assert_eq!(back.check(&batch(0, 20, 29)), SequenceCheck::Append);
         assert!(ProducerStates::decode(b"7 x 1:2:3").is_none());
         states.truncate_from(110);
