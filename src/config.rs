@@ -132,9 +132,16 @@ pub struct Config {
     /// Sealed segment files a shard keeps open for reads, the least recently
     /// used closed first (active segments hold their own, one per partition).
     pub max_open_segment_files_per_shard: usize,
-    /// Period of the background fdatasync of every partition (acks=0/1 data;
-    /// acks=all is synced before its answer); 0: never, as Kafka's default.
+    /// Data of acks=0/1 produces is synced once unsynced this long (acks=all
+    /// is synced before its answer); 0: never, as Kafka's default. The
+    /// default of topics' `flush.ms` (Kafka's `log.flush.interval.ms`).
     pub flush_interval_ms: u64,
+    /// Bytes a produced batch may expand to when a topic's compression.type
+    /// makes the broker recompress it; larger batches are refused.
+    pub max_recompressed_batch_bytes: usize,
+    /// How often each shard looks for partitions due a sync by `flush.ms`
+    /// (Kafka's `log.flush.scheduler.interval.ms`).
+    pub flush_check_interval_ms: u64,
     pub retention_check_interval_ms: u64,
     /// Partitions of `__consumer_offsets` when it is created (Kafka's
     /// `offsets.topic.num.partitions`); a group's coordinator is the shard
@@ -239,6 +246,8 @@ impl Default for Config {
             cache_bytes_per_shard: 64 << 20,
             max_open_segment_files_per_shard: crate::storage::open_files::DEFAULT_MAX_OPEN_SEGMENT_FILES,
             flush_interval_ms: 500,
+            flush_check_interval_ms: 100,
+            max_recompressed_batch_bytes: 64 << 20,
             retention_check_interval_ms: 30_000,
             offsets_topic_num_partitions: 50,
             offsets_topic_replication_factor: 3,
@@ -322,6 +331,9 @@ impl Config {
         if self.max_open_segment_files_per_shard == 0 {
             bail!("max_open_segment_files_per_shard must be positive");
         }
+        if self.flush_check_interval_ms == 0 {
+            bail!("flush_check_interval_ms must be positive");
+        }
         if self.describe_topic_partitions_limit < 1 {
             bail!("describe_topic_partitions_limit must be positive");
         }
@@ -401,6 +413,9 @@ impl Config {
             min_compaction_lag_ms: self.log_cleaner_min_compaction_lag_ms,
             min_cleanable_dirty_ratio: self.log_cleaner_min_cleanable_ratio,
             min_insync_replicas: self.min_insync_replicas,
+            flush_ms: if self.flush_interval_ms == 0 { i64::MAX } else { self.flush_interval_ms as i64 },
+            max_recompressed_batch_bytes: self.max_recompressed_batch_bytes,
+            ..LogConfig::default()
         }
     }
 

@@ -150,8 +150,8 @@ async fn drain(net: &Net, shard_count: usize, barrier: &ShutdownBarrier) {
     }
 }
 
-/// Retention checks, and the periodic fdatasync of acks=0/1 data unless
-/// `flush_interval_ms` is 0 (never, as Kafka's default).
+/// Retention checks, and the fdatasync of acks=0/1 data by each topic's
+/// flush.ms (`flush_interval_ms` unless the topic sets its own).
 fn start_periodic_tasks(broker: &Rc<Broker>) -> Vec<glommio::Task<()>> {
     let retention_broker = broker.clone();
     let retention_every = Duration::from_millis(broker.config.retention_check_interval_ms.max(1));
@@ -197,16 +197,15 @@ fn start_periodic_tasks(broker: &Rc<Broker>) -> Vec<glommio::Task<()>> {
         metrics::with(metrics::ShardMetrics::sample_busy);
         true
     }));
-    if broker.config.flush_interval_ms > 0 {
-        let flush_broker = broker.clone();
-        tasks.push(shards::periodic(Duration::from_millis(broker.config.flush_interval_ms), move || {
-            let broker = flush_broker.clone();
-            async move {
-                broker.flush_all().await;
-                true
-            }
-        }));
-    }
+    // flush.ms of each partition (flush_interval_ms, or the topic's own).
+    let flush_broker = broker.clone();
+    tasks.push(shards::periodic(Duration::from_millis(broker.config.flush_check_interval_ms), move || {
+        let broker = flush_broker.clone();
+        async move {
+            broker.flush_due().await;
+            true
+        }
+    }));
     tasks
 }
 

@@ -32,7 +32,8 @@ use super::metadata::{
     self, deleted_dir_name, is_partition_dir_name, random_topic_id, valid_topic_name, BrokerRegistration, ClusterMeta,
     PartitionState, TopicMeta, DELETED_DIR_SUFFIX, NO_LEADER,
 };
-use super::{Broker, ShardMsg};
+use super::{configs, Broker, ShardMsg};
+use crate::config::Config;
 use crate::fsutil;
 
 /// The controller shard.
@@ -66,6 +67,58 @@ thread_local! {
 pub enum ConfigChange {
     Set(String, String),
     Delete(String),
+    /// IncrementalAlterConfigs' APPEND and SUBTRACT, on list configs only.
+    Append(String, String),
+    Subtract(String, String),
+}
+
+impl ConfigChange {
+    pub fn key(&self) -> &str {
+        match self {
+            ConfigChange::Set(k, _) | ConfigChange::Delete(k) | ConfigChange::Append(k, _) => k,
+            ConfigChange::Subtract(k, _) => k,
+        }
+    }
+}
+
+/// Applies `changes` to `configs` in order. `base`: a list config's value
+/// when unset (Kafka's default, not the broker's). Err: the key of an
+/// APPEND or SUBTRACT on a config that is not a list, and the operation.
+fn apply_config_changes(
+    configs: &mut BTreeMap<String, String>,
+    changes: Vec<ConfigChange>,
+    is_list: impl Fn(&str) -> bool,
+    base: impl Fn(&str) -> String,
+) -> Result<(), (String, &'static str)> {
+    for change in changes {
+        let (key, items, append) = match change {
+            ConfigChange::Set(key, value) => {
+                configs.insert(key, value);
+                continue;
+            }
+            ConfigChange::Delete(key) => {
+                configs.remove(&key);
+                continue;
+            }
+            ConfigChange::Append(key, items) => (key, items, true),
+            ConfigChange::Subtract(key, items) => (key, items, false),
+        };
+        if !is_list(&key) {
+            return Err((key, if append { "APPEND" } else { "SUBTRACT" }));
+        }
+        let current = configs.get(&key).cloned().unwrap_or_else(|| base(&key));
+        let mut list: Vec<String> = super::configs::list_items(&current).map(String::from).collect();
+        for item in super::configs::list_items(&items) {
+            let at = list.iter().position(|x| x == item);
+            match (append, at) {
+                (true, None) => list.push(item.to_string()),
+                (false, Some(at)) => drop(list.remove(at)),
+                _ => {}
+            }
+        }
+        configs.insert(key, list.join(","));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,6 +145,14 @@ pub enum AdminOp {
     /// `replace`: AlterConfigs semantics (unnamed keys revert to defaults).
     AlterConfigs {
         name: String,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+        validate_only: bool,
+    },
+    /// Dynamic broker configs of `resource` ("" for the cluster default,
+    /// or a node id); `replace` as in AlterConfigs.
+    AlterBrokerConfigs {
+        resource: String,
         changes: Vec<ConfigChange>,
         replace: bool,
         validate_only: bool,
@@ -335,7 +396,7 @@ impl Broker {
                 if partitions < 1 || partitions > limit {
                     fail(ResponseError::InvalidPartitions, format!("partitions must be 1..={limit}"))?;
                 }
-                if let Err(message) = metadata::check_user_configs(&self.config.log_defaults(), &configs) {
+                if let Err(message) = metadata::check_user_configs(&configs) {
                     fail(ResponseError::InvalidConfig, message)?;
                 }
                 let states = if assignment.is_empty() {
@@ -417,13 +478,18 @@ impl Broker {
                 if replace {
                     altered.configs.clear();
                 }
-                for change in changes {
-                    match change {
-                        ConfigChange::Set(key, value) => altered.configs.insert(key, value),
-                        ConfigChange::Delete(key) => altered.configs.remove(&key),
-                    };
+                let is_list = |key: &str| configs::topic_config(key).is_some_and(|c| c.kind == configs::Kind::List);
+                let base = |key: &str| {
+                    let def = configs::topic_config(key).expect("a list config");
+                    configs::resolve_topic_config(def, &BTreeMap::new(), &Config::default(), &BTreeMap::new()).value
+                };
+                if let Err((key, op)) = apply_config_changes(&mut altered.configs, changes, is_list, base) {
+                    fail(
+                        ResponseError::InvalidConfig,
+                        format!("Can't {op} to key {key} because its type is not LIST."),
+                    )?;
                 }
-                if let Err(message) = metadata::check_user_configs(&self.config.log_defaults(), &altered.configs) {
+                if let Err(message) = metadata::check_user_configs(&altered.configs) {
                     fail(ResponseError::InvalidConfig, message)?;
                 }
                 if validate_only {
@@ -431,6 +497,45 @@ impl Broker {
                 }
                 info!(topic = %name, configs = ?altered.configs, "topic configs changed");
                 meta.put_topic(altered);
+                Ok(true)
+            }
+            AdminOp::AlterBrokerConfigs { resource, changes, replace, validate_only } => {
+                let mut altered = if replace {
+                    BTreeMap::new()
+                } else {
+                    meta.broker_configs.get(&resource).cloned().unwrap_or_default()
+                };
+                for change in &changes {
+                    if let Err((is_static, message)) = configs::check_broker_key(change.key()) {
+                        let error =
+                            if is_static { ResponseError::InvalidRequest } else { ResponseError::InvalidConfig };
+                        fail(error, message)?;
+                    }
+                }
+                let is_list = |key: &str| configs::broker_key_kind(key) == Some(configs::Kind::List);
+                let base = |key: &str| configs::static_topic_default(key, &Config::default());
+                if let Err((key, op)) = apply_config_changes(&mut altered, changes, is_list, base) {
+                    let op = op.to_lowercase();
+                    fail(
+                        ResponseError::InvalidConfig,
+                        format!("Config value {op} is not allowed for config key: {key}"),
+                    )?;
+                }
+                for (key, value) in &altered {
+                    if let Err((_, message)) = configs::check_broker_config(key, value) {
+                        // Kafka answers a broker config's bad value so (KAFKA-13609).
+                        fail(ResponseError::InvalidRequest, message)?;
+                    }
+                }
+                if validate_only {
+                    return Ok(false);
+                }
+                info!(resource = %resource, configs = ?altered, "broker configs changed");
+                if altered.is_empty() {
+                    meta.broker_configs.remove(&resource);
+                } else {
+                    meta.broker_configs.insert(resource, altered);
+                }
                 Ok(true)
             }
         }
@@ -773,9 +878,12 @@ fn explicit_assignment(meta: &ClusterMeta, assignment: Vec<Vec<NodeId>>) -> Resu
 fn reelect(meta: &mut ClusterMeta, node: NodeId, fenced: bool) {
     let live = |meta: &ClusterMeta, b: NodeId| meta.brokers.get(&b).is_some_and(|r| !r.fenced);
     let topics: Vec<Arc<TopicMeta>> = meta.topics.values().cloned().collect();
+    const UNCLEAN: &str = "unclean.leader.election.enable";
+    // The topic's own value, else the cluster-wide dynamic default.
+    let cluster_unclean = meta.broker_configs.get("").and_then(|c| c.get(UNCLEAN)).is_some_and(|v| v == "true");
     for topic in topics {
         let mut changed = (*topic).clone();
-        let unclean = changed.configs.get("unclean.leader.election.enable").is_some_and(|v| v == "true");
+        let unclean = changed.configs.get(UNCLEAN).map_or(cluster_unclean, |v| v == "true");
         let mut touched = false;
         for state in &mut changed.assignment {
             if fenced && state.isr.len() > 1 && state.isr.contains(&node) && state.leader != node {

@@ -98,6 +98,8 @@ pub enum PartitionError {
     RequestTimedOut,
     /// A fetch from a node that is not one of the partition's replicas.
     NotFollower,
+    /// A timestamp outside the topic's message.timestamp.*.max.ms.
+    InvalidTimestamp,
 }
 
 pub type PartitionResult = Result<PartitionOk, PartitionError>;

@@ -170,6 +170,9 @@ pub struct ClusterMeta {
     pub brokers: BTreeMap<NodeId, BrokerRegistration>,
     /// The first producer id no shard of any node has been given.
     pub next_producer_id: i64,
+    /// Dynamic broker configs by resource: "" for the cluster-wide default,
+    /// a node id for one broker (Kafka's names, e.g. `log.retention.ms`).
+    pub broker_configs: BTreeMap<String, BTreeMap<String, String>>,
     /// The active controller as this node last knew it (-1: none known; not replicated).
     pub controller: NodeId,
     /// The Raft index of the last record applied (not replicated).
@@ -189,6 +192,7 @@ impl ClusterMeta {
             placement: PlacementTable::new(shard_count),
             brokers: BTreeMap::new(),
             next_producer_id: 0,
+            broker_configs: BTreeMap::new(),
             controller: -1,
             applied_index: 0,
         };
@@ -311,77 +315,50 @@ pub fn random_topic_id() -> [u8; 16] {
 }
 
 /// The topic configs spate understands, with their broker-wide defaults.
-pub const TOPIC_CONFIG_KEYS: &[&str] = &[
-    "cleanup.policy",
-    "retention.ms",
-    "retention.bytes",
-    "segment.bytes",
-    "segment.ms",
-    "max.message.bytes",
-    "message.timestamp.type",
-    "index.interval.bytes",
-    "delete.retention.ms",
-    "min.compaction.lag.ms",
-    "min.cleanable.dirty.ratio",
-    "min.insync.replicas",
-    "unclean.leader.election.enable",
-];
-
-/// The default value of a topic config, as DescribeConfigs shows it.
-pub fn default_config_value(key: &str, defaults: &LogConfig) -> Option<String> {
-    Some(match key {
-        "cleanup.policy" => "delete".into(),
-        "retention.ms" => defaults.retention_ms.to_string(),
-        "retention.bytes" => defaults.retention_bytes.to_string(),
-        "segment.bytes" => defaults.segment_bytes.to_string(),
-        "segment.ms" => defaults.segment_ms.to_string(),
-        "max.message.bytes" => defaults.max_message_bytes.to_string(),
-        "message.timestamp.type" => "CreateTime".into(),
-        "index.interval.bytes" => defaults.index_interval_bytes.to_string(),
-        "delete.retention.ms" => defaults.delete_retention_ms.to_string(),
-        "min.compaction.lag.ms" => defaults.min_compaction_lag_ms.to_string(),
-        "min.cleanable.dirty.ratio" => defaults.min_cleanable_dirty_ratio.to_string(),
-        "min.insync.replicas" => defaults.min_insync_replicas.to_string(),
-        "unclean.leader.election.enable" => "false".into(),
-        _ => return None,
-    })
-}
-
-/// Checks topic configs a client sets (see [`log_config`]).
-pub fn check_user_configs(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
-    log_config(defaults, configs)
+/// Checks topic configs a client sets: known keys, valid values (Kafka's
+/// messages), and what holds between them.
+pub fn check_user_configs(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    for (key, value) in configs {
+        super::configs::check_topic_config(key, value)?;
+    }
+    let lag = |key: &str| configs.get(key).and_then(|v| v.parse::<i64>().ok());
+    if let (Some(min), Some(max)) = (lag("min.compaction.lag.ms"), lag("max.compaction.lag.ms")) {
+        if min > max {
+            return Err(format!(
+                "conflict topic config setting min.compaction.lag.ms ({min}) > max.compaction.lag.ms ({max})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Applies topic configs over the broker defaults; the error names the bad key.
 pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
+    check_user_configs(configs)?;
     let mut log = defaults.clone();
     let mut delete = true;
     for (key, value) in configs {
-        let bad = || format!("invalid value {value:?} for {key}");
-        let int = || value.parse::<i64>().map_err(|_| bad());
+        let int = || value.trim().parse::<i64>().expect("checked");
         match key.as_str() {
-            "cleanup.policy" => (log.compact, delete) = cleanup_policy(value).ok_or_else(bad)?,
-            "delete.retention.ms" if int()? >= 0 => log.delete_retention_ms = int()?,
-            "min.compaction.lag.ms" if int()? >= 0 => log.min_compaction_lag_ms = int()?,
-            "min.cleanable.dirty.ratio" => {
-                log.min_cleanable_dirty_ratio =
-                    value.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(bad)?
-            }
-            "retention.ms" => log.retention_ms = int()?,
-            "min.insync.replicas" if int()? >= 1 => log.min_insync_replicas = int()? as usize,
-            "unclean.leader.election.enable" if value == "true" || value == "false" => {}
-            "retention.bytes" => log.retention_bytes = int()?,
-            "segment.bytes" if (1 << 14..=crate::storage::log::MAX_SEGMENT_BYTES as i64).contains(&int()?) => {
-                log.segment_bytes = int()? as u64
-            }
-            "segment.ms" if int()? >= 1 => log.segment_ms = int()?,
-            "max.message.bytes" if int()? >= 0 => log.max_message_bytes = int()? as usize,
-            "index.interval.bytes" if int()? >= 0 => log.index_interval_bytes = int()? as u64,
-            "message.timestamp.type" if value == "CreateTime" || value == "LogAppendTime" => {
-                log.log_append_time = value == "LogAppendTime"
-            }
-            k if TOPIC_CONFIG_KEYS.contains(&k) => return Err(bad()),
-            _ => return Err(format!("unknown topic config {key:?}")),
+            "cleanup.policy" => (log.compact, delete) = cleanup_policy(value),
+            "compression.type" => log.compression = codec_of(value),
+            "delete.retention.ms" => log.delete_retention_ms = int(),
+            "flush.messages" => log.flush_messages = int(),
+            "flush.ms" => log.flush_ms = int(),
+            "index.interval.bytes" => log.index_interval_bytes = int() as u64,
+            "max.message.bytes" => log.max_message_bytes = int() as usize,
+            "message.timestamp.after.max.ms" => log.timestamp_after_max_ms = int(),
+            "message.timestamp.before.max.ms" => log.timestamp_before_max_ms = int(),
+            "message.timestamp.type" => log.log_append_time = value == "LogAppendTime",
+            "min.cleanable.dirty.ratio" => log.min_cleanable_dirty_ratio = value.trim().parse().expect("checked"),
+            "min.compaction.lag.ms" => log.min_compaction_lag_ms = int(),
+            "min.insync.replicas" => log.min_insync_replicas = int() as usize,
+            "retention.bytes" => log.retention_bytes = int(),
+            "retention.ms" => log.retention_ms = int(),
+            "segment.bytes" => log.segment_bytes = int() as u64,
+            "segment.jitter.ms" => log.segment_jitter_ms = int(),
+            "segment.ms" => log.segment_ms = int(),
+            _ => {} // accepted without effect (see configs::TOPIC_CONFIGS)
         }
     }
     if !delete {
@@ -393,18 +370,23 @@ pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> R
     Ok(log)
 }
 
-/// cleanup.policy as (compact, delete): "delete", "compact", or both in
-/// either order (Kafka's list syntax).
-fn cleanup_policy(value: &str) -> Option<(bool, bool)> {
-    let (mut compact, mut delete) = (false, false);
-    for policy in value.split(',').map(str::trim) {
-        match policy {
-            "compact" => compact = true,
-            "delete" => delete = true,
-            _ => return None,
-        }
+/// compression.type's codec id; None for `producer` (stored as produced).
+fn codec_of(compression_type: &str) -> Option<u8> {
+    match compression_type {
+        "uncompressed" => Some(0),
+        "gzip" => Some(1),
+        "snappy" => Some(2),
+        "lz4" => Some(3),
+        "zstd" => Some(4),
+        _ => None,
     }
-    (compact || delete).then_some((compact, delete))
+}
+
+/// cleanup.policy (a checked list) as (compact, delete). An empty list, as
+/// Kafka allows, neither compacts nor deletes.
+fn cleanup_policy(value: &str) -> (bool, bool) {
+    let items: Vec<&str> = super::configs::list_items(value).collect();
+    (items.contains(&"compact"), items.contains(&"delete"))
 }
 
 pub mod hex_id {

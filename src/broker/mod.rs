@@ -3,6 +3,7 @@
 //! partitions to them as actor messages (the only way shards talk).
 
 pub mod admin;
+pub mod configs;
 pub mod fetch_sessions;
 pub mod messages;
 pub mod metadata;
@@ -284,9 +285,12 @@ impl Broker {
                 if all && in_sync_replicas(&partition) < partition.log.borrow().config.min_insync_replicas {
                     return Err(PartitionError::NotEnoughReplicas);
                 }
+                let records = partition.log.borrow().recompress(&records).map_err(StorageError::Batch)?;
                 let appended_info = partition.append(records, storage::now_ms()).await;
                 drop(appended); // took effect: the request's connection may dispatch its next one
                 let info = appended_info.map_err(PartitionError::from)?;
+                // flush.messages: the append that reaches it waits for the sync.
+                let durability = if partition.flush_messages_reached() { Durability::Synced } else { durability };
                 partition.wait_durable(info.last_offset, durability).await.map_err(PartitionError::from)?;
                 // Only a replicated partition waits for others (no timer otherwise: hot path).
                 if all && info.replicated_in_epoch.is_some() {
@@ -416,9 +420,13 @@ impl Broker {
         // The shard's cache budget split evenly; unflushed batches stay cached
         // regardless (reads need them), so a small share is always safe.
         let cache_bytes = (self.config.cache_bytes_per_shard / mine.len().max(1)).max(MIN_PARTITION_CACHE_BYTES);
+        // Dynamic broker configs apply to every topic without its own value.
+        let dynamic = configs::dynamic_topic_defaults(self.config.node_id, &meta.broker_configs);
         for (topic, p) in &mine {
             let tp = topic.tp(*p);
-            let mut log_config = metadata::log_config(&self.config.log_defaults(), &topic.configs)
+            let mut merged = dynamic.clone();
+            merged.extend(topic.configs.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let mut log_config = metadata::log_config(&self.config.log_defaults(), &merged)
                 .unwrap_or_else(|_| self.config.log_defaults());
             log_config.cache_bytes = cache_bytes;
             let leader_epoch = topic.partition(*p).leader_epoch;
@@ -562,13 +570,11 @@ impl Broker {
     }
 
     /// Writes and syncs every partition with unsynced data.
-    pub async fn flush_all(&self) {
+    /// Syncs every partition whose flush.ms has passed with data unsynced.
+    pub async fn flush_due(&self) {
+        let now = storage::now_ms();
         for partition in self.local_partitions() {
-            let dirty = {
-                let log = partition.log.borrow();
-                log.synced_offset() < log.end_offset() && !partition.is_stopping()
-            };
-            if dirty {
+            if partition.policy_flush_due(now) {
                 if let Err(e) = partition.flush_all().await {
                     error!(dir = %partition.log.borrow().dir.display(), "flush failed: {e:?}");
                 }
@@ -635,6 +641,7 @@ impl From<StorageError> for PartitionError {
                 PartitionError::InvalidRecord
             }
             StorageError::Batch(BatchError::TooLarge { .. }) => PartitionError::MessageTooLarge,
+            StorageError::Batch(BatchError::InvalidTimestamp { .. }) => PartitionError::InvalidTimestamp,
             StorageError::OffsetOutOfRange => PartitionError::OffsetOutOfRange,
             StorageError::OutOfOrderSequence => PartitionError::OutOfOrderSequence,
             StorageError::InvalidProducerEpoch => PartitionError::InvalidProducerEpoch,

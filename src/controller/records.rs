@@ -29,6 +29,9 @@ pub enum MetadataRecord {
     Broker(BrokerRegistration),
     /// The first producer id not yet handed out.
     ProducerIds { next: i64 },
+    /// A broker resource's dynamic configs ("" the cluster default, or a
+    /// node id): its whole new set (empty: none left).
+    BrokerConfigs { resource: String, configs: BTreeMap<String, String> },
 }
 
 /// The image as stored in a snapshot.
@@ -39,6 +42,8 @@ struct ImageFile {
     brokers: Vec<BrokerRegistration>,
     #[serde(default)]
     next_producer_id: i64,
+    #[serde(default)]
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// The records that turn `old` into `new`, in an order that applies cleanly
@@ -63,6 +68,15 @@ pub fn diff(old: &ClusterMeta, new: &ClusterMeta) -> Vec<MetadataRecord> {
     if old.next_producer_id != new.next_producer_id {
         records.push(MetadataRecord::ProducerIds { next: new.next_producer_id });
     }
+    let resources: std::collections::BTreeSet<&String> =
+        old.broker_configs.keys().chain(new.broker_configs.keys()).collect();
+    for resource in resources {
+        let configs = new.broker_configs.get(resource);
+        if old.broker_configs.get(resource) != configs {
+            let configs = configs.cloned().unwrap_or_default();
+            records.push(MetadataRecord::BrokerConfigs { resource: resource.clone(), configs });
+        }
+    }
     records
 }
 
@@ -79,6 +93,13 @@ pub fn apply(meta: &mut ClusterMeta, record: MetadataRecord) {
             meta.brokers.insert(broker.node_id, broker);
         }
         MetadataRecord::ProducerIds { next } => meta.next_producer_id = meta.next_producer_id.max(next),
+        MetadataRecord::BrokerConfigs { resource, configs } => {
+            if configs.is_empty() {
+                meta.broker_configs.remove(&resource);
+            } else {
+                meta.broker_configs.insert(resource, configs);
+            }
+        }
     }
 }
 
@@ -96,6 +117,7 @@ pub fn encode_image(meta: &ClusterMeta) -> Vec<u8> {
         topics: meta.topics.values().map(|t| (**t).clone()).collect(),
         brokers: meta.brokers.values().cloned().collect(),
         next_producer_id: meta.next_producer_id,
+        broker_configs: meta.broker_configs.clone(),
     };
     serde_json::to_vec(&file).expect("the image serialises")
 }
@@ -106,6 +128,7 @@ pub fn decode_image(meta: &mut ClusterMeta, bytes: &[u8]) -> anyhow::Result<()> 
     let mut fresh = ClusterMeta::new(meta.node_id, meta.placement.shard_count(), file.topics);
     fresh.brokers = file.brokers.into_iter().map(|b| (b.node_id, b)).collect::<BTreeMap<_, _>>();
     fresh.next_producer_id = file.next_producer_id;
+    fresh.broker_configs = file.broker_configs;
     fresh.controller = meta.controller;
     fresh.applied_index = meta.applied_index;
     *meta = fresh;
@@ -140,6 +163,9 @@ mod tests {
         new.put_topic(c);
         new.brokers.get_mut(&1).unwrap().fenced = true;
         new.next_producer_id = 2000;
+        let retention = BTreeMap::from([("log.retention.ms".to_string(), "60000".to_string())]);
+        new.broker_configs.insert(String::new(), retention.clone());
+        old.broker_configs.insert("1".into(), retention);
 
         let records = diff(&old, &new);
         let decoded = decode_records(&encode_records(&records)).unwrap();
@@ -157,6 +183,7 @@ mod tests {
     fn an_image_round_trips() {
         let mut meta = ClusterMeta::new(3, 2, vec![topic("x", 5)]);
         meta.next_producer_id = 7000;
+        meta.broker_configs.insert("3".into(), BTreeMap::from([("min.insync.replicas".into(), "2".into())]));
         let mut back = ClusterMeta::new(3, 2, Vec::new());
         decode_image(&mut back, &encode_image(&meta)).unwrap();
         assert_eq!(encode_image(&back), encode_image(&meta));

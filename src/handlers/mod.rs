@@ -312,6 +312,7 @@ pub fn error_code(error: PartitionError) -> i16 {
         PartitionError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
         PartitionError::RequestTimedOut => ResponseError::RequestTimedOut,
         PartitionError::NotFollower => ResponseError::NotLeaderOrFollower,
+        PartitionError::InvalidTimestamp => ResponseError::InvalidTimestamp,
     };
     e.code()
 }

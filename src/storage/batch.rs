@@ -29,7 +29,7 @@ const TRANSACTIONAL_BIT: i16 = 1 << 4;
 const CONTROL_BIT: i16 = 1 << 5;
 pub(super) const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
 /// Attributes bits 0..3: the compression codec, 0 for none.
-const CODEC_MASK: i16 = 0b111;
+pub(super) const CODEC_MASK: i16 = 0b111;
 /// Smallest uncompressed record: a 1-byte length, then attributes,
 /// timestampDelta, offsetDelta, key length, value length and header count,
 /// one byte each.
@@ -54,6 +54,9 @@ pub enum BatchError {
     /// An idempotent payload of more than one batch, or a transactional batch
     /// (spate has no transactions yet) (INVALID_RECORD).
     Unsupported,
+    /// A CreateTime timestamp outside the topic's
+    /// message.timestamp.before/after.max.ms of the broker's clock (INVALID_TIMESTAMP).
+    InvalidTimestamp { timestamp: i64 },
 }
 
 /// What the broker reads from a batch header.
@@ -64,6 +67,8 @@ pub struct BatchInfo {
     pub total_bytes: usize,
     pub leader_epoch: i32,
     pub last_offset_delta: i32,
+    /// The first record's timestamp (the records' deltas count from it).
+    pub base_timestamp: i64,
     pub max_timestamp: i64,
     pub record_count: i32,
     /// -1 unless the producer is idempotent.
@@ -127,6 +132,7 @@ pub fn peek(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
         total_bytes,
         leader_epoch: be_i32(bytes, EPOCH_AT),
         last_offset_delta: be_i32(bytes, LAST_DELTA_AT),
+        base_timestamp: be_i64(bytes, BASE_TIMESTAMP_AT),
         max_timestamp: be_i64(bytes, MAX_TIMESTAMP_AT),
         record_count: be_i32(bytes, RECORD_COUNT_AT),
         producer_id: be_i64(bytes, PRODUCER_ID_AT),

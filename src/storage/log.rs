@@ -55,6 +55,25 @@ pub struct LogConfig {
     pub min_cleanable_dirty_ratio: f64,
     /// acks=all needs at least this many in-sync replicas (min.insync.replicas).
     pub min_insync_replicas: usize,
+    /// Sync once this many records are unsynced (flush.messages; i64::MAX: never).
+    pub flush_messages: i64,
+    /// Sync data unsynced for this long (flush.ms; i64::MAX: never).
+    pub flush_ms: i64,
+    /// Segments roll up to this much before `segment_ms`, by segment
+    /// (segment.jitter.ms), so that partitions created together do not all
+    /// roll at once.
+    pub segment_jitter_ms: i64,
+    /// CreateTime batches may be at most this much older than the broker's
+    /// clock (message.timestamp.before.max.ms) ...
+    pub timestamp_before_max_ms: i64,
+    /// ... and at most this much ahead of it (message.timestamp.after.max.ms).
+    pub timestamp_after_max_ms: i64,
+    /// compression.type as a codec id (0 none, 1 gzip, 2 snappy, 3 lz4,
+    /// 4 zstd): batches are stored with it, recompressed on the way in when
+    /// the producer used another; None (`producer`): as produced.
+    pub compression: Option<u8>,
+    /// Bytes a batch may expand to when recompressed.
+    pub max_recompressed_batch_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -75,6 +94,13 @@ impl Default for LogConfig {
             min_compaction_lag_ms: 0,
             min_cleanable_dirty_ratio: 0.5,
             min_insync_replicas: 1,
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
+            segment_jitter_ms: 0,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: 3_600_000,
+            compression: None,
+            max_recompressed_batch_bytes: 64 << 20,
         }
     }
 }
@@ -289,7 +315,7 @@ impl PartitionLog {
 
     /// Checks every batch of a produce payload without storing anything.
     /// Returns how many offsets the payload takes.
-    pub fn validate(&self, records: &[u8]) -> Result<i64, BatchError> {
+    pub fn validate(&self, records: &[u8], now_ms: i64) -> Result<i64, BatchError> {
         let mut at = 0;
         let mut batches = 0;
         let mut offsets = 0i64;
@@ -299,6 +325,7 @@ impl PartitionLog {
             if info.transactional {
                 return Err(BatchError::Unsupported);
             }
+            self.check_timestamps(&info, now_ms)?;
             idempotent |= info.producer_id >= 0;
             offsets += info.last_offset_delta as i64 + 1;
             at += info.total_bytes;
@@ -318,6 +345,67 @@ impl PartitionLog {
         Ok(offsets)
     }
 
+    /// How much earlier than `segment_ms` the segment at `base_offset`
+    /// rolls: fixed per segment and spread over [0, segment.jitter.ms)
+    /// across segments and partitions, as Kafka draws it at random.
+    fn roll_jitter_ms(&self, base_offset: i64) -> i64 {
+        let jitter = self.config.segment_jitter_ms.min(self.config.segment_ms - 1);
+        if jitter <= 0 {
+            return 0;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&self.dir, base_offset).hash(&mut hasher);
+        (hasher.finish() % jitter as u64) as i64
+    }
+
+    /// The produce payload as it is to be stored: with compression.type
+    /// set, each batch not already in that codec is checked whole and
+    /// recompressed (the one place the broker decompresses on produce).
+    pub fn recompress(&self, records: &bytes::Bytes) -> Result<bytes::Bytes, BatchError> {
+        let Some(codec) = self.config.compression else { return Ok(records.clone()) };
+        let mut at = 0;
+        let mut out: Option<Vec<u8>> = None;
+        while at < records.len() {
+            let info = batch::validate(&records[at..], self.config.max_message_bytes)?;
+            let whole = &records[at..at + info.total_bytes];
+            if info.codec == codec {
+                if let Some(out) = out.as_mut() {
+                    out.extend_from_slice(whole);
+                }
+            } else {
+                let recompressed = super::records::recompress(whole, codec, self.config.max_recompressed_batch_bytes)
+                    .map_err(|e| match e {
+                    super::records::RecordsError::TooLarge => BatchError::TooLarge { batch_bytes: usize::MAX },
+                    _ => BatchError::Truncated,
+                })?;
+                out.get_or_insert_with(|| records[..at].to_vec()).extend_from_slice(&recompressed);
+            }
+            at += info.total_bytes;
+        }
+        Ok(out.map_or_else(|| records.clone(), bytes::Bytes::from))
+    }
+
+    /// A CreateTime batch's first timestamp may be at most
+    /// `timestamp_before_max_ms` old, its largest at most
+    /// `timestamp_after_max_ms` ahead. The header bounds the records (their
+    /// deltas from the first are not negative in batches Kafka clients
+    /// build), so nothing is decompressed. No timestamp (-1) passes.
+    fn check_timestamps(&self, info: &batch::BatchInfo, now_ms: i64) -> Result<(), BatchError> {
+        if self.config.log_append_time {
+            return Ok(()); // the broker stamps the batch
+        }
+        let oldest = now_ms.saturating_sub(self.config.timestamp_before_max_ms);
+        let newest = now_ms.saturating_add(self.config.timestamp_after_max_ms);
+        if info.base_timestamp >= 0 && info.base_timestamp < oldest {
+            return Err(BatchError::InvalidTimestamp { timestamp: info.base_timestamp });
+        }
+        if info.max_timestamp > newest {
+            return Err(BatchError::InvalidTimestamp { timestamp: info.max_timestamp });
+        }
+        Ok(())
+    }
+
     /// Whether appending `bytes` taking `offsets` more needs a new segment first:
     /// by size, by age, or because the segment's relative offsets would overflow.
     pub fn needs_roll(&self, bytes: usize, offsets: i64, now_ms: i64) -> bool {
@@ -327,7 +415,8 @@ impl PartitionLog {
         }
         let empty = active.size_bytes == 0;
         let full = !empty && active.size_bytes + bytes as u64 > self.config.segment_bytes;
-        let old = !empty && active.first_append_ms.is_some_and(|t| now_ms - t >= self.config.segment_ms);
+        let roll_after_ms = self.config.segment_ms - self.roll_jitter_ms(active.base_offset);
+        let old = !empty && active.first_append_ms.is_some_and(|t| now_ms - t >= roll_after_ms);
         let offsets_overflow = !empty && active.next_offset + offsets - active.base_offset > MAX_RELATIVE_OFFSET;
         full || old || offsets_overflow
     }

@@ -171,6 +171,8 @@ pub struct Partition {
     /// Set while this node leads the partition and it has other replicas:
     /// the followers' progress, from which the high watermark moves.
     pub replicas: RefCell<Option<ReplicaSet>>,
+    /// When the flush.ms policy last synced this partition (ms since epoch).
+    last_policy_flush_ms: Cell<i64>,
 }
 
 impl Partition {
@@ -187,6 +189,7 @@ impl Partition {
             stop: Cell::new(None),
             data_waiters: RefCell::new(Vec::new()),
             max_pending_bytes,
+            last_policy_flush_ms: Cell::new(now_ms()),
             meta_lock: Semaphore::new(1),
             writer_running: Cell::new(true),
             layout_version: Cell::new(0),
@@ -215,7 +218,7 @@ impl Partition {
     /// unwritten bytes are within bound: the batch has its offsets when this
     /// returns, but is not yet written (see [`Partition::wait_durable`]).
     pub async fn append(&self, records: Bytes, now_ms: i64) -> Result<AppendInfo, StorageError> {
-        let offsets = self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
+        let offsets = self.log.borrow().validate(&records, now_ms).map_err(StorageError::Batch)?;
         self.wait_for_room(records.len(), offsets, now_ms).await?;
         // Synchronous from the checks above: no roll and no role change can
         // come in between. Who must have the batch before an acks=all answer
@@ -918,6 +921,25 @@ impl Partition {
     }
 
     /// Writes and syncs everything appended so far (the periodic flusher).
+    /// Whether the flush.ms policy wants unsynced data synced now; if so,
+    /// the policy's clock restarts (the caller syncs).
+    pub fn policy_flush_due(&self, now_ms: i64) -> bool {
+        let log = self.log.borrow();
+        let dirty = log.synced_offset() < log.end_offset() && !self.is_stopping();
+        let due = now_ms.saturating_sub(self.last_policy_flush_ms.get()) >= log.config.flush_ms;
+        if dirty && due {
+            self.last_policy_flush_ms.set(now_ms);
+        }
+        dirty && due
+    }
+
+    /// Whether flush.messages records are unsynced (an append then waits
+    /// for the sync, as Kafka's append flushes).
+    pub fn flush_messages_reached(&self) -> bool {
+        let log = self.log.borrow();
+        log.end_offset() - log.synced_offset() >= log.config.flush_messages
+    }
+
     pub async fn flush_all(&self) -> Result<(), StorageError> {
         let end = self.log.borrow().end_offset();
         if end > 0 {

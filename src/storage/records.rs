@@ -8,7 +8,7 @@
 use std::io::Read;
 
 use super::batch::{
-    self, ATTRIBUTES_AT, BASE_TIMESTAMP_AT, CRC_AT, HEADER_BYTES, LOG_OVERHEAD_BYTES, MAX_TIMESTAMP_AT,
+    self, ATTRIBUTES_AT, BASE_TIMESTAMP_AT, CODEC_MASK, CRC_AT, HEADER_BYTES, LOG_OVERHEAD_BYTES, MAX_TIMESTAMP_AT,
     RECORD_COUNT_AT, TIMESTAMP_TYPE_BIT,
 };
 /// xerial snappy-java's stream header, which Java clients (and kafka-python)
@@ -132,6 +132,28 @@ pub fn rebuild(whole: &[u8], records: &Records, keep: &[usize]) -> Result<Vec<u8
     let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
     out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     debug_assert!(batch::check_stored(&out, usize::MAX).is_ok(), "a rebuilt batch is well formed");
+    Ok(out)
+}
+
+/// The batch `whole` with its records compressed with `codec` instead
+/// (compression.type): the records themselves are unchanged byte for byte;
+/// attributes, length and CRC are rewritten. The records may take at most
+/// `max_bytes` decompressed, and must parse as the count says.
+pub fn recompress(whole: &[u8], codec: u8, max_bytes: usize) -> Result<Vec<u8>, RecordsError> {
+    let records = read(whole, max_bytes)?;
+    // Java clients frame snappy as snappy-java streams; librdkafka reads both.
+    const XERIAL_STREAM_HEADER: &[u8; XERIAL_HEADER_BYTES] = b"\x82SNAPPY\x00\0\0\0\x01\0\0\0\x01";
+    let body = compress(codec, &records.bytes, XERIAL_STREAM_HEADER)?;
+    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+    out.extend_from_slice(&whole[..HEADER_BYTES]);
+    out.extend_from_slice(&body);
+    let length = i32::try_from(out.len() - LOG_OVERHEAD_BYTES).map_err(|_| RecordsError::TooLarge)?;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    let attributes = (attributes(whole) & !CODEC_MASK) | codec as i16;
+    out[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    debug_assert!(batch::check_stored(&out, usize::MAX).is_ok(), "a recompressed batch is well formed");
     Ok(out)
 }
 
