@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
                                    ConfigSource, NewTopic, ResourceType)
 from kafka import KafkaAdminClient
+from kafka.admin import NewTopic as KNewTopic
 from kafka.admin import AlterConfigOp
 from kafka.protocol.admin import IncrementalAlterConfigsRequest
 from kafka.admin import ConfigResource as KConfigResource
@@ -171,15 +172,19 @@ def test_every_standard_topic_config_is_accepted_and_described(broker):
     assert (defaults["flush.ms"].value, defaults["flush.ms"].source) == (
         "9223372036854775807", ConfigSource.STATIC_BROKER_CONFIG.value)
 
-    # kafka-python reads the same.
+    # kafka-python creates the same topic and reads every config back.
     kadmin = KafkaAdminClient(bootstrap_servers=broker.addr)
     try:
-        response = kadmin.describe_configs([KConfigResource(KConfigResourceType.TOPIC, "all-configs")])
+        kadmin.create_topics([KNewTopic("all-configs-kp", 1, 1, topic_configs=EVERY_TOPIC_CONFIG)])
+        for name in ("all-configs", "all-configs-kp"):
+            response = kadmin.describe_configs([KConfigResource(KConfigResourceType.TOPIC, name)],
+                                               config_filter="all")
+            configs = response["topic"][name]
+            for key, value in EVERY_TOPIC_CONFIG.items():
+                assert configs[key]["value"] == value, (name, key, configs[key])
+                assert configs[key]["config_source"] == "DYNAMIC_TOPIC_CONFIG", (name, key)
     finally:
         kadmin.close()
-    text = str(response)
-    for key, value in EVERY_TOPIC_CONFIG.items():
-        assert key in text and value in text, key
 
 
 def test_broker_settings_are_described_under_kafka_names(broker):
@@ -248,6 +253,28 @@ def test_topics_follow_dynamic_broker_defaults_and_a_restart_keeps_them(broker):
         ConfigSource.DEFAULT_CONFIG.value
     assert cluster.describe() == {}
     cluster.close()
+
+
+def test_legacy_alter_configs_on_a_broker(broker):
+    """AlterConfigs (the whole-set replace) on broker 0, through kafka-python."""
+    admin = admin_of(broker)
+    kadmin = KafkaAdminClient(bootstrap_servers=broker.addr)
+    try:
+        result = kadmin.alter_configs([KConfigResource(KConfigResourceType.BROKER, "0",
+                                                       configs={"log.retention.bytes": "123456789"})],
+                                      incremental=False)
+        assert result == {"broker": {"0": "OK"}}, result
+        entry = describe(admin, ResourceType.BROKER, "0")["log.retention.bytes"]
+        assert (entry.value, entry.source) == ("123456789", ConfigSource.DYNAMIC_BROKER_CONFIG.value)
+        result = kadmin.alter_configs([KConfigResource(KConfigResourceType.BROKER, "0",
+                                                       configs={"log.dirs": "/elsewhere"})],
+                                      incremental=False, raise_on_unknown=False)
+        assert "InvalidRequest" in str(result["broker"]["0"]), result
+        kadmin.reset_configs([KConfigResource(KConfigResourceType.BROKER, "0", configs={"log.retention.bytes": None})])
+    finally:
+        kadmin.close()
+    entry = describe(admin, ResourceType.BROKER, "0")["log.retention.bytes"]
+    assert entry.source == ConfigSource.DEFAULT_CONFIG.value
 
 
 def test_append_and_subtract_on_list_configs(broker):
