@@ -478,6 +478,7 @@ impl Broker {
                 if replace {
                     altered.configs.clear();
                 }
+                let keys: HashSet<String> = changes.iter().map(|c| c.key().to_string()).collect();
                 let is_list = |key: &str| configs::topic_config(key).is_some_and(|c| c.kind == configs::Kind::List);
                 let base = |key: &str| {
                     let def = configs::topic_config(key).expect("a list config");
@@ -489,7 +490,15 @@ impl Broker {
                         format!("Can't {op} to key {key} because its type is not LIST."),
                     )?;
                 }
-                if let Err(message) = metadata::check_user_configs(&altered.configs) {
+                // The keys changed, as they end up (what was stored before
+                // is kept as it is, even if a later check would refuse it).
+                let changed: BTreeMap<String, String> = altered
+                    .configs
+                    .iter()
+                    .filter(|(k, _)| replace || keys.contains(k.as_str()) || k.contains("compaction.lag"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if let Err(message) = metadata::check_user_configs(&changed) {
                     fail(ResponseError::InvalidConfig, message)?;
                 }
                 if validate_only {
@@ -526,6 +535,12 @@ impl Broker {
                         // Kafka answers a broker config's bad value so (KAFKA-13609).
                         fail(ResponseError::InvalidRequest, message)?;
                     }
+                }
+                let lag = |key: &str| altered.get(key);
+                let (min, max) = (lag("log.cleaner.min.compaction.lag.ms"), lag("log.cleaner.max.compaction.lag.ms"));
+                let names = ("log.cleaner.min.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms");
+                if let Err(message) = configs::check_compaction_lags(min, max, names) {
+                    fail(ResponseError::InvalidRequest, message)?;
                 }
                 if validate_only {
                     return Ok(false);
@@ -880,10 +895,11 @@ fn reelect(meta: &mut ClusterMeta, node: NodeId, fenced: bool) {
     let topics: Vec<Arc<TopicMeta>> = meta.topics.values().cloned().collect();
     const UNCLEAN: &str = "unclean.leader.election.enable";
     // The topic's own value, else the cluster-wide dynamic default.
-    let cluster_unclean = meta.broker_configs.get("").and_then(|c| c.get(UNCLEAN)).is_some_and(|v| v == "true");
+    let is_true = |v: &String| v.trim().eq_ignore_ascii_case("true");
+    let cluster_unclean = meta.broker_configs.get("").and_then(|c| c.get(UNCLEAN)).is_some_and(is_true);
     for topic in topics {
         let mut changed = (*topic).clone();
-        let unclean = changed.configs.get(UNCLEAN).map_or(cluster_unclean, |v| v == "true");
+        let unclean = changed.configs.get(UNCLEAN).map_or(cluster_unclean, is_true);
         let mut touched = false;
         for state in &mut changed.assignment {
             if fenced && state.isr.len() > 1 && state.isr.contains(&node) && state.leader != node {

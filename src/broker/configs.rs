@@ -213,7 +213,9 @@ pub fn check_value(key: &str, kind: Kind, check: Check, value: &str) -> Result<(
     let invalid = |why: &str| Err(format!("Invalid value {value} for configuration {key}: {why}"));
     let number = match kind {
         Kind::Boolean => {
-            return if value == "true" || value == "false" {
+            // Kafka parses booleans ignoring case.
+            let value = value.trim();
+            return if value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false") {
                 Ok(())
             } else {
                 invalid("Expected value to be either true or false")
@@ -263,6 +265,18 @@ fn is_throttled_replica(item: &str) -> bool {
 /// A list config's items (comma-separated, blanks dropped).
 pub fn list_items(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// min <= max of the compaction lags, where both are set (`names`: the
+/// keys, for Kafka's message).
+pub fn check_compaction_lags(min: Option<&String>, max: Option<&String>, names: (&str, &str)) -> Result<(), String> {
+    let parse = |v: Option<&String>| v.and_then(|v| v.trim().parse::<i64>().ok());
+    match (parse(min), parse(max)) {
+        (Some(min), Some(max)) if min > max => {
+            Err(format!("conflict topic config setting {} ({min}) > {} ({max})", names.0, names.1))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks one topic config a client sets: known key, valid value.
@@ -501,6 +515,7 @@ mod tests {
         assert!(check_topic_config("compression.type", "brotli").unwrap_err().contains("String must be one of"));
         assert!(check_topic_config("compression.gzip.level", "0").is_err());
         assert!(check_topic_config("preallocate", "yes").is_err());
+        assert!(check_topic_config("preallocate", "TRUE").is_ok(), "booleans ignore case, as Kafka");
         assert!(check_topic_config("max.message.bytes", "3000000000").unwrap_err().contains("type INT"));
         assert!(check_topic_config("leader.replication.throttled.replicas", "0:1,1:2").is_ok());
         assert!(check_topic_config("leader.replication.throttled.replicas", "0-1").is_err());

@@ -314,51 +314,30 @@ pub fn random_topic_id() -> [u8; 16] {
     }
 }
 
-/// The topic configs spate understands, with their broker-wide defaults.
 /// Checks topic configs a client sets: known keys, valid values (Kafka's
 /// messages), and what holds between them.
 pub fn check_user_configs(configs: &BTreeMap<String, String>) -> Result<(), String> {
     for (key, value) in configs {
         super::configs::check_topic_config(key, value)?;
     }
-    let lag = |key: &str| configs.get(key).and_then(|v| v.parse::<i64>().ok());
-    if let (Some(min), Some(max)) = (lag("min.compaction.lag.ms"), lag("max.compaction.lag.ms")) {
-        if min > max {
-            return Err(format!(
-                "conflict topic config setting min.compaction.lag.ms ({min}) > max.compaction.lag.ms ({max})"
-            ));
-        }
-    }
-    Ok(())
+    super::configs::check_compaction_lags(
+        configs.get("min.compaction.lag.ms"),
+        configs.get("max.compaction.lag.ms"),
+        ("min.compaction.lag.ms", "max.compaction.lag.ms"),
+    )
 }
 
-/// Applies topic configs over the broker defaults; the error names the bad key.
-pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
-    check_user_configs(configs)?;
+/// Applies topic configs over the broker defaults. Never fails: values are
+/// checked when set, but what is stored may predate a stricter check (or
+/// come from a newer node), and a topic must never lose its other configs
+/// (say, `cleanup.policy=compact`) over one value. A value that does not
+/// parse is skipped with an error log; numbers are brought into range.
+pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> LogConfig {
     let mut log = defaults.clone();
     let mut delete = true;
     for (key, value) in configs {
-        let int = || value.trim().parse::<i64>().expect("checked");
-        match key.as_str() {
-            "cleanup.policy" => (log.compact, delete) = cleanup_policy(value),
-            "compression.type" => log.compression = codec_of(value),
-            "delete.retention.ms" => log.delete_retention_ms = int(),
-            "flush.messages" => log.flush_messages = int(),
-            "flush.ms" => log.flush_ms = int(),
-            "index.interval.bytes" => log.index_interval_bytes = int() as u64,
-            "max.message.bytes" => log.max_message_bytes = int() as usize,
-            "message.timestamp.after.max.ms" => log.timestamp_after_max_ms = int(),
-            "message.timestamp.before.max.ms" => log.timestamp_before_max_ms = int(),
-            "message.timestamp.type" => log.log_append_time = value == "LogAppendTime",
-            "min.cleanable.dirty.ratio" => log.min_cleanable_dirty_ratio = value.trim().parse().expect("checked"),
-            "min.compaction.lag.ms" => log.min_compaction_lag_ms = int(),
-            "min.insync.replicas" => log.min_insync_replicas = int() as usize,
-            "retention.bytes" => log.retention_bytes = int(),
-            "retention.ms" => log.retention_ms = int(),
-            "segment.bytes" => log.segment_bytes = int() as u64,
-            "segment.jitter.ms" => log.segment_jitter_ms = int(),
-            "segment.ms" => log.segment_ms = int(),
-            _ => {} // accepted without effect (see configs::TOPIC_CONFIGS)
+        if let Err(why) = apply_config(&mut log, &mut delete, key, value.trim()) {
+            tracing::error!(key = %key, value = %value, "topic config ignored: {why}");
         }
     }
     if !delete {
@@ -367,7 +346,42 @@ pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> R
         log.retention_ms = -1;
         log.retention_bytes = -1;
     }
-    Ok(log)
+    log
+}
+
+/// Applies one topic config (spate's own keys; others have no effect).
+fn apply_config(log: &mut LogConfig, delete: &mut bool, key: &str, value: &str) -> Result<(), String> {
+    let int = || value.parse::<i64>().map_err(|_| "not a number".to_string());
+    let size = |n: i64| usize::try_from(n.max(0)).unwrap_or(usize::MAX);
+    match key {
+        "cleanup.policy" => (log.compact, *delete) = cleanup_policy(value),
+        "compression.type" => log.compression = codec_of(value),
+        "delete.retention.ms" => log.delete_retention_ms = int()?.max(0),
+        "flush.messages" => log.flush_messages = int()?.max(1),
+        "flush.ms" => log.flush_ms = int()?.max(0),
+        "index.interval.bytes" => log.index_interval_bytes = int()?.max(0) as u64,
+        "max.message.bytes" => log.max_message_bytes = size(int()?),
+        "message.timestamp.after.max.ms" => log.timestamp_after_max_ms = int()?.max(0),
+        "message.timestamp.before.max.ms" => log.timestamp_before_max_ms = int()?.max(0),
+        "message.timestamp.type" => log.log_append_time = value == "LogAppendTime",
+        "min.cleanable.dirty.ratio" => {
+            let ratio = value.parse::<f64>().ok().filter(|r| r.is_finite()).ok_or("not a number")?;
+            log.min_cleanable_dirty_ratio = ratio.clamp(0.0, 1.0);
+        }
+        "min.compaction.lag.ms" => log.min_compaction_lag_ms = int()?.max(0),
+        "min.insync.replicas" => log.min_insync_replicas = size(int()?).max(1),
+        "retention.bytes" => log.retention_bytes = int()?,
+        // Any negative value keeps forever (older spate accepted any).
+        "retention.ms" => log.retention_ms = int()?.max(-1),
+        "segment.bytes" => {
+            let max = crate::storage::log::MAX_SEGMENT_BYTES as i64;
+            log.segment_bytes = int()?.clamp(super::configs::MIN_SEGMENT_BYTES, max) as u64;
+        }
+        "segment.jitter.ms" => log.segment_jitter_ms = int()?.max(0),
+        "segment.ms" => log.segment_ms = int()?.max(1),
+        _ => {} // accepted without effect (see configs::TOPIC_CONFIGS)
+    }
+    Ok(())
 }
 
 /// compression.type's codec id; None for `producer` (stored as produced).
@@ -382,8 +396,8 @@ fn codec_of(compression_type: &str) -> Option<u8> {
     }
 }
 
-/// cleanup.policy (a checked list) as (compact, delete). An empty list, as
-/// Kafka allows, neither compacts nor deletes.
+/// cleanup.policy as (compact, delete). An empty list, as Kafka allows,
+/// neither compacts nor deletes; unknown items are ignored.
 fn cleanup_policy(value: &str) -> (bool, bool) {
     let items: Vec<&str> = super::configs::list_items(value).collect();
     (items.contains(&"compact"), items.contains(&"delete"))
@@ -421,10 +435,17 @@ mod tests {
         let mut configs = BTreeMap::new();
         configs.insert("retention.ms".to_string(), "1000".to_string());
         configs.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
-        let log = log_config(&defaults, &configs).unwrap();
+        let log = log_config(&defaults, &configs);
         assert_eq!((log.retention_ms, log.log_append_time), (1000, true));
+        assert!(check_user_configs(&configs).is_ok());
         configs.insert("retention.ms".to_string(), "soon".to_string());
-        assert!(log_config(&defaults, &configs).is_err());
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        assert!(check_user_configs(&configs).is_err());
+        let log = log_config(&defaults, &configs);
+        assert!(log.compact && log.log_append_time, "one bad value costs the topic nothing else");
+        configs.insert("retention.ms".to_string(), "-2".to_string()); // stored by an older spate
+        configs.insert("cleanup.policy".to_string(), "delete".to_string());
+        assert_eq!(log_config(&defaults, &configs).retention_ms, -1, "negative: forever");
 
         let topic = TopicMeta {
             name: "t".into(),

@@ -285,8 +285,15 @@ impl Broker {
                 if all && in_sync_replicas(&partition) < partition.log.borrow().config.min_insync_replicas {
                     return Err(PartitionError::NotEnoughReplicas);
                 }
-                let records = partition.log.borrow().recompress(&records).map_err(StorageError::Batch)?;
-                let appended_info = partition.append(records, storage::now_ms()).await;
+                // A client's batches only: what the broker writes itself
+                // (group commits, expiry) is neither bounded nor recompressed.
+                let now = storage::now_ms();
+                let records = {
+                    let log = partition.log.borrow();
+                    log.check_timestamps(&records, now).map_err(StorageError::Batch)?;
+                    log.recompress(&records).map_err(StorageError::Batch)?
+                };
+                let appended_info = partition.append(records, now).await;
                 drop(appended); // took effect: the request's connection may dispatch its next one
                 let info = appended_info.map_err(PartitionError::from)?;
                 // flush.messages: the append that reaches it waits for the sync.
@@ -426,8 +433,7 @@ impl Broker {
             let tp = topic.tp(*p);
             let mut merged = dynamic.clone();
             merged.extend(topic.configs.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let mut log_config = metadata::log_config(&self.config.log_defaults(), &merged)
-                .unwrap_or_else(|_| self.config.log_defaults());
+            let mut log_config = metadata::log_config(&self.config.log_defaults(), &merged);
             log_config.cache_bytes = cache_bytes;
             let leader_epoch = topic.partition(*p).leader_epoch;
             if let Some(existing) = self.local_partition(&tp) {
@@ -569,7 +575,6 @@ impl Broker {
         Ok(())
     }
 
-    /// Writes and syncs every partition with unsynced data.
     /// Syncs every partition whose flush.ms has passed with data unsynced.
     pub async fn flush_due(&self) {
         let now = storage::now_ms();

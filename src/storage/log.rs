@@ -76,6 +76,21 @@ pub struct LogConfig {
     pub max_recompressed_batch_bytes: usize,
 }
 
+/// How much earlier than `segment.ms` the segment at `base_offset` of the
+/// partition in `dir` rolls: fixed per segment, spread over
+/// [0, segment.jitter.ms) across segments and partitions (Kafka draws it at
+/// random), and always less than `segment.ms`.
+fn roll_jitter_ms(dir: &Path, base_offset: i64, config: &LogConfig) -> i64 {
+    let jitter = config.segment_jitter_ms.min(config.segment_ms - 1);
+    if jitter <= 0 {
+        return 0;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (dir, base_offset).hash(&mut hasher);
+    (hasher.finish() % jitter as u64) as i64
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -315,7 +330,7 @@ impl PartitionLog {
 
     /// Checks every batch of a produce payload without storing anything.
     /// Returns how many offsets the payload takes.
-    pub fn validate(&self, records: &[u8], now_ms: i64) -> Result<i64, BatchError> {
+    pub fn validate(&self, records: &[u8]) -> Result<i64, BatchError> {
         let mut at = 0;
         let mut batches = 0;
         let mut offsets = 0i64;
@@ -325,7 +340,6 @@ impl PartitionLog {
             if info.transactional {
                 return Err(BatchError::Unsupported);
             }
-            self.check_timestamps(&info, now_ms)?;
             idempotent |= info.producer_id >= 0;
             offsets += info.last_offset_delta as i64 + 1;
             at += info.total_bytes;
@@ -345,24 +359,10 @@ impl PartitionLog {
         Ok(offsets)
     }
 
-    /// How much earlier than `segment_ms` the segment at `base_offset`
-    /// rolls: fixed per segment and spread over [0, segment.jitter.ms)
-    /// across segments and partitions, as Kafka draws it at random.
-    fn roll_jitter_ms(&self, base_offset: i64) -> i64 {
-        let jitter = self.config.segment_jitter_ms.min(self.config.segment_ms - 1);
-        if jitter <= 0 {
-            return 0;
-        }
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&self.dir, base_offset).hash(&mut hasher);
-        (hasher.finish() % jitter as u64) as i64
-    }
-
     /// The produce payload as it is to be stored: with compression.type
     /// set, each batch not already in that codec is checked whole and
     /// recompressed (the one place the broker decompresses on produce).
-    pub fn recompress(&self, records: &bytes::Bytes) -> Result<bytes::Bytes, BatchError> {
+    pub fn recompress(&self, records: &Bytes) -> Result<Bytes, BatchError> {
         let Some(codec) = self.config.compression else { return Ok(records.clone()) };
         let mut at = 0;
         let mut out: Option<Vec<u8>> = None;
@@ -383,25 +383,32 @@ impl PartitionLog {
             }
             at += info.total_bytes;
         }
-        Ok(out.map_or_else(|| records.clone(), bytes::Bytes::from))
+        Ok(out.map_or_else(|| records.clone(), Bytes::from))
     }
 
-    /// A CreateTime batch's first timestamp may be at most
-    /// `timestamp_before_max_ms` old, its largest at most
+    /// A producer's CreateTime batches: each one's first timestamp may be at
+    /// most `timestamp_before_max_ms` old, its largest at most
     /// `timestamp_after_max_ms` ahead. The header bounds the records (their
     /// deltas from the first are not negative in batches Kafka clients
     /// build), so nothing is decompressed. No timestamp (-1) passes.
-    fn check_timestamps(&self, info: &batch::BatchInfo, now_ms: i64) -> Result<(), BatchError> {
-        if self.config.log_append_time {
-            return Ok(()); // the broker stamps the batch
+    pub fn check_timestamps(&self, records: &[u8], now_ms: i64) -> Result<(), BatchError> {
+        let unbounded =
+            self.config.timestamp_before_max_ms == i64::MAX && self.config.timestamp_after_max_ms == i64::MAX;
+        if self.config.log_append_time || unbounded {
+            return Ok(()); // the broker stamps the batch, or anything goes
         }
         let oldest = now_ms.saturating_sub(self.config.timestamp_before_max_ms);
         let newest = now_ms.saturating_add(self.config.timestamp_after_max_ms);
-        if info.base_timestamp >= 0 && info.base_timestamp < oldest {
-            return Err(BatchError::InvalidTimestamp { timestamp: info.base_timestamp });
-        }
-        if info.max_timestamp > newest {
-            return Err(BatchError::InvalidTimestamp { timestamp: info.max_timestamp });
+        let mut at = 0;
+        while at < records.len() {
+            let info = batch::peek(&records[at..])?;
+            if info.base_timestamp >= 0 && info.base_timestamp < oldest {
+                return Err(BatchError::InvalidTimestamp { timestamp: info.base_timestamp });
+            }
+            if info.max_timestamp > newest {
+                return Err(BatchError::InvalidTimestamp { timestamp: info.max_timestamp });
+            }
+            at += info.total_bytes;
         }
         Ok(())
     }
@@ -415,7 +422,8 @@ impl PartitionLog {
         }
         let empty = active.size_bytes == 0;
         let full = !empty && active.size_bytes + bytes as u64 > self.config.segment_bytes;
-        let roll_after_ms = self.config.segment_ms - self.roll_jitter_ms(active.base_offset);
+        let jitter_ms = roll_jitter_ms(&self.dir, active.base_offset, &self.config);
+        let roll_after_ms = self.config.segment_ms - jitter_ms;
         let old = !empty && active.first_append_ms.is_some_and(|t| now_ms - t >= roll_after_ms);
         let offsets_overflow = !empty && active.next_offset + offsets - active.base_offset > MAX_RELATIVE_OFFSET;
         full || old || offsets_overflow
@@ -874,4 +882,26 @@ pub fn first_batch_bytes(data: &[u8]) -> Option<usize> {
     }
     let length = i32::from_be_bytes(data[8..12].try_into().expect("4 bytes"));
     (length > 0).then(|| length as usize + batch::LOG_OVERHEAD_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roll_jitter_is_fixed_per_segment_spread_and_below_segment_ms() {
+        let config = LogConfig { segment_ms: 60_000, segment_jitter_ms: 10_000, ..LogConfig::default() };
+        let dir = Path::new("/data/t-0");
+        let jitters: Vec<i64> = (0..200).map(|base| roll_jitter_ms(dir, base * 1000, &config)).collect();
+        assert!(jitters.iter().all(|j| (0..10_000).contains(j)));
+        assert_eq!(jitters[7], roll_jitter_ms(dir, 7000, &config), "the same segment, the same jitter");
+        let distinct: std::collections::HashSet<i64> = jitters.iter().copied().collect();
+        assert!(distinct.len() > 150, "spread: {} distinct of 200", distinct.len());
+        let other = roll_jitter_ms(Path::new("/data/t-1"), 0, &config);
+        assert!(other != jitters[0] || roll_jitter_ms(Path::new("/data/t-2"), 0, &config) != jitters[0]);
+        let none = LogConfig { segment_jitter_ms: 0, ..config.clone() };
+        assert_eq!(roll_jitter_ms(dir, 5, &none), 0);
+        let huge = LogConfig { segment_ms: 100, segment_jitter_ms: i64::MAX, ..config };
+        assert!((0..100).contains(&roll_jitter_ms(dir, 5, &huge)), "less than segment.ms");
+    }
 }

@@ -218,7 +218,7 @@ impl Partition {
     /// unwritten bytes are within bound: the batch has its offsets when this
     /// returns, but is not yet written (see [`Partition::wait_durable`]).
     pub async fn append(&self, records: Bytes, now_ms: i64) -> Result<AppendInfo, StorageError> {
-        let offsets = self.log.borrow().validate(&records, now_ms).map_err(StorageError::Batch)?;
+        let offsets = self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
         self.wait_for_room(records.len(), offsets, now_ms).await?;
         // Synchronous from the checks above: no roll and no role change can
         // come in between. Who must have the batch before an acks=all answer
@@ -920,7 +920,6 @@ impl Partition {
         self.layout_version.set(self.layout_version.get() + 1);
     }
 
-    /// Writes and syncs everything appended so far (the periodic flusher).
     /// Whether the flush.ms policy wants unsynced data synced now; if so,
     /// the policy's clock restarts (the caller syncs).
     pub fn policy_flush_due(&self, now_ms: i64) -> bool {
@@ -940,6 +939,7 @@ impl Partition {
         log.end_offset() - log.synced_offset() >= log.config.flush_messages
     }
 
+    /// Writes and syncs everything appended so far.
     pub async fn flush_all(&self) -> Result<(), StorageError> {
         let end = self.log.borrow().end_offset();
         if end > 0 {
