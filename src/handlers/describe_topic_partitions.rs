@@ -28,9 +28,17 @@ pub fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameErro
     names.sort_unstable();
     names.dedup();
     let (start_topic, start_partition) = match &body.cursor {
-        Some(cursor) => (cursor.topic_name.0.to_string(), cursor.partition_index.max(0)),
+        Some(cursor) => (cursor.topic_name.0.to_string(), cursor.partition_index),
         None => (String::new(), 0),
     };
+    // As Kafka: a cursor must name a listed topic and a valid partition;
+    // otherwise every listed topic is answered INVALID_REQUEST.
+    let listed = body.topics.is_empty() || names.contains(&start_topic);
+    if body.cursor.is_some() && (!listed || start_partition < 0) {
+        let mut response = DescribeTopicPartitionsResponse::default();
+        response.topics = body.topics.iter().map(|t| invalid_request(t.name.0.as_str())).collect();
+        return Ok(encode(request, &response));
+    }
     let limit = body.response_partition_limit.clamp(1, broker.config.describe_topic_partitions_limit);
     let mut budget = limit as usize;
     let mut response = DescribeTopicPartitionsResponse::default();
@@ -82,6 +90,13 @@ fn describe_topic(meta: &ClusterMeta, topic: &TopicMeta, first: i32, end: i32) -
             part
         })
         .collect();
+    out
+}
+
+fn invalid_request(name: &str) -> DescribeTopicPartitionsResponseTopic {
+    let mut out = DescribeTopicPartitionsResponseTopic::default();
+    out.name = Some(TopicName(str_bytes(name)));
+    out.error_code = kafka_protocol::error::ResponseError::InvalidRequest.code();
     out
 }
 

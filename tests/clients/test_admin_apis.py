@@ -143,6 +143,9 @@ def test_describe_topic_partitions_pages_with_a_cursor(broker):
             if not cursor:
                 break
             assert pages < 10
+        # A cursor naming a topic not asked for: INVALID_REQUEST, as Kafka.
+        bad = kadmin.describe_topic_partitions(["paged-a"], cursor={"topic_name": "paged-b", "partition_index": 0})
+        assert [(t["name"], t["error_code"]) for t in bad["topics"]] == [("paged-a", 42)]
     finally:
         kadmin.close()
     expected = [("paged-a", p) for p in range(5)] + [("paged-b", p) for p in range(3)]
