@@ -285,15 +285,10 @@ impl Broker {
                 if all && in_sync_replicas(&partition) < partition.log.borrow().config.min_insync_replicas {
                     return Err(PartitionError::NotEnoughReplicas);
                 }
-                // A client's batches only: what the broker writes itself
-                // (group commits, expiry) is neither bounded nor recompressed.
-                let now = storage::now_ms();
-                let records = {
-                    let log = partition.log.borrow();
-                    log.check_timestamps(&records, now).map_err(StorageError::Batch)?;
-                    log.recompress(&records).map_err(StorageError::Batch)?
-                };
-                let appended_info = partition.append(records, now).await;
+                // compression.type: recompressed here, before the append
+                // validates (a no-op by default: the batches as sent).
+                let records = partition.log.borrow().recompress(&records).map_err(StorageError::Batch)?;
+                let appended_info = partition.append_produced(records, storage::now_ms()).await;
                 drop(appended); // took effect: the request's connection may dispatch its next one
                 let info = appended_info.map_err(PartitionError::from)?;
                 // flush.messages: the append that reaches it waits for the sync.
@@ -431,9 +426,14 @@ impl Broker {
         let dynamic = configs::dynamic_topic_defaults(self.config.node_id, &meta.broker_configs);
         for (topic, p) in &mine {
             let tp = topic.tp(*p);
-            let mut merged = dynamic.clone();
-            merged.extend(topic.configs.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let mut log_config = metadata::log_config(&self.config.log_defaults(), &merged);
+            let merged;
+            let configs = if dynamic.is_empty() {
+                &topic.configs
+            } else {
+                merged = dynamic.iter().chain(&topic.configs).map(|(k, v)| (k.clone(), v.clone())).collect();
+                &merged
+            };
+            let mut log_config = metadata::log_config(&self.config.log_defaults(), configs);
             log_config.cache_bytes = cache_bytes;
             let leader_epoch = topic.partition(*p).leader_epoch;
             if let Some(existing) = self.local_partition(&tp) {

@@ -28,31 +28,26 @@ pub fn handle_describe(request: &Request) -> Result<Reply, FrameError> {
 pub fn handle_create(request: &Request) -> Result<Reply, FrameError> {
     let body: CreateAclsRequest = decode_body(request)?;
     let mut response = CreateAclsResponse::default();
-    response.results = body
-        .creations
-        .iter()
-        .map(|_| {
-            let mut result = AclCreationResult::default();
-            result.error_code = ResponseError::SecurityDisabled.code();
-            result.error_message = Some(str_bytes(NO_AUTHORIZER));
-            result
-        })
-        .collect();
+    let (code, message) = security_disabled();
+    response.results = vec![AclCreationResult::default(); body.creations.len()];
+    for result in &mut response.results {
+        (result.error_code, result.error_message) = (code, message.clone());
+    }
     Ok(encode(request, &response))
 }
 
 pub fn handle_delete(request: &Request) -> Result<Reply, FrameError> {
     let body: DeleteAclsRequest = decode_body(request)?;
     let mut response = DeleteAclsResponse::default();
-    response.filter_results = body
-        .filters
-        .iter()
-        .map(|_| {
-            let mut result = DeleteAclsFilterResult::default();
-            result.error_code = ResponseError::SecurityDisabled.code();
-            result.error_message = Some(str_bytes(NO_AUTHORIZER));
-            result
-        })
-        .collect();
+    let (code, message) = security_disabled();
+    response.filter_results = vec![DeleteAclsFilterResult::default(); body.filters.len()];
+    for result in &mut response.filter_results {
+        (result.error_code, result.error_message) = (code, message.clone());
+    }
     Ok(encode(request, &response))
+}
+
+/// Each creation's and deletion's answer.
+fn security_disabled() -> (i16, Option<kafka_protocol::protocol::StrBytes>) {
+    (ResponseError::SecurityDisabled.code(), Some(str_bytes(NO_AUTHORIZER)))
 }

@@ -18,16 +18,17 @@ use crate::protocol::{encode, str_bytes, Reply, Request};
 pub async fn handle(broker: &Rc<Broker>, request: &Request) -> Result<Reply, FrameError> {
     let body: DescribeLogDirsRequest = decode_body(request)?;
     // Null asks for every replica; otherwise only the named partitions.
-    let wanted: Option<HashSet<(String, i32)>> = body.topics.map(|topics| {
-        topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.topic.0.to_string(), *p))).collect()
-    });
+    let wanted: Option<HashSet<(&str, i32)>> = body
+        .topics
+        .as_ref()
+        .map(|topics| topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.topic.0.as_str(), *p))).collect());
     let replicas = broker.all_local_replicas().await;
     let meta = broker.meta();
     let names: BTreeMap<[u8; 16], &str> = meta.topics.values().map(|t| (t.id, t.name.as_str())).collect();
     let mut by_topic: BTreeMap<&str, Vec<DescribeLogDirsPartition>> = BTreeMap::new();
     for replica in &replicas {
         let Some(&name) = names.get(&replica.tp.topic_id) else { continue };
-        if wanted.as_ref().is_some_and(|w| !w.contains(&(name.to_string(), replica.tp.partition))) {
+        if wanted.as_ref().is_some_and(|w| !w.contains(&(name, replica.tp.partition))) {
             continue;
         }
         let mut partition = DescribeLogDirsPartition::default();

@@ -328,9 +328,10 @@ impl PartitionLog {
         self.active().pending_bytes()
     }
 
-    /// Checks every batch of a produce payload without storing anything.
-    /// Returns how many offsets the payload takes.
-    pub fn validate(&self, records: &[u8]) -> Result<i64, BatchError> {
+    /// Checks every batch of a produce payload without storing anything;
+    /// `producer_clock`: a producer's payload, whose timestamps are checked
+    /// against this time. Returns how many offsets the payload takes.
+    pub fn validate(&self, records: &[u8], producer_clock: Option<i64>) -> Result<i64, BatchError> {
         let mut at = 0;
         let mut batches = 0;
         let mut offsets = 0i64;
@@ -339,6 +340,9 @@ impl PartitionLog {
             let info = batch::validate(&records[at..], self.config.max_message_bytes)?;
             if info.transactional {
                 return Err(BatchError::Unsupported);
+            }
+            if let Some(now_ms) = producer_clock {
+                self.check_timestamps(&info, now_ms)?;
             }
             idempotent |= info.producer_id >= 0;
             offsets += info.last_offset_delta as i64 + 1;
@@ -386,29 +390,22 @@ impl PartitionLog {
         Ok(out.map_or_else(|| records.clone(), Bytes::from))
     }
 
-    /// A producer's CreateTime batches: each one's first timestamp may be at
-    /// most `timestamp_before_max_ms` old, its largest at most
+    /// A producer's CreateTime batch: its first timestamp may be at most
+    /// `timestamp_before_max_ms` old, its largest at most
     /// `timestamp_after_max_ms` ahead. The header bounds the records (their
     /// deltas from the first are not negative in batches Kafka clients
     /// build), so nothing is decompressed. No timestamp (-1) passes.
-    pub fn check_timestamps(&self, records: &[u8], now_ms: i64) -> Result<(), BatchError> {
-        let unbounded =
-            self.config.timestamp_before_max_ms == i64::MAX && self.config.timestamp_after_max_ms == i64::MAX;
-        if self.config.log_append_time || unbounded {
-            return Ok(()); // the broker stamps the batch, or anything goes
+    fn check_timestamps(&self, info: &BatchInfo, now_ms: i64) -> Result<(), BatchError> {
+        if self.config.log_append_time {
+            return Ok(()); // the broker stamps the batch
         }
         let oldest = now_ms.saturating_sub(self.config.timestamp_before_max_ms);
         let newest = now_ms.saturating_add(self.config.timestamp_after_max_ms);
-        let mut at = 0;
-        while at < records.len() {
-            let info = batch::peek(&records[at..])?;
-            if info.base_timestamp >= 0 && info.base_timestamp < oldest {
-                return Err(BatchError::InvalidTimestamp { timestamp: info.base_timestamp });
-            }
-            if info.max_timestamp > newest {
-                return Err(BatchError::InvalidTimestamp { timestamp: info.max_timestamp });
-            }
-            at += info.total_bytes;
+        if info.base_timestamp >= 0 && info.base_timestamp < oldest {
+            return Err(BatchError::InvalidTimestamp { timestamp: info.base_timestamp });
+        }
+        if info.max_timestamp > newest {
+            return Err(BatchError::InvalidTimestamp { timestamp: info.max_timestamp });
         }
         Ok(())
     }

@@ -218,7 +218,19 @@ impl Partition {
     /// unwritten bytes are within bound: the batch has its offsets when this
     /// returns, but is not yet written (see [`Partition::wait_durable`]).
     pub async fn append(&self, records: Bytes, now_ms: i64) -> Result<AppendInfo, StorageError> {
-        let offsets = self.log.borrow().validate(&records).map_err(StorageError::Batch)?;
+        self.append_checked(records, now_ms, false).await
+    }
+
+    /// [`Partition::append`] of a producer's batches: their timestamps are
+    /// also checked against the topic's message.timestamp.*.max.ms (what
+    /// the broker writes itself, group commits and expiry, is not).
+    pub async fn append_produced(&self, records: Bytes, now_ms: i64) -> Result<AppendInfo, StorageError> {
+        self.append_checked(records, now_ms, true).await
+    }
+
+    async fn append_checked(&self, records: Bytes, now_ms: i64, produced: bool) -> Result<AppendInfo, StorageError> {
+        let clock = produced.then_some(now_ms);
+        let offsets = self.log.borrow().validate(&records, clock).map_err(StorageError::Batch)?;
         self.wait_for_room(records.len(), offsets, now_ms).await?;
         // Synchronous from the checks above: no roll and no role change can
         // come in between. Who must have the batch before an acks=all answer

@@ -518,3 +518,36 @@ def test_min_insync_replicas_above_the_replicas_refuses_acks_all(broker):
     create(admin, "two-in-sync", {"min.insync.replicas": "2"})
     assert produce(broker.addr, "two-in-sync", [b"x"], acks="all", retries=0)[0][1] == "NOT_ENOUGH_REPLICAS"
     assert produce(broker.addr, "two-in-sync", [b"y"], acks=1)[0] == (0, None)
+
+
+def test_recompressed_records_and_configs_survive_kill_9(broker):
+    """Recompressed batches (zstd from lz4), a flush.messages topic and a
+    cluster-wide dynamic default, then kill -9: after the restart every
+    acknowledged record is at its offset, stored in the topic's codec, and
+    every config is still in force."""
+    admin = admin_of(broker)
+    create(admin, "crash-zstd", {"compression.type": "zstd"})
+    create(admin, "crash-flush", {"flush.messages": "1"})
+    cluster = ClusterDefault(broker)
+    cluster.alter([("log.retention.ms", "SET", "5400000")])
+    cluster.close()
+    values = [b"crash-%d " % i * 8 for i in range(3000)]
+    acked = {}
+    for topic in ("crash-zstd", "crash-flush"):
+        results = produce(broker.addr, topic, values, **{"compression.type": "lz4", "acks": "all"})
+        assert all(e is None for _, e in results)
+        acked[topic] = sorted(o for o, _ in results)
+        assert acked[topic] == list(range(len(values)))
+    broker.kill()
+    broker.start()
+    for topic in ("crash-zstd", "crash-flush"):
+        got = consume(broker.addr, topic, len(values))
+        assert [(m.offset(), m.value()) for m in got] == list(enumerate(values)), topic
+    assert set(stored_codecs(broker, "crash-zstd")) == {4}
+    admin = admin_of(broker)
+    assert describe(admin, ResourceType.TOPIC, "crash-zstd")["compression.type"].value == "zstd"
+    retention = describe(admin, ResourceType.TOPIC, "crash-flush")["retention.ms"]
+    assert (retention.value, retention.source) == ("5400000", ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG.value)
+    cluster = ClusterDefault(broker)
+    cluster.alter([("log.retention.ms", "DELETE", None)])
+    cluster.close()
