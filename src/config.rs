@@ -125,6 +125,15 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub index_interval_bytes: u64,
     pub write_buffer_bytes: usize,
+    /// Writes of one partition in flight at once: full write buffers go to
+    /// the disk as they fill, while earlier writes (and fdatasyncs) are
+    /// still running.
+    pub max_writes_in_flight_per_partition: usize,
+    /// Bytes a shard's partitions may hold appended but not yet written
+    /// (in write buffers, queued or in flight). Past it, an append waits for
+    /// its partition's writes, unless that partition holds less than one
+    /// write buffer.
+    pub write_memory_bytes_per_shard: u64,
     /// Busy segments are grown ahead of the writes in steps of this size (0: off).
     pub preallocate_step_bytes: u64,
     /// Tail cache per shard, shared out over its partitions.
@@ -242,6 +251,8 @@ impl Default for Config {
             max_message_bytes: log.max_message_bytes,
             index_interval_bytes: log.index_interval_bytes,
             write_buffer_bytes: log.write_buffer_bytes,
+            max_writes_in_flight_per_partition: log.max_writes_in_flight,
+            write_memory_bytes_per_shard: crate::storage::write_budget::DEFAULT_WRITE_MEMORY_BYTES_PER_SHARD,
             preallocate_step_bytes: log.preallocate_step_bytes,
             cache_bytes_per_shard: 64 << 20,
             max_open_segment_files_per_shard: crate::storage::open_files::DEFAULT_MAX_OPEN_SEGMENT_FILES,
@@ -328,6 +339,12 @@ impl Config {
         if self.queued_max_request_bytes == 0 || self.max_unsent_response_bytes == 0 {
             bail!("queued_max_request_bytes and max_unsent_response_bytes must be positive");
         }
+        if self.max_writes_in_flight_per_partition == 0 || self.max_writes_in_flight_per_partition > 64 {
+            bail!("max_writes_in_flight_per_partition must be 1 to 64");
+        }
+        if self.write_memory_bytes_per_shard < self.write_buffer_bytes as u64 {
+            bail!("write_memory_bytes_per_shard must be at least write_buffer_bytes");
+        }
         if self.max_open_segment_files_per_shard == 0 {
             bail!("max_open_segment_files_per_shard must be positive");
         }
@@ -406,6 +423,7 @@ impl Config {
             index_interval_bytes: self.index_interval_bytes,
             log_append_time: false,
             write_buffer_bytes: self.write_buffer_bytes,
+            max_writes_in_flight: self.max_writes_in_flight_per_partition,
             cache_bytes: self.cache_bytes_per_shard,
             preallocate_step_bytes: self.preallocate_step_bytes,
             compact: false,

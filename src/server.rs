@@ -79,6 +79,7 @@ pub async fn run_shard(
         std::process::exit(1);
     }
     crate::storage::open_files::set_max_open(config.max_open_segment_files_per_shard);
+    crate::storage::write_budget::set_limit(config.write_memory_bytes_per_shard);
     let inbox_broker = broker.clone();
     shard.serve_inbox(move |msg| inbox_broker.on_message(msg));
     if shard.id == crate::broker::admin::CONTROLLER_SHARD {

@@ -33,6 +33,8 @@ pub struct LogConfig {
     pub log_append_time: bool,
     /// Aligned write buffer per active segment.
     pub write_buffer_bytes: usize,
+    /// Writes of this partition in flight at once.
+    pub max_writes_in_flight: usize,
     /// Bound on the tail cache of this partition (unflushed batches always stay).
     pub cache_bytes: usize,
     /// Once a segment holds this many bytes, grow its file ahead of the writes
@@ -102,6 +104,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             log_append_time: false,
             write_buffer_bytes: 1 << 20,
+            max_writes_in_flight: 4,
             cache_bytes: 8 << 20,
             preallocate_step_bytes: 8 << 20,
             compact: false,
@@ -326,6 +329,21 @@ impl PartitionLog {
 
     pub fn pending_bytes(&self) -> usize {
         self.active().pending_bytes()
+    }
+
+    /// Appended bytes not yet known written (only the active segment has any).
+    pub fn unwritten_bytes(&self) -> u64 {
+        self.active().unwritten_bytes()
+    }
+
+    /// Appended bytes not yet handed to a flush job.
+    pub fn undispatched_bytes(&self) -> u64 {
+        self.active().undispatched_bytes()
+    }
+
+    /// Whether a whole write buffer waits to be written.
+    pub fn has_full_buffers(&self) -> bool {
+        self.active().has_full_buffers()
     }
 
     /// Checks every batch of a produce payload without storing anything;

@@ -18,6 +18,7 @@ pub mod recovery;
 pub mod replica_set;
 pub mod segment;
 pub mod truncate;
+pub mod write_budget;
 
 pub use log::{LogConfig, PartitionLog};
 pub use partition::{now_ms, Durability, Leadership, Partition, StorageError};

@@ -1,8 +1,8 @@
 //! Model-based property test of a partition: random sequences of concurrent
 //! produces (some dropped mid-way, as a closed connection drops them), small
 //! segments that roll every few batches, injected write/fallocate/fdatasync/
-//! open failures, crashes (all in-memory state dropped) and clean restarts,
-//! checked against a model: every acknowledged batch is readable at its
+//! open failures (with several writes in flight), crashes (all in-memory
+//! state dropped) and clean restarts, checked against a model: every acknowledged batch is readable at its
 //! offset, byte for byte, before and after every recovery, and no offset is
 //! handed out twice.
 
@@ -58,6 +58,9 @@ fn config() -> LogConfig {
     LogConfig {
         segment_bytes: 16 << 10,
         write_buffer_bytes: 8 << 10,
+        // Batches of up to 60 KB fill several buffers: jobs overlap, and a
+        // failure lands with writes after it still in flight.
+        max_writes_in_flight: 4,
         cache_bytes: 32 << 10,
         preallocate_step_bytes: 16 << 10,
         index_interval_bytes: 1024,

@@ -25,7 +25,8 @@ use super::batch::BatchError;
 use super::log::{cut_batches, AppendInfo, PartitionLog, ReadPlan, LOG_START_FILE};
 use super::open_files::SegmentFile;
 use super::replica_set::ReplicaSet;
-use super::segment::{fdatasync, read_at, Segment};
+use super::segment::{fdatasync, read_at, Flushed, Segment};
+use super::write_budget;
 use crate::metrics;
 
 #[derive(Debug)]
@@ -88,6 +89,24 @@ impl Waiters {
             let _ = waiter.send(Err(error.clone()));
         }
     }
+}
+
+/// A flush job running in its own task (several may run at once).
+struct InFlight {
+    /// The log end its writes make written.
+    offset: i64,
+    /// The block it writes partially; the next job's first write, which
+    /// rewrites that block, starts only once this job is done.
+    partial_block_at: Option<u64>,
+    done: Rc<JobDone>,
+}
+
+/// A flush job's result, and the wake-up of the job waiting to rewrite its
+/// partial block.
+#[derive(Default)]
+struct JobDone {
+    result: RefCell<Option<std::io::Result<Flushed>>>,
+    finished: Signal,
 }
 
 /// A wake-up for one waiting task; notifications before the wait are kept.
@@ -154,8 +173,11 @@ pub struct Partition {
     /// Fetches waiting for data past the high watermark; only live ones are
     /// kept, so the list is bounded by the fetches in flight.
     data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
-    /// Pending bytes past which an append first waits for the writer.
-    max_pending_bytes: usize,
+    /// Flush jobs in flight, oldest first: their results are applied in
+    /// this order, at most `LogConfig::max_writes_in_flight` of them.
+    in_flight: RefCell<VecDeque<InFlight>>,
+    /// Unwritten bytes last reported to the shard's write budget.
+    budget_bytes: Cell<u64>,
     /// Serialises log-start checkpoints and segment deletions.
     meta_lock: Semaphore,
     writer_running: Cell<bool>,
@@ -178,7 +200,6 @@ pub struct Partition {
 impl Partition {
     /// Wraps a recovered log and starts its writer task on this shard.
     pub fn start(log: PartitionLog) -> Rc<Partition> {
-        let max_pending_bytes = log.config.write_buffer_bytes * 4;
         let partition = Rc::new(Partition {
             log: RefCell::new(log),
             waiters: RefCell::default(),
@@ -188,7 +209,8 @@ impl Partition {
             offline: RefCell::new(None),
             stop: Cell::new(None),
             data_waiters: RefCell::new(Vec::new()),
-            max_pending_bytes,
+            in_flight: RefCell::new(VecDeque::new()),
+            budget_bytes: Cell::new(0),
             last_policy_flush_ms: Cell::new(now_ms()),
             meta_lock: Semaphore::new(1),
             writer_running: Cell::new(true),
@@ -303,13 +325,22 @@ impl Partition {
     }
 
     fn appended(&self, records: &Bytes, info: &AppendInfo) {
+        self.update_budget();
         self.write_signal.notify();
         metrics::bump(&self.counters.bytes_in, records.len() as u64);
         metrics::bump(&self.counters.records_in, (info.last_offset - info.base_offset + 1) as u64);
     }
 
+    /// Reports this partition's unwritten bytes to the shard's write budget.
+    fn update_budget(&self) {
+        let unwritten = self.log.borrow().unwritten_bytes();
+        write_budget::update(self.budget_bytes.replace(unwritten), unwritten);
+    }
+
     /// Waits until `bytes` taking `offsets` may be appended: no roll under
-    /// way or needed, unwritten bytes within bound.
+    /// way or needed, and the shard's write memory within its bound (a
+    /// partition holding less than one write buffer may always append, so
+    /// that one busy partition cannot stop the others).
     async fn wait_for_room(&self, bytes: usize, offsets: i64, now_ms: i64) -> Result<(), StorageError> {
         loop {
             self.check_online()?;
@@ -317,11 +348,11 @@ impl Partition {
                 self.roll().await?;
                 continue;
             }
-            let (pending, end) = {
+            let (unwritten, buffer_bytes, end) = {
                 let log = self.log.borrow();
-                (log.pending_bytes(), log.end_offset())
+                (log.unwritten_bytes(), log.config.write_buffer_bytes as u64, log.end_offset())
             };
-            if pending > self.max_pending_bytes {
+            if unwritten >= buffer_bytes && write_budget::would_exceed(bytes as u64) {
                 // Back-pressure: wait for the writer; a failed write is seen by the next pass.
                 let _ = self.wait_for(end - 1, false).await;
                 continue;
@@ -401,7 +432,8 @@ impl Partition {
     }
 
     /// The writer task: a write loop and a sync loop, so an fdatasync in
-    /// flight never holds up writes. Ends when the partition is stopped.
+    /// flight never holds up writes. Ends when the partition is stopped and
+    /// no write is in flight.
     async fn run_writer(self: Rc<Self>) {
         futures::join!(self.write_loop(), self.sync_loop());
         if self.stop.get() == Some(Stop::Close) {
@@ -413,43 +445,125 @@ impl Partition {
             let _ = waiter.send(Err(Rc::new(std::io::Error::other("partition closed"))));
         }
         self.waiters.replace(Waiters::default());
+        write_budget::update(self.budget_bytes.replace(0), 0);
         // Closed, moved or deleted: the shard keeps no handle of its files
         // (a deleted file's space is freed only once no descriptor is open).
         super::open_files::forget_dir(&self.log.borrow().dir);
         self.writer_running.set(false);
     }
 
-    async fn write_loop(&self) {
+    /// Starts flush jobs as batches are appended (several in flight) and
+    /// applies their results in order; rolls segments when asked.
+    async fn write_loop(self: &Rc<Self>) {
         loop {
             if self.rolling.get() {
                 let result = self.roll_segment().await;
                 self.finish_roll(result);
-            } else if !self.write_round().await {
-                if self.stop.get().is_some() {
-                    self.sync_signal.notify(); // let the sync loop see the stop
-                    return;
+                continue;
+            }
+            let reaped = self.reap_writes().await;
+            let started = self.start_writes();
+            if reaped || started {
+                continue;
+            }
+            if self.stop.get().is_some() && self.in_flight.borrow().is_empty() {
+                self.sync_signal.notify(); // let the sync loop see the stop
+                return;
+            }
+            self.write_signal.wait().await;
+        }
+    }
+
+    /// Starts what may be started; offline, drops what was appended since
+    /// the failure once nothing is in flight.
+    fn start_writes(self: &Rc<Self>) -> bool {
+        if self.offline.borrow().is_some() {
+            if self.in_flight.borrow().is_empty() {
+                self.drop_unwritten_while_offline();
+                self.update_budget();
+            }
+            return false;
+        }
+        self.dispatch_writes()
+    }
+
+    /// Starts flush jobs for what is appended, each in a task of its own, up
+    /// to the partition's bound of writes in flight; true if it started any.
+    fn dispatch_writes(self: &Rc<Self>) -> bool {
+        let mut started = false;
+        loop {
+            let limit = self.log.borrow().config.max_writes_in_flight;
+            if self.in_flight.borrow().len() >= limit || self.log.borrow().undispatched_bytes() == 0 {
+                return started;
+            }
+            let previous = self.in_flight.borrow().back().map(|w| (w.partial_block_at, w.done.clone()));
+            // Only a partial block to write, and the job before is writing
+            // it: wait for that job, so that one write then carries all
+            // that was appended meanwhile instead of one write per batch.
+            if previous.as_ref().is_some_and(|(partial, _)| partial.is_some()) && !self.log.borrow().has_full_buffers()
+            {
+                return started;
+            }
+            let (job, offset) = self.log.borrow_mut().begin_flush();
+            let Some(job) = job else { return started };
+            let after = previous.filter(|(partial, _)| *partial == Some(job.first_write_at())).map(|(_, done)| done);
+            let done = Rc::new(JobDone::default());
+            let partial_block_at = job.partial_block_at();
+            self.in_flight.borrow_mut().push_back(InFlight { offset, partial_block_at, done: done.clone() });
+            let partition = self.clone();
+            // Owned by the partition (detached): never cancelled, and always
+            // awaited (reaped) before a roll-back, a roll or the writer's end.
+            glommio::spawn_local(async move {
+                let first_write_after = async {
+                    if let Some(before) = after {
+                        before.finished.wait().await;
+                    }
+                };
+                let result = job.run(first_write_after).await;
+                done.result.replace(Some(result));
+                done.finished.notify();
+                partition.write_signal.notify();
+            })
+            .detach();
+            started = true;
+        }
+    }
+
+    /// Applies finished flush jobs in the order they were started; true if
+    /// any was. After a failed one, waits for every job still in flight and
+    /// rolls the log back to the last batch written before the failure.
+    async fn reap_writes(&self) -> bool {
+        let mut reaped = false;
+        loop {
+            let result = match self.in_flight.borrow().front() {
+                Some(job) => job.done.result.borrow_mut().take(),
+                None => None,
+            };
+            let Some(result) = result else { return reaped };
+            let job = self.in_flight.borrow_mut().pop_front().expect("checked non-empty");
+            reaped = true;
+            match result {
+                Ok(flushed) => {
+                    self.log.borrow_mut().finish_flush(flushed, job.offset);
+                    self.update_budget();
+                    self.written_up_to(job.offset);
                 }
-                self.write_signal.wait().await;
+                Err(e) => {
+                    self.drain_in_flight().await;
+                    self.write_failed(e).await;
+                    self.update_budget();
+                }
             }
         }
     }
 
-    /// Writes everything appended so far; false if there was nothing to write.
-    async fn write_round(&self) -> bool {
-        if self.offline.borrow().is_some() {
-            self.drop_unwritten_while_offline();
-            return false;
+    /// Waits until every flush job in flight has finished, and forgets them:
+    /// a write before theirs failed, so what they wrote is cut off.
+    async fn drain_in_flight(&self) {
+        while self.in_flight.borrow().iter().any(|job| job.done.result.borrow().is_none()) {
+            self.write_signal.wait().await;
         }
-        let (job, offset) = self.log.borrow_mut().begin_flush();
-        let Some(job) = job else { return false };
-        match job.run().await {
-            Ok(flushed) => {
-                self.log.borrow_mut().finish_flush(flushed, offset);
-                self.written_up_to(offset);
-            }
-            Err(e) => self.write_failed(e).await,
-        }
-        true
+        self.in_flight.borrow_mut().clear();
     }
 
     /// Offsets below `offset` are on disk: answer their waiters, wake fetches.
@@ -607,7 +721,7 @@ impl Partition {
     /// (`rolling`) from the request to the swap, which is one synchronous
     /// step: no append can land in a segment being sealed. A failure leaves
     /// the old segment active.
-    async fn roll_segment(&self) -> std::io::Result<()> {
+    async fn roll_segment(self: &Rc<Self>) -> std::io::Result<()> {
         self.write_all_appended().await?;
         let (dir, end, buffer_bytes, step) = {
             let log = self.log.borrow();
@@ -643,17 +757,25 @@ impl Partition {
     }
 
     /// Writes until everything appended is on disk (appends are held off).
-    async fn write_all_appended(&self) -> std::io::Result<()> {
+    async fn write_all_appended(self: &Rc<Self>) -> std::io::Result<()> {
         loop {
             if let Some(e) = &*self.offline.borrow() {
                 return Err(std::io::Error::new(e.kind(), e.to_string()));
             }
-            if self.log.borrow().flushed_offset() == self.log.borrow().end_offset() {
+            let reaped = self.reap_writes().await;
+            let written = {
+                let log = self.log.borrow();
+                log.flushed_offset() == log.end_offset()
+            };
+            if written && self.in_flight.borrow().is_empty() {
                 return Ok(());
             }
-            if !self.write_round().await {
-                // Unwritten offsets yet nothing to write: a broken invariant, never a spin.
-                return Err(std::io::Error::other("log end ahead of its pending bytes"));
+            if !self.dispatch_writes() && !reaped {
+                if self.in_flight.borrow().is_empty() {
+                    // Unwritten offsets yet nothing to write: a broken invariant, never a spin.
+                    return Err(std::io::Error::other("log end ahead of its pending bytes"));
+                }
+                self.write_signal.wait().await;
             }
         }
     }

@@ -75,6 +75,8 @@ pub struct Segment {
     pub size_bytes: u64,
     /// Bytes known written to the file (readable from disk).
     pub flushed_bytes: u64,
+    /// Bytes handed to flush jobs (written, or being written).
+    dispatched_bytes: u64,
     /// One past the last offset stored here.
     pub next_offset: i64,
     pub max_timestamp: i64,
@@ -115,6 +117,7 @@ impl Segment {
         let mut segment = Segment::with_file(dir, base_offset, file);
         segment.size_bytes = segment.own_file().file_size().await?;
         segment.flushed_bytes = segment.size_bytes;
+        segment.dispatched_bytes = segment.size_bytes;
         Ok(segment)
     }
 
@@ -135,6 +138,7 @@ impl Segment {
             file,
             size_bytes: 0,
             flushed_bytes: 0,
+            dispatched_bytes: 0,
             next_offset: base_offset,
             max_timestamp: -1,
             first_append_ms: None,
@@ -167,6 +171,8 @@ impl Segment {
         let mut current = self.own_file().alloc_dma_buffer(buffer_bytes);
         current.as_bytes_mut()[..head.len()].copy_from_slice(&head);
         let current_pos = align_down(self.size_bytes);
+        assert_eq!(self.flushed_bytes, self.size_bytes, "a segment resumes appending where its file ends");
+        self.dispatched_bytes = self.size_bytes;
         self.appender = Some(Appender {
             buffer_bytes,
             sealed: Vec::new(),
@@ -186,6 +192,21 @@ impl Segment {
     /// Appended bytes not yet handed to the disk.
     pub fn pending_bytes(&self) -> usize {
         self.appender.as_ref().map_or(0, Appender::pending_bytes)
+    }
+
+    /// Appended bytes not yet known written: pending, or in flight.
+    pub fn unwritten_bytes(&self) -> u64 {
+        self.size_bytes - self.flushed_bytes
+    }
+
+    /// Appended bytes not yet handed to a flush job.
+    pub fn undispatched_bytes(&self) -> u64 {
+        self.size_bytes - self.dispatched_bytes
+    }
+
+    /// Whether a whole write buffer waits to be written.
+    pub fn has_full_buffers(&self) -> bool {
+        self.appender.as_ref().is_some_and(|a| !a.sealed.is_empty())
     }
 
     /// Copies one batch (given as parts) to the end of the segment and indexes it.
@@ -254,12 +275,14 @@ impl Segment {
         self.bytes_since_index = 0;
     }
 
-    /// Takes every pending buffer for writing. Callers serialise flushes of one
-    /// segment (the partial tail block is rewritten by the next flush) and call
-    /// [`Segment::finish_flush`] with the job's result.
+    /// Takes every pending buffer for writing. Several jobs may be in flight;
+    /// callers call [`Segment::finish_flush`] with their results in the order
+    /// the jobs were taken, and start a job's first write only once the job
+    /// before has finished if that one wrote the same partial block
+    /// ([`FlushJob::partial_block_at`]).
     pub fn begin_flush(&mut self) -> Option<FlushJob> {
         let appender = self.appender.as_mut()?;
-        if self.size_bytes == self.flushed_bytes {
+        if self.size_bytes == self.dispatched_bytes {
             return None;
         }
         let mut writes = std::mem::take(&mut appender.sealed);
@@ -288,7 +311,11 @@ impl Segment {
         }
         let tail = (appender.current_pos, appender.current.as_bytes()[..appender.current_len].to_vec());
         debug_assert_eq!(tail.0 + tail.1.len() as u64, self.size_bytes, "the buffer ends at the logical size");
+        let first_write_at = writes.first().map_or(tail.0, |(pos, _)| *pos);
+        assert!(first_write_at == align_down(self.dispatched_bytes), "a job starts where the last one ended");
+        self.dispatched_bytes = self.size_bytes;
         Some(FlushJob {
+            first_write_at,
             file: self.own_file(),
             path: self.path(),
             writes,
@@ -323,6 +350,7 @@ impl Segment {
         // overwritten, and recovery would stop at it by CRC.
         appender.allocated_bytes = appender.allocated_bytes.min(self.flushed_bytes);
         self.size_bytes = self.flushed_bytes;
+        self.dispatched_bytes = self.flushed_bytes;
         self.next_offset = next_offset;
         self.index.truncate_from_position(self.flushed_bytes as u32);
     }
@@ -418,6 +446,9 @@ pub async fn probe_device(dir: &Path, shard: usize) -> std::io::Result<()> {
 
 /// Pending aligned writes of one segment, run without holding the log.
 pub struct FlushJob {
+    /// File position of the first write: the block the job before left
+    /// partial, if it did.
+    first_write_at: u64,
     file: Rc<DmaFile>,
     path: PathBuf,
     writes: Vec<(u64, DmaBuffer)>,
@@ -435,10 +466,22 @@ pub struct Flushed {
 }
 
 impl FlushJob {
-    /// Issues all writes at once (io_uring queues them) and waits for all of
-    /// them, even after one fails, so no write of this job is still in flight
-    /// when the caller acts on the result. A short write is an error.
-    pub async fn run(self) -> std::io::Result<Flushed> {
+    /// Where the next job's first write would rewrite a block this job
+    /// writes partially (zero-padded): that write must wait for this job,
+    /// since two O_DIRECT writes of one block in flight land in any order.
+    pub fn partial_block_at(&self) -> Option<u64> {
+        (!self.tail.1.is_empty()).then_some(self.tail.0)
+    }
+
+    pub fn first_write_at(&self) -> u64 {
+        self.first_write_at
+    }
+
+    /// Issues all writes at once (io_uring queues them), the first only once
+    /// `first_write_after` is ready, and waits for all of them, even after
+    /// one fails, so no write of this job is still in flight when the caller
+    /// acts on the result. A short write is an error.
+    pub async fn run(self, first_write_after: impl std::future::Future<Output = ()>) -> std::io::Result<Flushed> {
         let file = &self.file;
         if let Some(size) = self.allocate_to {
             // Only an optimisation (writes inside the file complete inline);
@@ -452,9 +495,19 @@ impl FlushJob {
             }
         }
         let path = &self.path;
-        let writes = self.writes.into_iter().map(|(pos, buf)| write_whole(file, path, buf, pos));
+        let mut writes = self.writes.into_iter();
+        let first = writes.next();
+        let first = async move {
+            first_write_after.await;
+            match first {
+                Some((pos, buf)) => write_whole(file, path, buf, pos).await,
+                None => Ok(()),
+            }
+        };
+        let rest = futures::future::join_all(writes.map(|(pos, buf)| write_whole(file, path, buf, pos)));
+        let (first, rest) = futures::join!(first, rest);
         let mut first_error = None;
-        for result in futures::future::join_all(writes).await {
+        for result in std::iter::once(first).chain(rest) {
             if let Err(e) = result {
                 first_error.get_or_insert(e);
             }
