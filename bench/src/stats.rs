@@ -329,6 +329,10 @@ pub struct PhaseReport {
     pub commit_latency: Option<Latency>,
     /// Messages per second in each 100 ms interval of the whole phase.
     pub rate_per_100ms: Vec<f64>,
+    /// The lowest of those rates over the measured window (its last,
+    /// partial interval left out), and how many of them were zero: a stall.
+    pub slowest_100ms_msgs_per_sec: f64,
+    pub zero_100ms_intervals: usize,
     /// Latency per interval of about a second, over the whole phase.
     pub latency_over_time: Vec<LatencyPoint>,
 }
@@ -344,7 +348,13 @@ impl PhaseReport {
         let measured_messages: u64 = stats.per_bucket.iter().skip(from).sum();
         let measured_bytes: u64 = stats.bytes_per_bucket.iter().skip(from).sum();
         let measured_seconds = timing.elapsed.saturating_sub(cut).as_secs_f64().max(1e-9);
+        let whole_buckets = (timing.elapsed.as_millis() as u64 / BUCKET_MS) as usize;
+        // Intervals past the last message counted are intervals at zero.
+        let measured_buckets = (from..whole_buckets).map(|i| stats.per_bucket.get(i).copied().unwrap_or(0));
+        let per_sec = |n: u64| n as f64 / BUCKET.as_secs_f64();
         PhaseReport {
+            slowest_100ms_msgs_per_sec: measured_buckets.clone().min().map_or(0.0, per_sec),
+            zero_100ms_intervals: measured_buckets.filter(|&n| n == 0).count(),
             phase: phase.to_string(),
             messages: stats.messages,
             bytes: stats.bytes,
@@ -359,7 +369,7 @@ impl PhaseReport {
             mb_per_sec: measured_bytes as f64 / measured_seconds / 1e6,
             latency: Latency::from(&stats.latency.measured(warm)),
             commit_latency: Latency::from(&stats.commit_latency.measured(warm)),
-            rate_per_100ms: stats.per_bucket.iter().map(|&n| n as f64 / BUCKET.as_secs_f64()).collect(),
+            rate_per_100ms: stats.per_bucket.iter().map(|&n| per_sec(n)).collect(),
             latency_over_time: series,
         }
     }
@@ -378,6 +388,10 @@ impl PhaseReport {
         println!(
             "{:<9} rates over {} msgs in the last {:.2} s (first {:.2} s left out as warm-up)",
             "", self.measured_messages, self.measured_seconds, self.warmup_secs
+        );
+        println!(
+            "{:<9} slowest 100 ms: {:.0} msgs/s; {} of 100 ms at zero",
+            "", self.slowest_100ms_msgs_per_sec, self.zero_100ms_intervals
         );
         if let Some(l) = &self.latency {
             println!(
@@ -497,6 +511,29 @@ mod tests {
         assert_eq!(report.warmup_secs, 0.6);
         assert_eq!(report.measured_messages, 140);
         assert_eq!(report.latency.unwrap().count, 140);
+    }
+
+    #[test]
+    fn stalls_are_counted_over_the_measured_window() {
+        let mut stats = WorkerStats::new(Warmup::new(1.0));
+        // Nothing during the warm-up's first half; a stall at 1.3-1.5 s; the
+        // phase runs 450 ms past its last message.
+        for i in (5..13).chain(15..20) {
+            stats.count(ms(i * 100), 10 + i, 0);
+        }
+        let timing = PhaseTiming { elapsed: ms(2450), joined: ms(0), warmup: Warmup::new(1.0), interrupted: false };
+        let report = PhaseReport::new("produce", &stats, timing, Vec::new());
+        assert_eq!(report.zero_100ms_intervals, 2 + 4, "the stall and the four whole intervals at the end");
+        assert_eq!(report.slowest_100ms_msgs_per_sec, 0.0);
+        let steady = PhaseTiming { elapsed: ms(2000), ..timing };
+        let report = PhaseReport::new("produce", &stats, steady, Vec::new());
+        assert_eq!(report.zero_100ms_intervals, 2);
+        let mut busy = WorkerStats::new(Warmup::new(1.0));
+        for i in 0..20 {
+            busy.count(ms(i * 100), 100 + i, 0);
+        }
+        let report = PhaseReport::new("produce", &busy, steady, Vec::new());
+        assert_eq!((report.zero_100ms_intervals, report.slowest_100ms_msgs_per_sec), (0, 1100.0));
     }
 
     #[test]
