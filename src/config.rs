@@ -105,6 +105,9 @@ pub struct Config {
     pub shutdown_drain_timeout_ms: u64,
     /// Connections per shard; more are refused.
     pub max_connections_per_shard: usize,
+    /// A shard that accepts a connection while another serves fewer hands
+    /// it over, so that a few connections do not all land on one core.
+    pub balance_connections: bool,
     /// Upper bound on a fetch's max_wait_ms.
     pub fetch_max_wait_cap_ms: u64,
     /// Incremental fetch sessions (KIP-227) each shard keeps
@@ -240,6 +243,7 @@ impl Default for Config {
             socket_request_read_timeout_ms: 30_000,
             shutdown_drain_timeout_ms: 10_000,
             max_connections_per_shard: 10_000,
+            balance_connections: true,
             fetch_max_wait_cap_ms: 30_000,
             max_incremental_fetch_session_cache_slots: 1000,
             max_incremental_fetch_session_partitions: 200_000,

@@ -232,10 +232,12 @@ fn start_broker_with(
     };
     let shard_config = config.clone();
     let barrier = Arc::new(spate::server::ShutdownBarrier::default());
+    let connection_counts = Arc::new(spate::server::ConnectionCounts::default());
     let shard_health = health.clone();
     let runtime = shards::ShardRuntime::start(&runtime_config, move |shard| {
         shard_health.set_shard_count(shard.count);
-        spate::server::run_shard(shard, shard_config.clone(), barrier.clone(), shard_health.clone())
+        let (config, barrier, counts) = (shard_config.clone(), barrier.clone(), connection_counts.clone());
+        spate::server::run_shard(shard, config, barrier, counts, shard_health.clone())
     })
     .context("starting shards")?;
     info!(shards = runtime.shard_count(), "shards started");

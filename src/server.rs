@@ -10,6 +10,7 @@
 //! closed by `connections_max_idle_ms` and `socket_request_read_timeout_ms`.
 //! On stop, connections take no new requests and finish the ones in flight.
 
+mod balance;
 mod wait;
 
 use std::cell::Cell;
@@ -37,6 +38,7 @@ use crate::config::Config;
 use crate::handlers::{self, AppliedWait, FrameError};
 use crate::metrics;
 use crate::protocol::Reply;
+pub use balance::ConnectionCounts;
 use wait::{ByteBudget, Charge, StopSignal};
 
 /// Socket read and write buffer sizes.
@@ -58,6 +60,8 @@ pub struct ShutdownBarrier {
 /// A shard's network state, shared by its connections.
 struct Net {
     broker: Rc<Broker>,
+    /// Every shard's connections, when `balance_connections` is on.
+    balance: Option<Arc<ConnectionCounts>>,
     /// Request bytes held on this shard (`queued_max_request_bytes`).
     request_budget: Rc<ByteBudget>,
     stop: StopSignal,
@@ -69,6 +73,7 @@ pub async fn run_shard(
     mut shard: shards::Shard<ShardMsg>,
     config: Arc<Config>,
     barrier: Arc<ShutdownBarrier>,
+    connection_counts: Arc<ConnectionCounts>,
     health: Arc<Health>,
 ) {
     let broker = Rc::new(Broker::new(shard.id, shard.count, config.clone(), shard.mailbox.clone()));
@@ -101,13 +106,20 @@ pub async fn run_shard(
     info!(shard = shard.id, listen = %config.listen, "listening");
     health.shard_listening();
     let request_budget = ByteBudget::reported(config.queued_max_request_bytes);
-    let net = Rc::new(Net { broker: broker.clone(), request_budget, stop: StopSignal::default() });
+    let balance = config.balance_connections.then_some(connection_counts);
+    let net = Rc::new(Net { broker: broker.clone(), balance, request_budget, stop: StopSignal::default() });
     let flusher = start_periodic_tasks(&broker);
+    let (handed_over, handed_over_queue) = glommio::channels::local_channel::new_unbounded();
+    broker.handed_over.replace(Some(handed_over));
+    let taker = glommio::spawn_local(take_handed_over(net.clone(), handed_over_queue));
     let acceptor = glommio::spawn_local(accept_loop(net.clone(), listener));
     shard.stopped().await;
     health.set_stopping();
-    // Dropping the task cancels the accept loop, which closes the listener.
+    // Dropping the tasks cancels the accept loop, which closes the listener,
+    // and closes connections other shards hand over from now on.
     drop(acceptor);
+    broker.handed_over.replace(None);
+    drop(taker);
     drain(&net, shard.count, &barrier).await;
     info!(shard = shard.id, "stopping: flushing partitions");
     drop(flusher);
@@ -250,17 +262,58 @@ async fn accept_loop(net: Rc<Net>, listener: TcpListener) {
             );
             continue;
         }
-        broker.connections.set(broker.connections.get() + 1);
         metrics::with(|m| metrics::bump(&m.connections_accepted, 1));
-        if let Ok(peer) = stream.peer_addr() {
-            debug!(%peer, connections = broker.connections.get(), "connection accepted");
+        let here = broker.shard_id;
+        match net.balance.as_ref().map(|counts| counts.choose(here, broker.shard_count)) {
+            Some(shard) if shard != here => hand_over(&net, stream, shard).await,
+            _ => serve_here(&net, stream),
         }
-        let net = net.clone();
-        glommio::spawn_local(async move {
-            serve_connection(&net, stream).await;
-            net.broker.connections.set(net.broker.connections.get() - 1);
-        })
-        .detach();
+    }
+}
+
+/// Serves a connection on this shard (counted in the shared counts already
+/// when balancing) until it ends.
+fn serve_here(net: &Rc<Net>, stream: TcpStream) {
+    let broker = &net.broker;
+    broker.connections.set(broker.connections.get() + 1);
+    if let Ok(peer) = stream.peer_addr() {
+        debug!(%peer, connections = broker.connections.get(), "connection accepted");
+    }
+    let net = net.clone();
+    glommio::spawn_local(async move {
+        serve_connection(&net, stream).await;
+        let broker = &net.broker;
+        broker.connections.set(broker.connections.get() - 1);
+        if let Some(counts) = &net.balance {
+            counts.release(broker.shard_id, broker.shard_count);
+        }
+    })
+    .detach();
+}
+
+/// Sends an accepted connection to `shard`, which serves fewer; if that
+/// fails, the connection is closed.
+async fn hand_over(net: &Net, stream: TcpStream, shard: usize) {
+    let broker = &net.broker;
+    let sent = match balance::into_socket(stream) {
+        Ok(socket) => broker.mailbox.send(shard, ShardMsg::Connection { socket }).await.map_err(|e| format!("{e:?}")),
+        Err(e) => Err(e.to_string()),
+    };
+    match sent {
+        Ok(()) => metrics::with(|m| metrics::bump(&m.connections_handed_over, 1)),
+        Err(e) => {
+            warn!(shard, "cannot hand a connection over: {e}; closed");
+            if let Some(counts) = &net.balance {
+                counts.release(shard, broker.shard_count);
+            }
+        }
+    }
+}
+
+/// Serves the connections other shards hand over to this one.
+async fn take_handed_over(net: Rc<Net>, queue: glommio::channels::local_channel::LocalReceiver<std::os::fd::OwnedFd>) {
+    while let Some(socket) = queue.recv().await {
+        serve_here(&net, balance::from_socket(socket));
     }
 }
 

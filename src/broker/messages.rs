@@ -129,6 +129,11 @@ pub enum ShardMsg {
     },
     /// From the controller at start: every shard has its partitions open.
     Start,
+    /// A client connection another shard accepted, for this one to serve
+    /// (it serves fewer).
+    Connection {
+        socket: std::os::fd::OwnedFd,
+    },
     /// To the coordinator of a group: the shard owning its offsets partition.
     Group {
         partition: i32,

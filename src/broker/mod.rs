@@ -54,6 +54,9 @@ pub struct Broker {
     /// Set once every shard has installed the first metadata snapshot.
     ready: Cell<bool>,
     pub connections: Cell<usize>,
+    /// Where connections handed over by other shards go: the server's
+    /// queue for them, while this shard serves clients.
+    pub handed_over: RefCell<Option<glommio::channels::local_channel::LocalSender<std::os::fd::OwnedFd>>>,
     /// This shard's unused producer ids: [next, end).
     producer_ids: Cell<(i64, i64)>,
     /// Shard 0: this node's controller (a voter of the quorum).
@@ -79,6 +82,7 @@ impl Broker {
             admin_lock: Semaphore::new(1),
             ready: Cell::new(false),
             connections: Cell::new(0),
+            handed_over: RefCell::new(None),
             producer_ids: Cell::new((0, 0)),
             controller: RefCell::new(None),
             groups: Coordinator::new(&config),
@@ -113,6 +117,14 @@ impl Broker {
             ShardMsg::Group { partition, op: GroupOp::Commit(args), reply } => {
                 return self.groups.commit(self, partition, args, reply);
             }
+            ShardMsg::Connection { socket } => {
+                // Unbounded: the shard that accepted it counts it against
+                // max_connections_per_shard. No queue (stopping): closed.
+                if let Some(queue) = self.handed_over.borrow().as_ref() {
+                    let _ = queue.try_send(socket);
+                }
+                return;
+            }
             msg => msg,
         };
         let broker = self.clone();
@@ -133,6 +145,7 @@ impl Broker {
                     let _ = reply.send(());
                 }
                 ShardMsg::Start => broker.ready.set(true),
+                ShardMsg::Connection { .. } => {} // taken above, without a task
                 ShardMsg::Group { partition, op, reply } => {
                     let _ = reply.send(broker.groups.run(&broker, partition, op).await);
                 }

@@ -156,11 +156,14 @@ impl Scrape {
 
     fn encode_shards(&self, e: &mut DescriptorEncoder) -> Result<(), Error> {
         type Count = fn(&ShardSnapshot) -> u64;
-        let shard_counters: [(&str, &str, Count); 6] = [
+        let shard_counters: [(&str, &str, Count); 7] = [
             ("spate_cache_hits", "Reads served from the tail cache.", |s| s.cache_hits),
             ("spate_cache_misses", "Reads that went to disk.", |s| s.cache_misses),
             ("spate_cross_shard_messages", "Actor messages received from other shards.", |s| s.cross_shard_messages),
             ("spate_connections_accepted", "Connections accepted.", |s| s.connections_accepted),
+            ("spate_connections_handed_over", "Accepted connections handed to a shard serving fewer.", |s| {
+                s.connections_handed_over
+            }),
             ("spate_connections_refused", "Connections refused at max_connections_per_shard.", |s| {
                 s.connections_refused
             }),

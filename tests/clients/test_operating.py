@@ -5,7 +5,9 @@ recovery is done), /v1/status and PUT /v1/log-level."""
 import json
 import os
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import time
 import urllib.error
@@ -130,6 +132,53 @@ def test_metrics_move_with_real_traffic(admin_broker):
     later = b.scrape()
     assert value(later, "spate_consumer_group_lag", group="metrics-group", topic=topic, partition="1") == 7
     consumer.close()
+
+
+def api_versions_answered(sock, correlation_id):
+    """Sends ApiVersions v0 on a raw socket and reads its answer whole."""
+    body = struct.pack(">hhih", 18, 0, correlation_id, 4) + b"test"
+    sock.sendall(struct.pack(">i", len(body)) + body)
+    size = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))[0]
+    answer = sock.recv(size, socket.MSG_WAITALL)
+    return len(answer) == size and struct.unpack(">ih", answer[:6]) == (correlation_id, 0)
+
+
+def test_connections_are_spread_over_the_shards():
+    """Connections all accepted by one shard's listener are handed to the
+    shard serving fewer (the kernel's SO_REUSEPORT hash spreads a few
+    connections unevenly): 8 connections from one client end up 4 and 4,
+    each answered by the shard now serving it, and a real producer works."""
+    b = AdminBroker(extra=["default_partitions=4"])
+    try:
+        deadline = time.time() + 10
+        while total(b.scrape(), "spate_connections") != 0:  # the start-up probe's connection
+            assert time.time() < deadline
+            time.sleep(0.05)
+        before = b.scrape()
+        sockets = [socket.create_connection(("127.0.0.1", b.port), timeout=10) for _ in range(4 * SHARDS)]
+        for i, sock in enumerate(sockets):
+            assert api_versions_answered(sock, 100 + i), f"connection {i} was not served"
+        samples = b.scrape()
+        per_shard = [value(samples, "spate_connections", shard=str(shard)) for shard in range(SHARDS)]
+        assert per_shard == [4] * SHARDS, per_shard
+        handed = total(samples, "spate_connections_handed_over_total") - total(before, "spate_connections_handed_over_total")
+        accepted = total(samples, "spate_connections_accepted_total") - total(before, "spate_connections_accepted_total")
+        assert accepted == 4 * SHARDS and 0 <= handed <= accepted, (accepted, handed)
+        for i, sock in enumerate(sockets):  # still served after the others arrived
+            assert api_versions_answered(sock, 200 + i)
+        for sock in sockets[:4]:
+            sock.close()
+        deadline = time.time() + 10
+        while sum(value(b.scrape(), "spate_connections", shard=str(s)) for s in range(SHARDS)) != 4:
+            assert time.time() < deadline, "closed connections are released"
+            time.sleep(0.05)
+        producer = Producer({"bootstrap.servers": b.addr, "acks": "all"})
+        delivered = []
+        for i in range(100):
+            producer.produce("spread", value=b"v%d" % i, on_delivery=lambda err, msg: delivered.append(err))
+        assert producer.flush(30) == 0 and delivered == [None] * 100
+    finally:
+        b.stop()
 
 
 def test_errors_are_counted_per_api(admin_broker):
