@@ -85,6 +85,10 @@ pub async fn run_shard(
     }
     crate::storage::open_files::set_max_open(config.max_open_segment_files_per_shard);
     crate::storage::write_budget::set_limit(config.write_memory_bytes_per_shard);
+    // Before the inbox: a shard that listens first may hand connections
+    // over at once; they wait here until this shard serves clients.
+    let (handed_over, handed_over_queue) = glommio::channels::local_channel::new_unbounded();
+    broker.handed_over.replace(Some(handed_over));
     let inbox_broker = broker.clone();
     shard.serve_inbox(move |msg| inbox_broker.on_message(msg));
     if shard.id == crate::broker::admin::CONTROLLER_SHARD {
@@ -109,8 +113,6 @@ pub async fn run_shard(
     let balance = config.balance_connections.then_some(connection_counts);
     let net = Rc::new(Net { broker: broker.clone(), balance, request_budget, stop: StopSignal::default() });
     let flusher = start_periodic_tasks(&broker);
-    let (handed_over, handed_over_queue) = glommio::channels::local_channel::new_unbounded();
-    broker.handed_over.replace(Some(handed_over));
     let taker = glommio::spawn_local(take_handed_over(net.clone(), handed_over_queue));
     let acceptor = glommio::spawn_local(accept_loop(net.clone(), listener));
     shard.stopped().await;
@@ -265,7 +267,7 @@ async fn accept_loop(net: Rc<Net>, listener: TcpListener) {
         metrics::with(|m| metrics::bump(&m.connections_accepted, 1));
         let here = broker.shard_id;
         match net.balance.as_ref().map(|counts| counts.choose(here, broker.shard_count)) {
-            Some(shard) if shard != here => hand_over(&net, stream, shard).await,
+            Some(shard) if shard != here => hand_over(&net, stream, shard),
             _ => serve_here(&net, stream),
         }
     }
@@ -291,20 +293,29 @@ fn serve_here(net: &Rc<Net>, stream: TcpStream) {
     .detach();
 }
 
-/// Sends an accepted connection to `shard`, which serves fewer; if that
-/// fails, the connection is closed.
-async fn hand_over(net: &Net, stream: TcpStream, shard: usize) {
+/// Sends an accepted connection to `shard`, which serves fewer, without
+/// waiting: if its mailbox is full, this shard serves the connection itself
+/// (the accept loop never waits for another shard).
+fn hand_over(net: &Rc<Net>, stream: TcpStream, shard: usize) {
     let broker = &net.broker;
-    let sent = match balance::into_socket(stream) {
-        Ok(socket) => broker.mailbox.send(shard, ShardMsg::Connection { socket }).await.map_err(|e| format!("{e:?}")),
-        Err(e) => Err(e.to_string()),
-    };
-    match sent {
-        Ok(()) => metrics::with(|m| metrics::bump(&m.connections_handed_over, 1)),
+    let counts = net.balance.as_ref().expect("only a balancing shard hands over");
+    let socket = match balance::into_socket(stream) {
+        Ok(socket) => socket,
         Err(e) => {
-            warn!(shard, "cannot hand a connection over: {e}; closed");
-            if let Some(counts) = &net.balance {
-                counts.release(shard, broker.shard_count);
+            warn!("cannot hand a connection over: {e}; closed");
+            counts.release(shard, broker.shard_count);
+            return;
+        }
+    };
+    match broker.mailbox.try_send(shard, ShardMsg::Connection { socket }) {
+        Ok(()) => metrics::with(|m| metrics::bump(&m.connections_handed_over, 1)),
+        Err(returned) => {
+            counts.release(shard, broker.shard_count);
+            if let Some(ShardMsg::Connection { socket }) = returned {
+                counts.add(broker.shard_id, broker.shard_count);
+                serve_here(net, balance::from_socket(socket));
+            } else {
+                warn!(shard, "cannot hand a connection over: the shard is gone; closed");
             }
         }
     }

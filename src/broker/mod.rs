@@ -54,6 +54,10 @@ pub struct Broker {
     /// Set once every shard has installed the first metadata snapshot.
     ready: Cell<bool>,
     pub connections: Cell<usize>,
+    /// Deleted partition directories being removed in the blocking pool:
+    /// shutdown waits for them (a shard gone before them leaves the pool's
+    /// answer nowhere to go, and glommio's pool thread then panics).
+    removals_in_flight: Rc<Cell<usize>>,
     /// Where connections handed over by other shards go: the server's
     /// queue for them, while this shard serves clients.
     pub handed_over: RefCell<Option<glommio::channels::local_channel::LocalSender<std::os::fd::OwnedFd>>>,
@@ -82,6 +86,7 @@ impl Broker {
             admin_lock: Semaphore::new(1),
             ready: Cell::new(false),
             connections: Cell::new(0),
+            removals_in_flight: Rc::new(Cell::new(0)),
             handed_over: RefCell::new(None),
             producer_ids: Cell::new((0, 0)),
             controller: RefCell::new(None),
@@ -118,8 +123,10 @@ impl Broker {
                 return self.groups.commit(self, partition, args, reply);
             }
             ShardMsg::Connection { socket } => {
-                // Unbounded: the shard that accepted it counts it against
-                // max_connections_per_shard. No queue (stopping): closed.
+                // Unbounded: only a shard serving fewer connections than the
+                // one that accepted it (under max_connections_per_shard) is
+                // sent one. No queue (stopping): closed, its count left to
+                // the process's end.
                 if let Some(queue) = self.handed_over.borrow().as_ref() {
                     let _ = queue.try_send(socket);
                 }
@@ -519,7 +526,13 @@ impl Broker {
             match glommio::executor().spawn_blocking(move || admin::rename_partition_dirs(&doomed)).await {
                 Ok(renamed) => {
                     let removal = glommio::executor().spawn_blocking(move || admin::remove_renamed_dirs(&renamed));
-                    glommio::spawn_local(removal).detach();
+                    let removals = self.removals_in_flight.clone();
+                    removals.set(removals.get() + 1);
+                    glommio::spawn_local(async move {
+                        removal.await;
+                        removals.set(removals.get() - 1);
+                    })
+                    .detach();
                 }
                 Err(e) => error!("deleting partition data: {e}"),
             }
@@ -607,6 +620,10 @@ impl Broker {
             if let Err(e) = partition.close().await {
                 error!(dir = %partition.log.borrow().dir.display(), "close failed: {e:?}");
             }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_millis(self.config.shutdown_drain_timeout_ms);
+        while self.removals_in_flight.get() > 0 && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
         }
     }
 

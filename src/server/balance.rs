@@ -45,6 +45,12 @@ impl ConnectionCounts {
         chosen
     }
 
+    /// Counts a connection `shard` serves though it was not chosen for it
+    /// (the chosen shard's mailbox was full).
+    pub fn add(&self, shard: usize, shard_count: usize) {
+        self.counts(shard_count)[shard].fetch_add(1, Ordering::AcqRel);
+    }
+
     /// A connection `shard` was chosen for has ended (or never started).
     pub fn release(&self, shard: usize, shard_count: usize) {
         let previous = self.counts(shard_count)[shard].fetch_sub(1, Ordering::AcqRel);
@@ -54,14 +60,15 @@ impl ConnectionCounts {
 
 /// Takes the socket out of an accepted stream, to send to another shard.
 pub fn into_socket(stream: TcpStream) -> std::io::Result<OwnedFd> {
-    // glommio's stream cannot give up its descriptor: keep a duplicate, and
-    // dropping the stream closes only the original.
-    let duplicate = unsafe { libc::dup(stream.as_raw_fd()) };
+    // glommio's stream cannot give up its descriptor: keep a duplicate
+    // (close-on-exec, as the original), and dropping the stream closes only
+    // the original.
+    let duplicate = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if duplicate < 0 {
         return Err(std::io::Error::last_os_error());
     }
     drop(stream);
-    // SAFETY: `dup` returned a new descriptor that nothing else owns.
+    // SAFETY: fcntl returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
 }
 

@@ -763,6 +763,9 @@ impl Partition {
                 return Err(std::io::Error::new(e.kind(), e.to_string()));
             }
             let reaped = self.reap_writes().await;
+            if self.offline.borrow().is_some() {
+                continue; // a device failure while reaping: refused above
+            }
             let written = {
                 let log = self.log.borrow();
                 log.flushed_offset() == log.end_offset()
