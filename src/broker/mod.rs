@@ -455,6 +455,11 @@ impl Broker {
             };
             let mut log_config = metadata::log_config(&self.config.log_defaults(), configs);
             log_config.cache_bytes = cache_bytes;
+            if topic.name == OFFSETS_TOPIC {
+                // On every install, not only at open: a later install
+                // replacing the config must not give it 1 MiB again.
+                log_config.write_buffer_bytes = OFFSETS_WRITE_BUFFER_BYTES;
+            }
             let leader_epoch = topic.partition(*p).leader_epoch;
             if let Some(existing) = self.local_partition(&tp) {
                 {
@@ -464,9 +469,6 @@ impl Broker {
                 }
                 crate::replication::install_partition(self, topic, *p, &existing).await;
                 continue;
-            }
-            if topic.name == OFFSETS_TOPIC {
-                log_config.write_buffer_bytes = OFFSETS_WRITE_BUFFER_BYTES;
             }
             let dir = self.config.data_dir.join(topic.dir_name(*p));
             match storage::open_log(&dir, log_config, leader_epoch).await {
