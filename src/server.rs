@@ -266,9 +266,12 @@ async fn accept_loop(net: Rc<Net>, listener: TcpListener) {
         }
         metrics::with(|m| metrics::bump(&m.connections_accepted, 1));
         let here = broker.shard_id;
-        match net.balance.as_ref().map(|counts| counts.choose(here, broker.shard_count)) {
-            Some(shard) if shard != here => hand_over(&net, stream, shard),
-            _ => serve_here(&net, stream),
+        match &net.balance {
+            Some(counts) => match counts.choose(here, broker.shard_count) {
+                shard if shard != here => hand_over(&net, counts, stream, shard),
+                _ => serve_here(&net, stream),
+            },
+            None => serve_here(&net, stream),
         }
     }
 }
@@ -296,9 +299,8 @@ fn serve_here(net: &Rc<Net>, stream: TcpStream) {
 /// Sends an accepted connection to `shard`, which serves fewer, without
 /// waiting: if its mailbox is full, this shard serves the connection itself
 /// (the accept loop never waits for another shard).
-fn hand_over(net: &Rc<Net>, stream: TcpStream, shard: usize) {
+fn hand_over(net: &Rc<Net>, counts: &ConnectionCounts, stream: TcpStream, shard: usize) {
     let broker = &net.broker;
-    let counts = net.balance.as_ref().expect("only a balancing shard hands over");
     let socket = match balance::into_socket(stream) {
         Ok(socket) => socket,
         Err(e) => {

@@ -327,10 +327,6 @@ impl PartitionLog {
         self.active().base_offset
     }
 
-    pub fn pending_bytes(&self) -> usize {
-        self.active().pending_bytes()
-    }
-
     /// Appended bytes not yet known written (only the active segment has any).
     pub fn unwritten_bytes(&self) -> u64 {
         self.active().unwritten_bytes()

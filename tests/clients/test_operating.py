@@ -166,7 +166,8 @@ def test_connections_are_spread_over_the_shards():
         assert accepted == 4 * SHARDS and 0 <= handed <= accepted, (accepted, handed)
         for i, sock in enumerate(sockets):  # still served after the others arrived
             assert api_versions_answered(sock, 200 + i)
-        for sock in sockets[:4]:
+        for sock in sockets[:4]:  # rudely: a reset, not a FIN
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
         deadline = time.time() + 10
         while sum(value(b.scrape(), "spate_connections", shard=str(s)) for s in range(SHARDS)) != 4:
