@@ -100,9 +100,13 @@ fn varint_len(v: i64) -> usize {
     (64 - z.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// Accumulates records for one batch.
+/// Accumulates records for one batch. The buffer starts with room for the
+/// batch header, so an uncompressed batch is finished in place: the records
+/// are copied once, when pushed.
 pub struct BatchBuilder {
-    records: BytesMut,
+    /// The header's room, then the records.
+    buf: BytesMut,
+    capacity_bytes: usize,
     count: i32,
     first_timestamp: i64,
     max_timestamp: i64,
@@ -110,12 +114,19 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn new(capacity_bytes: usize) -> BatchBuilder {
-        BatchBuilder {
-            records: BytesMut::with_capacity(capacity_bytes),
-            count: 0,
-            first_timestamp: 0,
-            max_timestamp: 0,
-        }
+        let mut builder =
+            BatchBuilder { buf: BytesMut::new(), capacity_bytes, count: 0, first_timestamp: 0, max_timestamp: 0 };
+        builder.reset();
+        builder
+    }
+
+    /// Empties the builder; a fresh buffer when the last one was handed out.
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.buf.reserve(BATCH_HEADER_BYTES + self.capacity_bytes);
+        self.buf.put_bytes(0, BATCH_HEADER_BYTES);
+        self.count = 0;
+        self.max_timestamp = 0;
     }
 
     pub fn len(&self) -> i32 {
@@ -126,8 +137,9 @@ impl BatchBuilder {
         self.count == 0
     }
 
+    /// Record bytes pushed (the header not counted).
     pub fn bytes(&self) -> usize {
-        self.records.len()
+        self.buf.len() - BATCH_HEADER_BYTES
     }
 
     /// Whether one more record with this key and value keeps the records
@@ -158,45 +170,58 @@ impl BatchBuilder {
             + varint_len(value.len() as i64)
             + value.len()
             + 1;
-        put_varint(&mut self.records, body as i64);
-        self.records.put_u8(0); // attributes
-        put_varint(&mut self.records, ts_delta);
-        put_varint(&mut self.records, offset_delta);
-        put_varint(&mut self.records, key_len);
+        put_varint(&mut self.buf, body as i64);
+        self.buf.put_u8(0); // attributes
+        put_varint(&mut self.buf, ts_delta);
+        put_varint(&mut self.buf, offset_delta);
+        put_varint(&mut self.buf, key_len);
         if let Some(k) = key {
-            self.records.put_slice(k);
+            self.buf.put_slice(k);
         }
-        put_varint(&mut self.records, value.len() as i64);
-        self.records.put_slice(value);
-        put_varint(&mut self.records, 0); // headers
+        put_varint(&mut self.buf, value.len() as i64);
+        self.buf.put_slice(value);
+        put_varint(&mut self.buf, 0); // headers
         self.count += 1;
     }
 
     /// Finishes the batch (compressing the records) and resets the builder.
     pub fn finish(&mut self, codec: Codec) -> Result<Bytes> {
         assert!(self.count > 0, "a batch holds at least one record");
-        let body = codec.compress(&self.records)?;
-        let mut b = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
-        b.put_i64(0); // base offset: the broker assigns it
-        b.put_i32((49 + body.len()) as i32);
-        b.put_i32(-1); // partition leader epoch
-        b.put_i8(2); // magic
-        b.put_u32(0); // crc, below
-        b.put_i16(codec.attribute());
-        b.put_i32(self.count - 1);
-        b.put_i64(self.first_timestamp);
-        b.put_i64(self.max_timestamp);
-        b.put_i64(-1); // producer id
-        b.put_i16(-1);
-        b.put_i32(-1);
-        b.put_i32(self.count);
-        b.put_slice(&body);
-        let crc = crc32c::crc32c(&b[21..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        self.records.clear();
-        self.count = 0;
-        self.max_timestamp = 0;
-        Ok(b.freeze())
+        let mut batch = match codec {
+            Codec::None => self.buf.split(),
+            _ => {
+                let body = codec.compress(&self.buf[BATCH_HEADER_BYTES..])?;
+                let mut b = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
+                b.put_bytes(0, BATCH_HEADER_BYTES);
+                b.put_slice(&body);
+                b
+            }
+        };
+        self.write_header(&mut batch, codec);
+        self.reset();
+        Ok(batch.freeze())
+    }
+
+    /// Fills in the header of `batch` (header room, then the records section).
+    fn write_header(&self, batch: &mut BytesMut, codec: Codec) {
+        let body_bytes = batch.len() - BATCH_HEADER_BYTES;
+        let mut h = &mut batch[..BATCH_HEADER_BYTES];
+        h.put_i64(0); // base offset: the broker assigns it
+        h.put_i32((49 + body_bytes) as i32);
+        h.put_i32(-1); // partition leader epoch
+        h.put_i8(2); // magic
+        h.put_u32(0); // crc, below
+        h.put_i16(codec.attribute());
+        h.put_i32(self.count - 1);
+        h.put_i64(self.first_timestamp);
+        h.put_i64(self.max_timestamp);
+        h.put_i64(-1); // producer id
+        h.put_i16(-1);
+        h.put_i32(-1);
+        h.put_i32(self.count);
+        debug_assert!(h.is_empty());
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
     }
 }
 
