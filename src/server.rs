@@ -667,18 +667,18 @@ async fn read_frame_body(
     let mut filled = 0;
     while filled < len {
         if filled == frame.len() {
-            if reader.buffer().is_empty() {
+            // Asking the kernel costs a syscall: not when the rest is buffered here.
+            let buffered = reader.buffer().len();
+            let mut arrived = if buffered >= len - filled { buffered } else { buffered + queued_in_kernel(conn.fd) };
+            if arrived == 0 {
                 // Wait for bytes in the socket buffer before allocating for them.
                 match race(reader.fill_buf(), left(deadline), conn.writer_gone.raised()).await {
                     Woke::Done(Ok([])) | Woke::Done(Err(_)) => return closed_mid_frame(conn),
-                    Woke::Done(Ok(_)) => {}
+                    Woke::Done(Ok(got)) => arrived = got.len(),
                     Woke::TimedOut => return frame_timed_out(conn, filled, len),
                     Woke::Stopping => return None,
                 }
             }
-            // Asking the kernel costs a syscall: not when the rest is buffered here.
-            let buffered = reader.buffer().len();
-            let arrived = if buffered >= len - filled { buffered } else { buffered + queued_in_kernel(conn.fd) };
             let target = next_frame_capacity(filled, len, arrived);
             // The wait for the budget counts against the frame's time too:
             // otherwise half-sent frames holding all of it would wedge the shard.
@@ -691,7 +691,9 @@ async fn read_frame_body(
             frame.resize(target, 0);
         }
         let read = if reader.buffer().is_empty() {
-            race(reader.read(&mut frame[filled..]), left(deadline), conn.writer_gone.raised()).await
+            // Straight from the socket into the frame: through the buffer
+            // would copy every byte of a produce twice.
+            race(reader.get_mut().read(&mut frame[filled..]), left(deadline), conn.writer_gone.raised()).await
         } else {
             Woke::Done(reader.read(&mut frame[filled..]).await)
         };

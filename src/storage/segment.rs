@@ -37,6 +37,12 @@ fn align_up(v: u64) -> u64 {
     align_down(v + BLOCK_BYTES - 1)
 }
 
+/// From this many buffered bytes on (or half the buffer, if less), a flush
+/// writes the write buffer itself and starts a fresh one, rather than a copy
+/// of its used part: a copy of a mostly full 1 MiB buffer costs more CPU
+/// than allocating another.
+const HAND_OVER_MIN_BYTES: usize = 64 << 10;
+
 fn align_up_to(v: u64, step: u64) -> u64 {
     v.div_ceil(step) * step
 }
@@ -287,18 +293,26 @@ impl Segment {
         }
         let mut writes = std::mem::take(&mut appender.sealed);
         if appender.current_len > 0 {
-            // Copy the used part of the buffer, zero-padded to a block, and
-            // write that; the buffer itself stays, keeping only its last,
-            // partial block. No buffer-sized allocation per flush.
-            let len = appender.current_len;
-            let padded = align_up(len as u64) as usize;
             let file = self.file.as_ref().expect("an appending segment holds its file");
-            let mut out = file.alloc_dma_buffer(padded);
-            out.as_bytes_mut()[..len].copy_from_slice(&appender.current.as_bytes()[..len]);
-            out.as_bytes_mut()[len..].fill(0);
-            writes.push((appender.current_pos, out));
+            let len = appender.current_len;
             let keep_from = align_down(len as u64) as usize;
-            appender.current.as_bytes_mut().copy_within(keep_from..len, 0);
+            let mut out = if len >= HAND_OVER_MIN_BYTES.min(appender.buffer_bytes / 2) {
+                // The buffer itself is written; a fresh one takes over with
+                // just the partial last block, so the bytes are not copied again.
+                let mut fresh = file.alloc_dma_buffer(appender.buffer_bytes);
+                fresh.as_bytes_mut()[..len - keep_from].copy_from_slice(&appender.current.as_bytes()[keep_from..len]);
+                let mut out = std::mem::replace(&mut appender.current, fresh);
+                out.trim_to_size(align_up(len as u64) as usize);
+                out
+            } else {
+                // Little to write: a copy of it, and the buffer stays.
+                let mut out = file.alloc_dma_buffer(align_up(len as u64) as usize);
+                out.as_bytes_mut()[..len].copy_from_slice(&appender.current.as_bytes()[..len]);
+                appender.current.as_bytes_mut().copy_within(keep_from..len, 0);
+                out
+            };
+            out.as_bytes_mut()[len..].fill(0); // the padding of the partial block
+            writes.push((appender.current_pos, out));
             appender.current_pos += keep_from as u64;
             appender.current_len = len - keep_from;
         }
