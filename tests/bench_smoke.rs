@@ -51,6 +51,8 @@ fn embedded_all_modes_with_plot() {
     assert_eq!((acks_all["messages"].as_u64(), acks_all["errors"].as_u64()), (Some(200_000), Some(0)));
     assert!(report["machine"]["disk"]["write_mib_per_sec"].as_f64().unwrap() > 0.0, "the data directory is probed");
     assert!(phase(&report, "produce")["zero_100ms_intervals"].as_u64().is_some());
+    let e2e_max = phase(&report, "e2e-max");
+    assert!(e2e_max["msgs_per_sec"].as_f64().unwrap() > 0.0, "e2e's own sustainable rate is measured");
     let e2e = phase(&report, "e2e");
     assert!(e2e["messages"].as_u64().unwrap() > 0 && e2e["latency"]["p99_us"].as_u64().is_some());
     assert!(phase(&report, "produce")["latency"]["p50_us"].as_u64().unwrap() > 0);

@@ -51,9 +51,10 @@ pub struct BenchArgs {
     /// What to measure: produce; consume (fill the topic, then read back
     /// what this run wrote); e2e (produce and consume at once: latency from
     /// send to receipt); all (produce, produce again with acks=all unless
-    /// --acks all was asked, consume what the first produced, then e2e at
-    /// half the first produce rate); commit (OffsetCommit requests per
-    /// second).
+    /// --acks all was asked, consume what the first produced, then e2e-max:
+    /// produce and consume at once as fast as they go, the rate e2e
+    /// sustains, then e2e at half that rate, or at half --rate if given);
+    /// commit (OffsetCommit requests per second).
     #[arg(default_value = "all")]
     pub mode: String,
     /// A preset workload: many-producers (64 producers), keyed (10,000
@@ -781,6 +782,8 @@ fn go_on(phases: &[PhaseReport]) -> bool {
 
 /// The phase of `all` that produces again with acks=all.
 const ACKS_ALL_PHASE: &str = "acks-all";
+/// `all`'s closed-loop e2e phase: the rate e2e sustains, halved for the e2e phase.
+const E2E_MAX_PHASE: &str = "e2e-max";
 
 impl Phases<'_> {
     fn all(&self) -> Result<Vec<PhaseReport>> {
@@ -791,7 +794,7 @@ impl Phases<'_> {
         }
         match w.mode.as_str() {
             "produce" => phases.push(self.produce("produce", w, w.rate)?),
-            "e2e" => phases.push(self.e2e(w, w.rate)?),
+            "e2e" => phases.push(self.e2e("e2e", w, w.rate)?),
             "commit" => phases.push(self.commit()?),
             "consume" => {
                 phases.push(self.produce("fill", w, None)?);
@@ -808,14 +811,24 @@ impl Phases<'_> {
                 if go_on(&phases) {
                     phases.push(self.consume(produced)?);
                 }
+                let e2e = Workload {
+                    messages: None,
+                    duration_secs: Some(w.duration_secs.unwrap_or(5.0)),
+                    linger_ms: w.e2e_linger_ms,
+                    ..w.clone()
+                };
+                // The e2e phase runs at half the rate e2e itself sustains
+                // (producers and consumers at once, as the OpenMessaging
+                // Benchmark finds its maximum): with consumers on the same
+                // cores, half the produce phase's rate can be past it.
+                let mut e2e_rate = w.rate.map(|r| r / 2.0);
+                if go_on(&phases) && e2e_rate.is_none() {
+                    let max = self.e2e(E2E_MAX_PHASE, &e2e, None)?;
+                    e2e_rate = Some(if max.msgs_per_sec > 0.0 { max.msgs_per_sec } else { rate } / 2.0);
+                    phases.push(max);
+                }
                 if go_on(&phases) {
-                    let e2e = Workload {
-                        messages: None,
-                        duration_secs: Some(w.duration_secs.unwrap_or(5.0)),
-                        linger_ms: w.e2e_linger_ms,
-                        ..w.clone()
-                    };
-                    phases.push(self.e2e(&e2e, Some(w.rate.unwrap_or(rate) / 2.0))?);
+                    phases.push(self.e2e("e2e", &e2e, e2e_rate)?);
                 }
             }
         }
@@ -828,6 +841,7 @@ impl Phases<'_> {
             joined,
             warmup: self.warmup,
             interrupted: signals::interrupted().is_some(),
+            load_ended: None,
         }
     }
 
@@ -921,7 +935,7 @@ impl Phases<'_> {
 
     /// Producers and consumers at once; latency from the send time stamped
     /// in each message to its receipt.
-    fn e2e(&self, w: &Workload, rate: Option<f64>) -> Result<PhaseReport> {
+    fn e2e(&self, name: &str, w: &Workload, rate: Option<f64>) -> Result<PhaseReport> {
         let starts = latest_offsets(w, self.layout)?;
         let shared = Arc::new(Shared::new(self.warmup));
         let consumers = consumer_plans(w, self.layout, &starts, None, true);
@@ -937,9 +951,10 @@ impl Phases<'_> {
             Workers::start("produce", producers.len(), &w.worker_cores, &producer_shared, move |i, stats| {
                 workers::run_producer(producers[i].clone(), ps.clone(), stats)
             })?;
-        let mut watch = Watch::new(&shared, "e2e", w.message_bytes, self.progress);
+        let mut watch = Watch::new(&shared, name, w.message_bytes, self.progress);
         watch.wait_while(|| producer_workers.running());
         let produced = producer_workers.join(self.warmup);
+        let load_ended = shared.started.elapsed();
         shared.producers_finished.store(true, Ordering::Release);
         // Consumers drain what was acknowledged, for at most 30 s.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -959,8 +974,8 @@ impl Phases<'_> {
             );
             consumed.errors += 1;
         }
-        let timing = self.timing(&shared, Duration::ZERO);
-        Ok(PhaseReport::new("e2e", &consumed, timing, watch.finish()))
+        let timing = PhaseTiming { load_ended: Some(load_ended), ..self.timing(&shared, Duration::ZERO) };
+        Ok(PhaseReport::new(name, &consumed, timing, watch.finish()))
     }
 }
 

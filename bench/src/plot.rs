@@ -319,6 +319,7 @@ mod tests {
             joined: Duration::ZERO,
             warmup: Warmup::new(0.5),
             interrupted: false,
+            load_ended: None,
         };
         let series = if with_latency {
             (1..=3)

@@ -300,6 +300,9 @@ pub struct PhaseTiming {
     pub warmup: Warmup,
     /// Stopped early by SIGINT or SIGTERM.
     pub interrupted: bool,
+    /// e2e: when the producers stopped. The consumers' drain after it is no
+    /// stall: the intervals checked for stalls end here.
+    pub load_ended: Option<Duration>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -348,7 +351,8 @@ impl PhaseReport {
         let measured_messages: u64 = stats.per_bucket.iter().skip(from).sum();
         let measured_bytes: u64 = stats.bytes_per_bucket.iter().skip(from).sum();
         let measured_seconds = timing.elapsed.saturating_sub(cut).as_secs_f64().max(1e-9);
-        let whole_buckets = (timing.elapsed.as_millis() as u64 / BUCKET_MS) as usize;
+        let load_ended = timing.load_ended.map_or(timing.elapsed, |end| end.min(timing.elapsed));
+        let whole_buckets = (load_ended.as_millis() as u64 / BUCKET_MS) as usize;
         // Intervals past the last message counted are intervals at zero.
         let measured_buckets = (from..whole_buckets).map(|i| stats.per_bucket.get(i).copied().unwrap_or(0));
         let per_sec = |n: u64| n as f64 / BUCKET.as_secs_f64();
@@ -497,7 +501,7 @@ mod tests {
             stats.count(ms(i * 100), 10, 1000);
             stats.latency(ms(i * 100 + 50), 100, 10);
         }
-        let timing = PhaseTiming { elapsed: ms(2000), joined: ms(0), warmup, interrupted: false };
+        let timing = PhaseTiming { elapsed: ms(2000), joined: ms(0), warmup, interrupted: false, load_ended: None };
         let report = PhaseReport::new("produce", &stats, timing, Vec::new());
         assert_eq!((report.messages, report.measured_messages), (200, 100));
         assert_eq!(report.warmup_secs, 1.0);
@@ -521,7 +525,13 @@ mod tests {
         for i in (5..13).chain(15..20) {
             stats.count(ms(i * 100), 10 + i, 0);
         }
-        let timing = PhaseTiming { elapsed: ms(2450), joined: ms(0), warmup: Warmup::new(1.0), interrupted: false };
+        let timing = PhaseTiming {
+            elapsed: ms(2450),
+            joined: ms(0),
+            warmup: Warmup::new(1.0),
+            interrupted: false,
+            load_ended: None,
+        };
         let report = PhaseReport::new("produce", &stats, timing, Vec::new());
         assert_eq!(report.zero_100ms_intervals, 2 + 4, "the stall and the four whole intervals at the end");
         assert_eq!(report.slowest_100ms_msgs_per_sec, 0.0);
@@ -534,6 +544,17 @@ mod tests {
         }
         let report = PhaseReport::new("produce", &busy, steady, Vec::new());
         assert_eq!((report.zero_100ms_intervals, report.slowest_100ms_msgs_per_sec), (0, 1100.0));
+        // e2e: the producers stopped at 2.0 s; the consumers drained a few
+        // messages until 2.45 s: no stall, and the drain's rate is no interval's.
+        let mut e2e = WorkerStats::new(Warmup::new(1.0));
+        for i in 0..20 {
+            e2e.count(ms(i * 100), 100 + i, 0);
+        }
+        e2e.count(ms(2050), 3, 0);
+        let drained = PhaseTiming { elapsed: ms(2450), load_ended: Some(ms(2000)), ..steady };
+        let report = PhaseReport::new("e2e", &e2e, drained, Vec::new());
+        assert_eq!((report.zero_100ms_intervals, report.slowest_100ms_msgs_per_sec), (0, 1100.0));
+        assert_eq!(report.measured_messages, (10..20).map(|i| 100 + i).sum::<u64>() + 3, "the drain still counts");
     }
 
     #[test]
