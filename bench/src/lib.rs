@@ -592,7 +592,7 @@ fn print_report(report: &Report) {
         {
             let share = 100.0 * mib_per_sec / disk.write_mib_per_sec;
             println!(
-                "{:<9} {mib_per_sec:.0} MiB/s = {share:.0}% of the device's {:.0} MiB/s",
+                "{:<9} {mib_per_sec:.0} MiB/s = {share:.1}% of the device's {:.0} MiB/s",
                 "", disk.write_mib_per_sec
             );
         }
