@@ -266,12 +266,9 @@ async fn accept_loop(net: Rc<Net>, listener: TcpListener) {
         }
         metrics::with(|m| metrics::bump(&m.connections_accepted, 1));
         let here = broker.shard_id;
-        match &net.balance {
-            Some(counts) => match counts.choose(here, broker.shard_count) {
-                shard if shard != here => hand_over(&net, counts, stream, shard),
-                _ => serve_here(&net, stream),
-            },
-            None => serve_here(&net, stream),
+        match net.balance.as_ref().map(|counts| (counts, counts.choose(here, broker.shard_count))) {
+            Some((counts, shard)) if shard != here => hand_over(&net, counts, stream, shard),
+            _ => serve_here(&net, stream),
         }
     }
 }

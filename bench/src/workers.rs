@@ -197,7 +197,7 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>, stats: Thread
         // message's batch is full (`blocked`), or nothing is due.
         let (mut filled, mut blocked) = (false, false);
         while !finishing && !filled && generated < due_total && plan.messages.is_none_or(|n| generated < n) {
-            let due_ns = due_step_ns.map_or(elapsed_ns, |step| ((generated as f64 * step) as u64).min(elapsed_ns));
+            let due_ns = due_step_ns.map_or(elapsed_ns, |step| due_after_ns(step, generated).min(elapsed_ns));
             let due = start + Duration::from_nanos(due_ns);
             let (slot, key) = choose_partition(&plan, &mut rng, &mut sticky, &pending, full);
             let p = &mut pending[slot];
@@ -231,7 +231,7 @@ pub async fn run_producer(plan: ProducerPlan, shared: Arc<Shared>, stats: Thread
                 let room = cap.saturating_sub(pending[sticky].builder.bytes());
                 (room / (plan.message_bytes + MAX_RECORD_OVERHEAD)) as u64 + 1
             });
-            glommio::timer::sleep(next_wake(&plan, start, generated, &pending, until_full)).await;
+            glommio::timer::sleep(next_wake(&plan, due_step_ns, start, generated, &pending, until_full)).await;
             continue;
         }
         // Send when a slot is free; while none is, keep filling other
@@ -365,6 +365,12 @@ fn counted_key(x: u64, n: u64, mine: &[i32], total: i32) -> (usize, u64) {
     }
 }
 
+/// Open loop: when message `k` is due, in nanoseconds after the start, at
+/// `step_ns` nanoseconds per message.
+fn due_after_ns(step_ns: f64, k: u64) -> u64 {
+    (k as f64 * step_ns) as u64
+}
+
 /// Open loop: the shortest sleep between generation steps (each message is
 /// still stamped with its own due time). A wake-up per due message cost the
 /// generator half a core of timer syscalls at 200 k msgs/s, taken from the
@@ -381,6 +387,7 @@ const GENERATE_STEP: Duration = Duration::from_micros(100);
 /// Closed loop: until the oldest open batch reaches its linger. At most 1 ms.
 fn next_wake(
     plan: &ProducerPlan,
+    due_step_ns: Option<f64>,
     start: Instant,
     generated: u64,
     pending: &[Pending],
@@ -388,8 +395,8 @@ fn next_wake(
 ) -> Duration {
     let now = Instant::now();
     let mut wake = now + Duration::from_millis(1);
-    if let Some(rate) = plan.rate {
-        let due = |k: u64| start + Duration::from_nanos((k as f64 * 1e9 / rate) as u64);
+    if let Some(step) = due_step_ns {
+        let due = |k: u64| start + Duration::from_nanos(due_after_ns(step, k));
         let mut at = due(generated) + plan.linger;
         if let Some(n) = until_full {
             at = at.min(due(generated + n));

@@ -37,12 +37,6 @@ fn align_up(v: u64) -> u64 {
     align_down(v + BLOCK_BYTES - 1)
 }
 
-/// From this many buffered bytes on (or half the buffer, if less), a flush
-/// writes the write buffer itself and starts a fresh one, rather than a copy
-/// of its used part: a copy of a mostly full 1 MiB buffer costs more CPU
-/// than allocating another.
-const HAND_OVER_MIN_BYTES: usize = 64 << 10;
-
 fn align_up_to(v: u64, step: u64) -> u64 {
     v.div_ceil(step) * step
 }
@@ -296,9 +290,13 @@ impl Segment {
             let file = self.file.as_ref().expect("an appending segment holds its file");
             let len = appender.current_len;
             let keep_from = align_down(len as u64) as usize;
-            let mut out = if len >= HAND_OVER_MIN_BYTES.min(appender.buffer_bytes / 2) {
-                // The buffer itself is written; a fresh one takes over with
-                // just the partial last block, so the bytes are not copied again.
+            // From half full on, the buffer itself is written (a copy of it
+            // costs more CPU than allocating another), and a fresh one takes
+            // over with just the partial last block. Not below: a job holds
+            // its buffer's whole allocation, so this keeps the memory of jobs
+            // in flight within twice the bytes they write (which
+            // `write_memory_bytes_per_shard` bounds).
+            let mut out = if len >= appender.buffer_bytes / 2 {
                 let mut fresh = file.alloc_dma_buffer(appender.buffer_bytes);
                 fresh.as_bytes_mut()[..len - keep_from].copy_from_slice(&appender.current.as_bytes()[keep_from..len]);
                 let mut out = std::mem::replace(&mut appender.current, fresh);
