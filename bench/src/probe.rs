@@ -53,8 +53,17 @@ pub fn probe_disk(dir: &Path, seconds: f64) -> Result<DiskProbe> {
 }
 
 async fn write_sequentially(path: PathBuf, limit: Duration) -> Result<(u64, Duration)> {
-    let file =
-        glommio::io::OpenOptions::new().create(true).write(true).dma_open(&path).await.map_err(std::io::Error::from)?;
+    // Readable too: glommio probes a device's iopoll support with a read of
+    // the first file it opens there (a write-only file made that read fail
+    // with EBADF, logged as an error, and left the poll ring off for the
+    // device in this process).
+    let file = glommio::io::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .dma_open(&path)
+        .await
+        .map_err(std::io::Error::from)?;
     let started = Instant::now();
     let mut position = 0u64;
     while started.elapsed() < limit && position < MAX_PROBE_FILE_BYTES && crate::signals::interrupted().is_none() {

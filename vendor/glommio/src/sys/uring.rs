@@ -1222,10 +1222,6 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    // spate: when the latency timer above fires, at the latest, if it is a
-    // preemption timer (kept armed across loops; see `wait`); None for the
-    // user timer armed before sleeping, which is never kept.
-    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1357,7 +1353,6 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1819,44 +1814,22 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // spate: upstream cancels both preemption timers and arms them anew
-        // on every call: five SQEs (and as many CQEs) per loop, tens of
-        // thousands a second per busy executor. A timer still pending is kept
-        // instead, where that only makes a preemption come earlier, never
-        // later: the latency preemption timer while it fires within the
-        // preemption time from now (not when this call may sleep: an idle
-        // executor must not be woken by it), the throughput timer until it
-        // fires. A kept throughput timer counts completions from when it was
-        // armed, so it may preempt after fewer than `ring_depth` pending
-        // ones: harmless. The user timer armed before sleeping is never kept
-        // (it has no deadline recorded): keeping it into the next loops lost
-        // wake-ups in testing (executors slept past their timers, cause not
-        // found), so it is cancelled on the next call, as upstream.
-        // See vendor/README.spate.md.
-        let preempt = preempt_timer();
-        let kept_latency_timer = match (
-            self.latency_preemption_timeout_src.take(),
-            self.latency_preemption_deadline.take(),
-            preempt,
-        ) {
-            (Some(timer), Some(deadline), Some(preempt))
-                if timer.result().is_none() && deadline <= Instant::now() + preempt =>
-            {
-                Some((timer, deadline))
-            }
-            _ => None, // dropping a pending timer cancels it
-        };
-        match self.throughput_preemption_timeout_src.take() {
-            Some(timer) if timer.result().is_none() => {
-                self.throughput_preemption_timeout_src.set(Some(timer))
-            }
-            _ => self.throughput_preemption_timeout_src.set(Some(
-                main_ring.prepare_throughput_preemption_timer(
-                    self.ring_depth() as u32,
-                    self.eventfd_src.raw(),
-                ),
-            )),
-        }
+        // Cancel the old timer regardless of whether we can sleep:
+        // if we won't sleep, we will register the new timer with its new
+        // value.
+        //
+        // But if we will sleep, there might be a timer registered that needs
+        // to be removed otherwise we'll wake up when it expires.
+        drop(self.latency_preemption_timeout_src.take());
+
+        // Schedule the throughput-based timeout immediately: it won't matter if we end
+        // up sleeping.
+        self.throughput_preemption_timeout_src.replace(Some(
+            main_ring.prepare_throughput_preemption_timer(
+                self.ring_depth() as u32,
+                self.eventfd_src.raw(),
+            ),
+        ));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1868,7 +1841,7 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt.is_none()
+        let should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
@@ -1909,15 +1882,9 @@ impl Reactor {
             }
         }
 
-        if let Some((timer, deadline)) = kept_latency_timer {
-            self.latency_preemption_timeout_src.set(Some(timer));
-            self.latency_preemption_deadline.set(Some(deadline));
-            flush_rings!(main_ring)?;
-        } else if let Some(preempt) = preempt {
+        if let Some(preempt) = preempt_timer() {
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            self.latency_preemption_deadline
-                .set(Some(Instant::now() + preempt));
             flush_rings!(lat_ring, main_ring)?;
         }
 
