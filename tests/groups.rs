@@ -881,3 +881,48 @@ fn an_offset_fetch_pipelined_behind_a_commit_sees_it() {
         }
     }
 }
+
+#[test]
+fn groups_asked_for_as_the_offsets_topic_is_created_never_hear_not_coordinator() {
+    // The first FindCoordinator creates `__consumer_offsets`. Each shard
+    // sees the new topic before it has opened its partitions, so a second
+    // client's FindCoordinator can be answered and its request reach a
+    // partition's shard before that shard opened it. The coordinator is this
+    // node, only not ready: Kafka says COORDINATOR_LOAD_IN_PROGRESS (retried
+    // in place), never NOT_COORDINATOR (which sends a client looking for
+    // another coordinator on a one-node cluster).
+    const CLIENTS: usize = 16;
+    for round in 0..3 {
+        let dir = temp_dir(&format!("groups-fresh-{round}"));
+        let broker = TestBroker::start(&dir, &["shards=2"]);
+        broker.client().create_topic("t", 1, &[]).unwrap();
+        let clients: Vec<Client> = (0..CLIENTS).map(|_| broker.client()).collect();
+        let workers: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut client)| {
+                std::thread::spawn(move || {
+                    let group = format!("fresh-{i}");
+                    // Staggered over the ~10 ms the shards take to open the partitions.
+                    std::thread::sleep(Duration::from_millis(i as u64));
+                    client.find_coordinator(&group).unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    let mut loading_answers = 0;
+                    loop {
+                        let codes = client.commit_offsets(&group, -1, "", &[("t", 0, 1, "")]).unwrap();
+                        assert_eq!(codes.len(), 1, "one partition, one code");
+                        if codes[0] == ResponseError::CoordinatorLoadInProgress.code() && Instant::now() < deadline {
+                            loading_answers += 1;
+                            std::thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                        assert_eq!(codes[0], 0, "{group}: {:?}", ResponseError::try_from_code(codes[0]));
+                        return loading_answers;
+                    }
+                })
+            })
+            .collect();
+        let loading_answers: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        eprintln!("round {round}: {loading_answers} COORDINATOR_LOAD_IN_PROGRESS answers");
+    }
+}

@@ -126,7 +126,21 @@ fn range_assign(members: &[String], partitions: i32) -> Vec<(String, Vec<i32>)> 
         .collect()
 }
 
+/// How often a JoinGroup is retried while the coordinator is not ready
+/// (still loading, just created, moving), and how long apart.
+const COORDINATOR_RETRIES: u32 = 100;
+const COORDINATOR_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether `code` says the coordinator is not ready yet: Kafka clients wait
+/// and retry these.
+fn coordinator_not_ready(code: i16) -> bool {
+    [ResponseError::CoordinatorLoadInProgress, ResponseError::CoordinatorNotAvailable, ResponseError::NotCoordinator]
+        .iter()
+        .any(|e| e.code() == code)
+}
+
 async fn join(coord: &Conn, plan: &ConsumerPlan, group: &GroupPlan, member_id: &mut String) -> Result<Membership> {
+    let mut not_ready = 0;
     loop {
         let mut protocol = join_group_request::JoinGroupRequestProtocol::default();
         protocol.name = s("range");
@@ -145,6 +159,11 @@ async fn join(coord: &Conn, plan: &ConsumerPlan, group: &GroupPlan, member_id: &
         }
         if joined.error_code == ResponseError::UnknownMemberId.code() {
             member_id.clear();
+            continue;
+        }
+        if coordinator_not_ready(joined.error_code) && not_ready < COORDINATOR_RETRIES {
+            not_ready += 1;
+            glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
             continue;
         }
         check(joined.error_code, "join group")?;
