@@ -129,18 +129,8 @@ impl Client {
     /// returns its correlation id. Responses come back in request order.
     pub fn send<Req: Encodable>(&mut self, api_key: ApiKey, version: i16, request: &Req) -> Result<i32> {
         self.correlation_id += 1;
-        let mut header = RequestHeader::default();
-        header.request_api_key = api_key as i16;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("spate-cli"));
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        header.encode(&mut buf, api_key.request_header_version(version))?;
-        request.encode(&mut buf, version)?;
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_all(&buf)?;
+        let frame = request_frame(api_key, version, self.correlation_id, request)?;
+        self.stream.write_all(&frame)?;
         Ok(self.correlation_id)
     }
 
@@ -349,6 +339,27 @@ impl Client {
             }
         }
     }
+}
+
+/// One request as it goes on the wire: size prefix, header, body.
+pub fn request_frame<Req: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    request: &Req,
+) -> Result<BytesMut> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = api_key as i16;
+    header.request_api_version = version;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("spate-cli"));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, api_key.request_header_version(version))?;
+    request.encode(&mut buf, version)?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
 }
 
 /// A Produce request of one partition's batches.
