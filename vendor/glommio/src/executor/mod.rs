@@ -1325,7 +1325,19 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // spate: a preemption seen before any queue ran is not
+                // idleness. Returning false sent `run` to `spin_poll_io`,
+                // which consumes the latency-ring event behind it; a timer's
+                // completion wakes no task, so that counted 0 and the
+                // executor parked with runnable queues the reactor does not
+                // know of, until some unrelated wake-up (forever if none
+                // came). Upstream's fresh preemption timers make this rare
+                // (the thread must lose the CPU for a whole preemption
+                // period in the window), but it hangs 16 executors on 2 cores
+                // at once when timers are kept armed across loops. With work
+                // queued, `run` polls I/O (consuming the event) and comes
+                // straight back here.
+                return ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;
