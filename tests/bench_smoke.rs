@@ -250,6 +250,23 @@ fn a_produce_error_fails_the_run() {
 /// until `started` says the run began and then `after`, sends `signal` and
 /// returns its output.
 fn interrupt(args: &[&str], tmp: &Path, started: impl Fn() -> bool, signal: i32, after: Duration) -> Output {
+    let act = |pid: u32| {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid as i32, signal) };
+    };
+    run_and_act(args, tmp, started, after, act)
+}
+
+/// Starts `spate bench ARGS`, waits until `started` and then `after`, calls
+/// `act` with the run's pid and returns its output once it ends (killed,
+/// failing the test, if it has not ended within 60 s).
+fn run_and_act(
+    args: &[&str],
+    tmp: &Path,
+    started: impl Fn() -> bool,
+    after: Duration,
+    act: impl FnOnce(u32),
+) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_spate"))
         .arg("bench")
         .args(args)
@@ -264,16 +281,38 @@ fn interrupt(args: &[&str], tmp: &Path, started: impl Fn() -> bool, signal: i32,
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(after);
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, signal) };
     let pid = child.id();
+    act(pid);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || done_tx.send(child.wait_with_output().unwrap()));
     done_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
         // SAFETY: as above; the run did not stop, so end it.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        panic!("spate bench did not stop within 60 s of the signal")
+        panic!("spate bench did not stop within 60 s")
     })
+}
+
+#[test]
+fn a_broker_that_stops_answering_fails_the_run_within_the_request_timeout() {
+    let dir = temp_dir("bench-silent-broker");
+    let broker = TestBroker::start(&dir, &[]);
+    let args = ["produce", "--brokers", &broker.addr, "--duration-secs", "120", "--probe-secs", "0.1"];
+    let own_topic = || topics(&broker).iter().any(|t| t.starts_with("spate-bench-"));
+    let started = Instant::now();
+    // The broker process is stopped mid-run: connections stay open, nothing answers.
+    // SAFETY: signalling our own child process.
+    let stop_broker = |_| unsafe {
+        libc::kill(broker.pid() as i32, libc::SIGSTOP);
+    };
+    let timeout = ["--request-timeout-ms", "2000"];
+    let out = run_and_act(&[&args[..], &timeout].concat(), &dir, own_topic, Duration::from_secs(1), stop_broker);
+    // SAFETY: as above.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGCONT) };
+    assert!(started.elapsed() < Duration::from_secs(60), "ended long before the 120 s it was asked to run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("within request_timeout_ms (2000)"), "{}", text(&out));
+    broker.stop();
 }
 
 fn wait_for_report(json: &Path) -> serde_json::Value {

@@ -4,11 +4,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
+use futures::future::{select, Either};
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
@@ -16,6 +20,17 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 type Waiter = oneshot::Sender<Result<Bytes>>;
+
+/// How long a request may go unanswered (`--request-timeout-ms`, one value
+/// for the whole run): by default longer than any request the bench sends
+/// may rightly wait (a JoinGroup up to its 60 s rebalance timeout, a Fetch
+/// its max wait, a Produce the broker's write and sync), as a Kafka client's
+/// `request.timeout.ms` (JoinGroup: rebalance timeout + 5 s).
+static REQUEST_TIMEOUT_MS: AtomicU64 = AtomicU64::new(90_000);
+
+pub fn set_request_timeout_ms(ms: u64) {
+    REQUEST_TIMEOUT_MS.store(ms.max(1), Ordering::Relaxed);
+}
 
 pub struct Conn {
     writer: RefCell<Option<WriteHalf<TcpStream>>>,
@@ -43,7 +58,26 @@ impl Conn {
 
     /// Sends a request; the returned future resolves to the response body
     /// (header removed), or to None when `expect_response` is false (acks=0).
+    /// Fails after `REQUEST_TIMEOUT_MS` without an answer, so a broker that
+    /// stops answering ends the run with an error instead of hanging it.
     pub async fn send<R: Encodable>(
+        &self,
+        api_key: ApiKey,
+        version: i16,
+        body: &R,
+        expect_response: bool,
+    ) -> Result<Option<Bytes>> {
+        let timeout_ms = REQUEST_TIMEOUT_MS.load(Ordering::Relaxed);
+        let exchange = pin!(self.exchange(api_key, version, body, expect_response));
+        match select(exchange, pin!(glommio::timer::sleep(Duration::from_millis(timeout_ms)))).await {
+            Either::Left((answer, _)) => answer,
+            // The writer, if it was mid-write, went with the exchange: later
+            // requests on this connection fail too.
+            Either::Right(_) => bail!("no answer to {api_key:?} within request_timeout_ms ({timeout_ms})"),
+        }
+    }
+
+    async fn exchange<R: Encodable>(
         &self,
         api_key: ApiKey,
         version: i16,

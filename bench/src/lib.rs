@@ -105,6 +105,10 @@ pub struct BenchArgs {
     /// none, gzip, snappy, lz4 or zstd. [default: none]
     #[arg(long)]
     pub compression: Option<String>,
+    /// How long a request may go unanswered before the run fails (as a Kafka
+    /// client's request.timeout.ms; longer, for JoinGroup's 60 s rebalance).
+    #[arg(long, default_value_t = 90_000)]
+    pub request_timeout_ms: u64,
     /// 0, 1 or all (or -1): 0 expects no answer; 1 is answered once the
     /// leader wrote the batch; all once it is also fsynced (and on every
     /// in-sync replica). [default: 1; all with --preset acks-all]
@@ -346,6 +350,7 @@ fn worker_cores() -> Vec<usize> {
 /// `Err` is for a run that could not start (or write its outputs).
 pub fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
     signals::install()?;
+    conn::set_request_timeout_ms(args.request_timeout_ms);
     let date = meta::now_rfc3339();
     let addresses: Vec<String> =
         target.address.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();

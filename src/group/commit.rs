@@ -139,7 +139,7 @@ impl Coordinator {
     /// commit is durable (at once if nothing was accepted).
     pub fn commit(&self, broker: &Rc<Broker>, partition: i32, args: CommitArgs, reply: oneshot::Sender<GroupResult>) {
         let CommitArgs { group_id, generation, member_id, instance_id, offsets, appended } = args;
-        if let Err(code) = self.admit(broker, partition, &group_id) {
+        if let Err(code) = self.admit(partition, &group_id) {
             let _ = reply.send(Err(code));
             return;
         }

@@ -200,21 +200,14 @@ impl Coordinator {
     }
 
     /// Whether a request for group `group_id` of offsets partition
-    /// `partition` may be served here now; Err: a Kafka error code. A
-    /// partition this node leads but this shard has not opened yet (just
-    /// created, or still being placed) answers COORDINATOR_LOAD_IN_PROGRESS,
-    /// which clients retry in place; only a partition led elsewhere answers
-    /// NOT_COORDINATOR, which sends them looking for the coordinator again.
-    fn admit(&self, broker: &Broker, partition: i32, group_id: &str) -> Result<(), i16> {
+    /// `partition` may be served here now; Err: a Kafka error code. As
+    /// Kafka: NOT_COORDINATOR while this shard has not taken the partition up
+    /// (also in the moment after the offsets topic is created, before the
+    /// shard opened it), COORDINATOR_LOAD_IN_PROGRESS while its groups load;
+    /// clients retry both.
+    fn admit(&self, partition: i32, group_id: &str) -> Result<(), i16> {
         match self.partitions.borrow().get(&partition) {
-            None => {
-                let led_here = broker.group_route(group_id).is_ok();
-                return Err(if led_here {
-                    ResponseError::CoordinatorLoadInProgress.code()
-                } else {
-                    ResponseError::NotCoordinator.code()
-                });
-            }
+            None => return Err(ResponseError::NotCoordinator.code()),
             Some(Load::Loading) => return Err(ResponseError::CoordinatorLoadInProgress.code()),
             Some(Load::Loaded) => {}
         }
@@ -226,7 +219,7 @@ impl Coordinator {
 
     /// Runs `op` for a group of offsets partition `partition` (owned here).
     pub async fn run(&self, broker: &Rc<Broker>, partition: i32, op: GroupOp) -> GroupResult {
-        self.admit(broker, partition, op.group_id())?;
+        self.admit(partition, op.group_id())?;
         let reply = match op {
             GroupOp::Join(args) => GroupReply::Join(self.join(broker, partition, args).await),
             GroupOp::Sync {
