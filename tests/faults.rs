@@ -146,18 +146,7 @@ fn rude_client(addr: &str, topic: &str, requests: usize) {
             break;
         }
     }
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setting SO_LINGER on a socket we own, with a valid struct.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&stream),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as u32,
-        );
-    }
-    drop(stream);
+    common::reset_connection(stream);
 }
 
 #[test]

@@ -377,5 +377,17 @@ fn frames_arriving_in_odd_pieces_are_read_whole_and_in_order() {
     let stored = client.fetch_all("pieces", 0, 0).unwrap();
     let stored: Vec<Bytes> = stored.into_iter().map(|r| r.value.unwrap()).collect();
     assert_eq!(stored, values, "every byte stored as sent");
+
+    // A client reset halfway through a frame's body (the part received
+    // straight into the frame) stores nothing of it and disturbs nothing.
+    let mut rude = TcpStream::connect(&broker.addr).unwrap();
+    rude.write_all(&wire[..wire.len() / 3 / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    common::reset_connection(rude);
+    let stored = client.fetch_all("pieces", 0, 0).unwrap();
+    let stored: Vec<Bytes> = stored.into_iter().map(|r| r.value.unwrap()).collect();
+    assert_eq!(stored, values, "every acknowledged record at its offset, nothing added");
+    let next = client.produce("pieces", 0, &[(None, values[0].clone())], 1, Compression::None).unwrap();
+    assert_eq!(next, values.len() as i64, "the partition takes the next record at the next offset");
     broker.stop();
 }
