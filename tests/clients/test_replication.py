@@ -97,9 +97,11 @@ def wait_until(what, probe, done, timeout):
 
 
 def partitions_state(cluster, topic, via=ALL):
-    """{partition: (leader, sorted replicas, sorted ISR)} of `topic` as nodes
-    `via` (which must be running and not frozen) report it; None when they
-    do not answer or do not know the topic."""
+    """{partition: (leader, sorted replicas, sorted ISR)} of `topic` as the
+    cluster reports it to a client bootstrapped from nodes `via` (which must
+    be running and not frozen); None when unanswered or unknown. librdkafka
+    may ask any broker it has learned of, so this is not one node's own view:
+    leaders_as_node_sees_them is."""
     for i in via:
         node = cluster.nodes[i]
         assert node.proc.poll() is None, f"node {i} died (exit {node.proc.returncode}):\n{node.log()}"
@@ -112,6 +114,48 @@ def partitions_state(cluster, topic, via=ALL):
     if t is None or not t.partitions:
         return None
     return {p: (part.leader, sorted(part.replicas), sorted(part.isrs)) for p, part in t.partitions.items()}
+
+
+def leaders_as_node_sees_them(cluster, node_id, topic):
+    """{partition: leader} of `topic` as node `node_id` alone reports it, from
+    a Metadata v0 request sent straight to its Kafka listener. (librdkafka
+    sends a metadata query to any broker it has learned of, not necessarily
+    the one it was bootstrapped with, so it cannot ask one node for its view.)"""
+    import socket
+    body = struct.pack(">hhih", 3, 0, 1, 4) + b"test" + struct.pack(">ih", 1, len(topic)) + topic.encode()
+    with socket.create_connection(("127.0.0.1", cluster.nodes[node_id].port), timeout=5) as sock:
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        (size,) = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))
+        answer = sock.recv(size, socket.MSG_WAITALL)
+    assert len(answer) == size, f"node {node_id} closed the connection mid-answer"
+    at = 4  # the correlation id
+
+    def take(fmt):
+        nonlocal at
+        values = struct.unpack_from(fmt, answer, at)
+        at += struct.calcsize(fmt)
+        return values
+
+    def string():
+        nonlocal at
+        (n,) = take(">h")
+        at += n
+        return answer[at - n:at].decode()
+
+    for _ in range(take(">i")[0]):  # brokers: node id, host, port
+        take(">i"), string(), take(">i")
+    leaders = {}
+    for _ in range(take(">i")[0]):
+        (error,) = take(">h")
+        assert string() == topic and error == 0, f"node {node_id} answered error {error} for {topic}"
+        for _ in range(take(">i")[0]):
+            _error, partition, leader = take(">hii")
+            for _ in range(2):  # replicas, then ISR
+                (count,) = take(">i")
+                at += 4 * count
+            leaders[partition] = leader
+    assert at == len(answer), f"{len(answer) - at} bytes left over in node {node_id}'s Metadata answer"
+    return leaders
 
 
 def fully_in_sync(partitions):
@@ -1122,9 +1166,10 @@ def test_an_isolated_leader_acknowledges_nothing_that_is_lost():
         timed_out = (KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT)
         assert len(alone_errors) == 20 and all(e.code() in timed_out for e in alone_errors), (
             f"writes to the isolated leader should wait for replicas and time out: {alone_errors[:3]}")
-        wait_until("a new leader among the connected nodes", lambda: partitions_state(cluster, "iso", via=(1, 2)),
-                   lambda s: s[0][0] in (1, 2), 20)
-        assert partitions_state(cluster, "iso", via=(3,))[0][0] == 3, "node 3, cut off, still believes it leads"
+        wait_until("a new leader among the connected nodes",
+                   lambda: [leaders_as_node_sees_them(cluster, n, "iso")[0] for n in (1, 2)],
+                   lambda leaders: all(leader in (1, 2) for leader in leaders), 20)
+        assert leaders_as_node_sees_them(cluster, 3, "iso") == {0: 3}, "node 3, cut off, still believes it leads"
         time.sleep(2)  # writes go on at the new leader
         cluster.heal()
         wait_until("node 3 back in sync after healing", lambda: partitions_state(cluster, "iso"),
