@@ -3,6 +3,7 @@
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -32,6 +33,62 @@ def answers(port):
             return s.getsockname() != s.getpeername()
     except OSError:
         return False
+
+
+def node_metadata(port, topics=None):
+    """(controller id, {broker id: port}, {topic: {partition: leader}}) as the
+    broker listening on `port` itself reports it, from a Metadata v1 request
+    on a raw socket; `topics` None asks for every topic. Kafka clients send a
+    metadata query to any broker they have learned of, not necessarily the
+    one they were given, so they cannot ask one node for its own view."""
+    names = b"".join(struct.pack(">h", len(t)) + t.encode() for t in topics or ())
+    wanted = struct.pack(">i", -1) if topics is None else struct.pack(">i", len(topics)) + names
+    body = struct.pack(">hhih", 3, 1, 1, 4) + b"test" + wanted
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        (size,) = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))
+        answer = sock.recv(size, socket.MSG_WAITALL)
+    assert len(answer) == size, f"the broker on port {port} closed the connection mid-answer"
+    return MetadataV1Answer(answer).read()
+
+
+class MetadataV1Answer:
+    """Reads a Metadata v1 answer whole; leftover bytes fail it."""
+
+    def __init__(self, answer):
+        self.answer, self.at = answer, 4  # past the correlation id
+
+    def take(self, fmt):
+        values = struct.unpack_from(fmt, self.answer, self.at)
+        self.at += struct.calcsize(fmt)
+        return values
+
+    def string(self):
+        (n,) = self.take(">h")
+        self.at += max(n, 0)  # -1: null
+        return self.answer[self.at - n:self.at].decode() if n >= 0 else None
+
+    def read(self):
+        brokers, topics = {}, {}
+        for _ in range(self.take(">i")[0]):
+            (node_id,) = self.take(">i")
+            self.string()  # host
+            (brokers[node_id],) = self.take(">i")
+            self.string()  # rack
+        (controller,) = self.take(">i")
+        for _ in range(self.take(">i")[0]):
+            (error,) = self.take(">h")
+            name = self.string()
+            self.take(">?")  # is_internal
+            leaders = topics.setdefault(name, {}) if error == 0 else {}
+            for _ in range(self.take(">i")[0]):
+                _error, partition, leader = self.take(">hii")
+                for _ in range(2):  # replicas, then ISR
+                    (count,) = self.take(">i")
+                    self.at += 4 * count
+                leaders[partition] = leader
+        assert self.at == len(self.answer), f"{len(self.answer) - self.at} bytes left over in a Metadata answer"
+        return controller, brokers, topics
 
 
 class Broker:

@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import SPATE, answers, free_port
+from conftest import SPATE, answers, free_port, node_metadata
 
 SESSION_TIMEOUT_MS = 3000
 
@@ -86,11 +86,8 @@ class Cluster:
         return ",".join(self.nodes[i].addr for i in (ids or self.nodes))
 
     def metadata(self, via):
-        """(controller id, {broker id: port}, {topic: {partition: leader}}) as `via` sees it."""
-        admin = AdminClient({"bootstrap.servers": self.nodes[via].addr})
-        md = admin.list_topics(timeout=10)
-        topics = {name: {p: part.leader for p, part in t.partitions.items()} for name, t in md.topics.items()}
-        return md.controller_id, {b.id: b.port for b in md.brokers.values()}, topics
+        """(controller id, {broker id: port}, {topic: {partition: leader}}) as node `via` itself sees it."""
+        return node_metadata(self.nodes[via].port)
 
     def stop(self):
         for node in self.nodes.values():

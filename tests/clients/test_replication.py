@@ -35,6 +35,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from conftest import node_metadata
 from test_cluster import Cluster, produce, read_all
 
 ALL = (1, 2, 3)
@@ -117,45 +118,8 @@ def partitions_state(cluster, topic, via=ALL):
 
 
 def leaders_as_node_sees_them(cluster, node_id, topic):
-    """{partition: leader} of `topic` as node `node_id` alone reports it, from
-    a Metadata v0 request sent straight to its Kafka listener. (librdkafka
-    sends a metadata query to any broker it has learned of, not necessarily
-    the one it was bootstrapped with, so it cannot ask one node for its view.)"""
-    import socket
-    body = struct.pack(">hhih", 3, 0, 1, 4) + b"test" + struct.pack(">ih", 1, len(topic)) + topic.encode()
-    with socket.create_connection(("127.0.0.1", cluster.nodes[node_id].port), timeout=5) as sock:
-        sock.sendall(struct.pack(">i", len(body)) + body)
-        (size,) = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))
-        answer = sock.recv(size, socket.MSG_WAITALL)
-    assert len(answer) == size, f"node {node_id} closed the connection mid-answer"
-    at = 4  # the correlation id
-
-    def take(fmt):
-        nonlocal at
-        values = struct.unpack_from(fmt, answer, at)
-        at += struct.calcsize(fmt)
-        return values
-
-    def string():
-        nonlocal at
-        (n,) = take(">h")
-        at += n
-        return answer[at - n:at].decode()
-
-    for _ in range(take(">i")[0]):  # brokers: node id, host, port
-        take(">i"), string(), take(">i")
-    leaders = {}
-    for _ in range(take(">i")[0]):
-        (error,) = take(">h")
-        assert string() == topic and error == 0, f"node {node_id} answered error {error} for {topic}"
-        for _ in range(take(">i")[0]):
-            _error, partition, leader = take(">hii")
-            for _ in range(2):  # replicas, then ISR
-                (count,) = take(">i")
-                at += 4 * count
-            leaders[partition] = leader
-    assert at == len(answer), f"{len(answer) - at} bytes left over in node {node_id}'s Metadata answer"
-    return leaders
+    """{partition: leader} of `topic` as node `node_id` itself reports it."""
+    return node_metadata(cluster.nodes[node_id].port, [topic])[2].get(topic)
 
 
 def fully_in_sync(partitions):
@@ -1167,7 +1131,7 @@ def test_an_isolated_leader_acknowledges_nothing_that_is_lost():
         assert len(alone_errors) == 20 and all(e.code() in timed_out for e in alone_errors), (
             f"writes to the isolated leader should wait for replicas and time out: {alone_errors[:3]}")
         wait_until("a new leader among the connected nodes",
-                   lambda: [leaders_as_node_sees_them(cluster, n, "iso")[0] for n in (1, 2)],
+                   lambda: [(leaders_as_node_sees_them(cluster, n, "iso") or {}).get(0) for n in (1, 2)],
                    lambda leaders: all(leader in (1, 2) for leader in leaders), 20)
         assert leaders_as_node_sees_them(cluster, 3, "iso") == {0: 3}, "node 3, cut off, still believes it leads"
         time.sleep(2)  # writes go on at the new leader
