@@ -15,7 +15,7 @@ mod wait;
 
 use std::cell::Cell;
 use std::future::Future;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,6 +131,18 @@ pub async fn run_shard(
 
 /// Starts the admin HTTP endpoint (unless `admin_listen` is ""); exits the
 /// process if its address cannot be bound, as for the Kafka listener.
+/// Binds a listener that only this socket may serve: without SO_REUSEPORT,
+/// which glommio's `bind` sets for the shards' shared Kafka port. A single
+/// listener (admin, controller) bound with it would let another process's
+/// SO_REUSEPORT listener (a second broker's shards) join its port and take a
+/// share of its connections; without it, that bind fails with EADDRINUSE.
+pub fn bind_exclusive(addr: &str) -> std::io::Result<TcpListener> {
+    // std binds with SO_REUSEADDR only (connections in TIME_WAIT pass).
+    let listener = std::net::TcpListener::bind(addr)?;
+    // SAFETY: the descriptor is bound and listening, and glommio takes it over.
+    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
+}
+
 fn start_admin(broker: &Rc<Broker>, health: &Arc<Health>) -> Option<glommio::Task<()>> {
     if broker.config.admin_listen.is_empty() {
         return None;

@@ -102,7 +102,7 @@ fn topic_produce_consume_commands() {
 #[test]
 fn serve_reads_config_file_and_environment() {
     let dir = temp_dir("config");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let file = dir.join("spate.toml");
     std::fs::write(
         &file,

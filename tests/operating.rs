@@ -5,17 +5,12 @@
 mod common;
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::temp_dir;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{admin_listen_free, free_port, temp_dir};
 
 /// A broker process, killed if a failed test leaves it running.
 struct Proc(Child);
@@ -45,7 +40,7 @@ fn serve(dir: &Path, log: &Path, extra: &[&str]) -> (Proc, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
     cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(dir.join("data"));
-    cmd.args(["--set", "admin_listen=127.0.0.1:0"]);
+    cmd.args(["--set", &admin_listen_free()]);
     for arg in extra {
         cmd.args(["--set", arg]);
     }
@@ -162,7 +157,7 @@ fn a_low_memlock_limit_is_reported_with_the_fix() {
     let dir = temp_dir("memlock");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"]).arg(dir.join("data"));
-    cmd.args(["--set", "admin_listen=127.0.0.1:0"]);
+    cmd.args(["--set", &admin_listen_free()]);
     // SAFETY: only setrlimit between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -222,7 +217,7 @@ fn a_wildcard_listener_advertising_localhost_is_warned_about() {
     let mut child = child
         .args(["serve", "--listen", &format!("0.0.0.0:{port}"), "--data-dir"])
         .arg(dir.join("data"))
-        .args(["--shards", "1", "--set", "pin_shards=false", "--set", "admin_listen=127.0.0.1:0"])
+        .args(["--shards", "1", "--set", "pin_shards=false", "--set", &admin_listen_free()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -5,12 +5,13 @@
 
 mod common;
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{temp_dir, TestBroker};
+use common::{admin_listen_free, free_port, temp_dir, TestBroker};
 use kafka_protocol::records::Compression;
 
 /// Runs a second `spate serve` to its exit, which must come quickly.
@@ -19,7 +20,7 @@ fn second_broker(listen: &str, data_dir: &Path, extra: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
-        .args(["--shards", "2", "--set", "pin_shards=false", "--set", "admin_listen=127.0.0.1:0"])
+        .args(["--shards", "2", "--set", "pin_shards=false", "--set", &admin_listen_free()])
         .args(extra.iter().flat_map(|set| ["--set", set]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -51,7 +52,7 @@ fn still_serves(broker: &TestBroker, topic: &str) {
 fn second_broker_on_the_same_data_dir_exits_naming_the_holder() {
     let dir = temp_dir("same-dir");
     let mut first = TestBroker::start(&dir, &[]);
-    let other_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let other_port = free_port();
     let output = second_broker(&format!("127.0.0.1:{other_port}"), &dir.join("data"), &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "the second broker must fail; stderr:\n{stderr}");
@@ -74,6 +75,58 @@ fn second_broker_on_the_same_port_exits_with_a_clear_message() {
     first.stop();
 }
 
+/// A listener on loopback `port` bound with SO_REUSEPORT, as another
+/// broker's shards would bind theirs.
+fn reuseport_listener(port: u16) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket calls on a descriptor owned from its creation,
+    // with a sockaddr that lives across the call reading it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let socket = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let opt_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, (&one as *const libc::c_int).cast(), opt_len);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = port.to_be();
+        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len) != 0 || libc::listen(fd, 8) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(socket)
+    }
+}
+
+/// The admin endpoint and the controller listener are one socket each,
+/// bound without SO_REUSEPORT: another process's SO_REUSEPORT listener
+/// (a second broker's shards starting on that port) cannot join them and
+/// take a share of their connections; its bind fails.
+#[test]
+fn admin_and_controller_ports_cannot_be_joined_by_another_listener() {
+    // The probe can tell: two SO_REUSEPORT listeners do share a port.
+    let port = free_port();
+    let first = reuseport_listener(port).unwrap();
+    reuseport_listener(port).expect("a second SO_REUSEPORT listener joins the first");
+    drop(first);
+
+    let (admin, controller) = (free_port(), free_port());
+    let broker = TestBroker::start(
+        &temp_dir("exclusive-ports"),
+        &[&format!("admin_listen=127.0.0.1:{admin}"), &format!("controller_listen=127.0.0.1:{controller}")],
+    );
+    for (what, port) in [("admin", admin), ("controller", controller)] {
+        let joined = reuseport_listener(port);
+        let in_use = joined.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse);
+        assert!(in_use, "a SO_REUSEPORT listener joined the {what} port {port}: {joined:?}");
+    }
+    still_serves(&broker, "after-join-attempts");
+    broker.stop();
+}
+
 #[test]
 fn meta_properties_pins_the_node_id() {
     let dir = temp_dir("meta");
@@ -85,8 +138,8 @@ fn meta_properties_pins_the_node_id() {
     let again = std::fs::read_to_string(dir.join("data/meta.properties")).unwrap();
     assert_eq!(meta, again, "a restart keeps the cluster id");
     restarted.stop();
-    let free_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let output = second_broker(&format!("127.0.0.1:{free_port}"), &dir.join("data"), &["node_id=5"]);
+    let port = free_port();
+    let output = second_broker(&format!("127.0.0.1:{port}"), &dir.join("data"), &["node_id=5"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("belongs to node 0"), "{stderr}");

@@ -1,5 +1,6 @@
 """Starts the real spate binary on a free loopback port for each test module."""
 
+import itertools
 import os
 import shutil
 import socket
@@ -19,10 +20,35 @@ SPATE = Path(os.environ.get("SPATE_BIN", ROOT / "target" / "release" / "spate"))
 SHARDS = 2
 
 
+def _port_candidates():
+    """Ports below the kernel's ephemeral range, from a per-process start."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    first = max(ephemeral_low - 12000, 1024)
+    count = max(ephemeral_low - first, 1)
+    start = os.getpid() * 7919 % count
+    return (first + (start + i) % count for i in itertools.count())
+
+
+_PORTS = _port_candidates()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, picked below the ephemeral range and never
+    twice in this process: a port picked by binding port 0 could be handed by
+    the kernel to a broker's port-0 admin listener before the broker meant to
+    have it binds it; below the range no port-0 bind can take it."""
+    for port in itertools.islice(_PORTS, 12000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def answers(port):

@@ -6,6 +6,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use spate::client::Client;
@@ -27,8 +28,33 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// Shards of every test broker: more than one, so cross-shard paths are tested.
 const SHARDS: usize = 2;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback port free now, picked below the kernel's ephemeral range and
+/// never twice in one test process. A port picked by binding port 0 could be
+/// handed by the kernel to another broker's port-0 listener (its admin
+/// endpoint, an embedded bench) before this broker binds it; below the range
+/// no port-0 bind can take it, and the counter keeps parallel tests apart.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let first = ephemeral_low.saturating_sub(12_000).max(1_024);
+    let count = ephemeral_low.saturating_sub(first).max(1);
+    // Test binaries run one after another, each from its own starting point.
+    let start = std::process::id().wrapping_mul(7_919) % count;
+    for _ in 0..count {
+        let port = (first + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % count) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {first}..{}", first + count);
+}
+
+/// The `--set` that gives a broker's admin endpoint its own free port.
+pub fn admin_listen_free() -> String {
+    format!("admin_listen=127.0.0.1:{}", free_port())
 }
 
 impl TestBroker {
@@ -57,7 +83,7 @@ impl TestBroker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
         let data = env.iter().find(|(k, _)| *k == "SPATE_TEST_DATA_DIR").map_or(dir.join("data"), |(_, v)| v.into());
         cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(data);
-        cmd.args(["--shards", &SHARDS.to_string(), "--set", "pin_shards=false", "--set", "admin_listen=127.0.0.1:0"]);
+        cmd.args(["--shards", &SHARDS.to_string(), "--set", "pin_shards=false", "--set", &admin_listen_free()]);
         for arg in extra {
             cmd.args(["--set", arg]);
         }
