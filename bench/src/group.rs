@@ -4,7 +4,7 @@
 //! group's committed offsets and commit periodically (timing each commit);
 //! and the `commit` phase, which measures the OffsetCommit rate a broker sustains.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -127,20 +127,32 @@ fn range_assign(members: &[String], partitions: i32) -> Vec<(String, Vec<i32>)> 
 }
 
 /// How often a JoinGroup is retried while the coordinator is not ready
-/// (still loading, just created, moving), and how long apart.
+/// (still loading) or has moved (found again), and how long apart.
 const COORDINATOR_RETRIES: u32 = 100;
 const COORDINATOR_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Whether `code` says the coordinator is not ready yet: Kafka clients wait
-/// and retry these.
-fn coordinator_not_ready(code: i16) -> bool {
-    [ResponseError::CoordinatorLoadInProgress, ResponseError::CoordinatorNotAvailable, ResponseError::NotCoordinator]
-        .iter()
-        .any(|e| e.code() == code)
+/// Whether `code` says the coordinator is still loading the group: Kafka
+/// clients wait and ask it again.
+fn coordinator_loading(code: i16) -> bool {
+    code == ResponseError::CoordinatorLoadInProgress.code()
 }
 
-async fn join(coord: &Conn, plan: &ConsumerPlan, group: &GroupPlan, member_id: &mut String) -> Result<Membership> {
-    let mut not_ready = 0;
+/// Whether `code` says the connection is not to the group's coordinator
+/// (it moved, or has not taken the group up yet): Kafka clients find the
+/// coordinator again, then retry.
+fn coordinator_moved(code: i16) -> bool {
+    code == ResponseError::NotCoordinator.code() || code == ResponseError::CoordinatorNotAvailable.code()
+}
+
+/// What a join ends in.
+enum Joined {
+    Member(Membership),
+    /// The coordinator was not this one: find it again and rejoin.
+    CoordinatorMoved,
+}
+
+async fn join(coord: &Conn, plan: &ConsumerPlan, group: &GroupPlan, member_id: &mut String) -> Result<Joined> {
+    let mut loading = 0;
     loop {
         let mut protocol = join_group_request::JoinGroupRequestProtocol::default();
         protocol.name = s("range");
@@ -161,10 +173,13 @@ async fn join(coord: &Conn, plan: &ConsumerPlan, group: &GroupPlan, member_id: &
             member_id.clear();
             continue;
         }
-        if coordinator_not_ready(joined.error_code) && not_ready < COORDINATOR_RETRIES {
-            not_ready += 1;
+        if coordinator_loading(joined.error_code) && loading < COORDINATOR_RETRIES {
+            loading += 1;
             glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
             continue;
+        }
+        if coordinator_moved(joined.error_code) {
+            return Ok(Joined::CoordinatorMoved);
         }
         check(joined.error_code, "join group")?;
         *member_id = joined.member_id.to_string();
@@ -190,7 +205,11 @@ async fn join(coord: &Conn, plan: &ConsumerPlan, group: &GroupPlan, member_id: &
         }
         check(synced.error_code, "sync group")?;
         let partitions = assigned_partitions(synced.assignment);
-        return Ok(Membership { member_id: member_id.clone(), generation: joined.generation_id, partitions });
+        return Ok(Joined::Member(Membership {
+            member_id: member_id.clone(),
+            generation: joined.generation_id,
+            partitions,
+        }));
     }
 }
 
@@ -238,7 +257,8 @@ fn commit_request(group: &str, topic: &str, m: &Membership, offsets: &[(i32, i64
     req
 }
 
-/// Commits `offsets`, timing the round trip; false if the group moved on.
+/// Commits `offsets`, timing the round trip; false if the group moved on
+/// or its coordinator did (the member rejoins, finding it again if need be).
 async fn commit(
     coord: &Conn,
     plan: &ConsumerPlan,
@@ -260,6 +280,7 @@ async fn commit(
         if code == ResponseError::RebalanceInProgress.code()
             || code == ResponseError::IllegalGeneration.code()
             || code == ResponseError::UnknownMemberId.code()
+            || coordinator_moved(code)
         {
             return Ok(false);
         }
@@ -276,13 +297,26 @@ pub async fn run_group_consumer(
     shared: Arc<Shared>,
     stats: ThreadStats,
 ) -> Result<()> {
-    let coord = Rc::new(coordinator(&plan.addr, &group.group).await?);
+    let mut coord = Rc::new(coordinator(&plan.addr, &group.group).await?);
     // Any partition may be assigned: a connection to every leader.
     let data = Fetcher::connect(plan.leaders.iter().map(String::as_str)).await?;
     let mut member_id = String::new();
     let mut idle_after_producers = 0;
+    let mut coordinator_moves = 0;
     'membership: loop {
-        let m = join(&coord, &plan, &group, &mut member_id).await?;
+        let m = match join(&coord, &plan, &group, &mut member_id).await? {
+            Joined::Member(m) => {
+                coordinator_moves = 0;
+                m
+            }
+            Joined::CoordinatorMoved if coordinator_moves < COORDINATOR_RETRIES => {
+                coordinator_moves += 1;
+                glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
+                coord = Rc::new(coordinator(&plan.addr, &group.group).await?);
+                continue 'membership;
+            }
+            Joined::CoordinatorMoved => bail!("group {}: the coordinator kept moving", group.group),
+        };
         let mut offsets = resume_offsets(&coord, &plan, &group.group, &m.partitions).await?;
         let rebalancing = Rc::new(Cell::new(false));
         let heartbeats = glommio::spawn_local(heartbeat(
@@ -363,14 +397,23 @@ pub struct CommitPlan {
 }
 
 /// Sends simple-consumer OffsetCommits (one partition each, offsets rising),
-/// `max_inflight` at a time, and times each.
+/// `max_inflight` at a time, and times each. A commit answered "not the
+/// coordinator" is sent again to the coordinator found anew.
 pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>, stats: ThreadStats) -> Result<()> {
-    let coord = Rc::new(coordinator(&plan.addr, &plan.group).await?);
+    let coord = Rc::new(RefCell::new(Rc::new(coordinator(&plan.addr, &plan.group).await?)));
+    let coordinator_moves = Rc::new(Cell::new(0u32));
     let next = Rc::new(Cell::new(0u64));
-    let failure: Rc<std::cell::RefCell<Option<anyhow::Error>>> = Rc::default();
+    let failure: Rc<RefCell<Option<anyhow::Error>>> = Rc::default();
     let lanes = (0..plan.max_inflight.max(1)).map(|_| {
-        let (coord, stats, next, plan, shared, failure) =
-            (coord.clone(), stats.clone(), next.clone(), plan.clone(), shared.clone(), failure.clone());
+        let (coord, coordinator_moves, stats, next, plan, shared, failure) = (
+            coord.clone(),
+            coordinator_moves.clone(),
+            stats.clone(),
+            next.clone(),
+            plan.clone(),
+            shared.clone(),
+            failure.clone(),
+        );
         async move {
             let member = Membership { member_id: String::new(), generation: -1, partitions: Vec::new() };
             loop {
@@ -385,12 +428,27 @@ pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>, stats: ThreadS
                 next.set(i + 1);
                 let partition = (i % plan.partitions as u64) as i32;
                 let req = commit_request(&plan.group, &plan.topic, &member, &[(partition, i as i64)]);
-                let started = Instant::now();
-                let resp = coord.call::<_, OffsetCommitResponse>(ApiKey::OffsetCommit, 7, &req).await;
-                let code =
-                    resp.map(|r| r.topics.first().and_then(|t| t.partitions.first()).map_or(0, |p| p.error_code));
-                match code.and_then(|c| check(c, "offset commit")) {
-                    Ok(()) => {
+                let committed = loop {
+                    let started = Instant::now();
+                    let conn = coord.borrow().clone();
+                    let resp = conn.call::<_, OffsetCommitResponse>(ApiKey::OffsetCommit, 7, &req).await;
+                    let code =
+                        resp.map(|r| r.topics.first().and_then(|t| t.partitions.first()).map_or(0, |p| p.error_code));
+                    match code {
+                        Ok(c) if coordinator_moved(c) && coordinator_moves.get() < COORDINATOR_RETRIES => {
+                            coordinator_moves.set(coordinator_moves.get() + 1);
+                            glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
+                            match coordinator(&plan.addr, &plan.group).await {
+                                Ok(found) => *coord.borrow_mut() = Rc::new(found),
+                                Err(e) => break Err(e),
+                            }
+                        }
+                        code => break code.and_then(|c| check(c, "offset commit")).map(|()| started),
+                    }
+                };
+                match committed {
+                    Ok(started) => {
+                        coordinator_moves.set(0);
                         let mut stats = stats.borrow_mut();
                         let at = shared.started.elapsed();
                         stats.latency(at, started.elapsed().as_micros() as u64, 1);
