@@ -82,8 +82,8 @@ impl Health {
 
 /// Binds `admin_listen` and serves it on this shard until the task is dropped.
 /// Err: the address cannot be bound (the caller says so and exits).
-pub fn start(broker: Rc<Broker>, health: Arc<Health>) -> std::io::Result<glommio::Task<()>> {
-    let listener = crate::server::bind_exclusive(&broker.config.admin_listen)?;
+pub async fn start(broker: Rc<Broker>, health: Arc<Health>) -> std::io::Result<glommio::Task<()>> {
+    let listener = crate::server::bind_exclusive(&broker.config.admin_listen).await?;
     let addr = listener.local_addr().map_or_else(|_| broker.config.admin_listen.clone(), |a| a.to_string());
     info!(admin = %addr, "admin endpoint up: /metrics /v1/health /v1/ready /v1/status /v1/log-level");
     let queue = glommio::executor().create_task_queue(

@@ -78,7 +78,8 @@ pub async fn run_shard(
 ) {
     let broker = Rc::new(Broker::new(shard.id, shard.count, config.clone(), shard.mailbox.clone()));
     // First, so that health answers while the shards recover their logs.
-    let admin = (shard.id == crate::broker::admin::CONTROLLER_SHARD).then(|| start_admin(&broker, &health)).flatten();
+    let admin =
+        if shard.id == crate::broker::admin::CONTROLLER_SHARD { start_admin(&broker, &health).await } else { None };
     if let Err(e) = crate::storage::segment::probe_device(&config.data_dir, shard.id).await {
         error!("data directory {} is not usable: {e}", config.data_dir.display());
         std::process::exit(1);
@@ -129,25 +130,42 @@ pub async fn run_shard(
     drop(admin);
 }
 
-/// Starts the admin HTTP endpoint (unless `admin_listen` is ""); exits the
-/// process if its address cannot be bound, as for the Kafka listener.
 /// Binds a listener that only this socket may serve: without SO_REUSEPORT,
 /// which glommio's `bind` sets for the shards' shared Kafka port. A single
 /// listener (admin, controller) bound with it would let another process's
 /// SO_REUSEPORT listener (a second broker's shards) join its port and take a
 /// share of its connections; without it, that bind fails with EADDRINUSE.
-pub fn bind_exclusive(addr: &str) -> std::io::Result<TcpListener> {
-    // std binds with SO_REUSEADDR only (connections in TIME_WAIT pass).
-    let listener = std::net::TcpListener::bind(addr)?;
-    // SAFETY: the descriptor is bound and listening, and glommio takes it over.
-    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
+///
+/// A port still held waits up to `EXCLUSIVE_BIND_WAIT_MS`: a broker restarted
+/// on it the moment the last one exited finds that one's listener still
+/// there, until the kernel tears down what its io_uring held.
+pub async fn bind_exclusive(addr: &str) -> std::io::Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_millis(EXCLUSIVE_BIND_WAIT_MS);
+    loop {
+        // std binds with SO_REUSEADDR only (connections in TIME_WAIT pass).
+        match std::net::TcpListener::bind(addr) {
+            // SAFETY: the descriptor is bound and listening, and glommio takes it over.
+            Ok(listener) => return Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) }),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                glommio::timer::sleep(Duration::from_millis(EXCLUSIVE_BIND_RETRY_MS)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
-fn start_admin(broker: &Rc<Broker>, health: &Arc<Health>) -> Option<glommio::Task<()>> {
+/// How long `bind_exclusive` waits for a port held by a listener going away,
+/// and how often it tries again meanwhile.
+const EXCLUSIVE_BIND_WAIT_MS: u64 = 2_000;
+const EXCLUSIVE_BIND_RETRY_MS: u64 = 20;
+
+/// Starts the admin HTTP endpoint (unless `admin_listen` is ""); exits the
+/// process if its address cannot be bound, as for the Kafka listener.
+async fn start_admin(broker: &Rc<Broker>, health: &Arc<Health>) -> Option<glommio::Task<()>> {
     if broker.config.admin_listen.is_empty() {
         return None;
     }
-    match crate::admin_http::start(broker.clone(), health.clone()) {
+    match crate::admin_http::start(broker.clone(), health.clone()).await {
         Ok(task) => Some(task),
         Err(e) => {
             error!(admin_listen = %broker.config.admin_listen, "cannot serve the admin endpoint: {e}; free the port or change admin_listen");

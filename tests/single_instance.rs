@@ -127,6 +127,26 @@ fn admin_and_controller_ports_cannot_be_joined_by_another_listener() {
     broker.stop();
 }
 
+/// A broker stopped and started again at once, on the same ports, comes up
+/// every time: its admin endpoint waits out the last process's listener,
+/// which the kernel tears down a moment after that process has exited.
+#[test]
+fn a_broker_restarted_at_once_gets_its_admin_port_back() {
+    use std::io::{Read, Write};
+    let dir = temp_dir("restart-admin");
+    let (port, admin) = (free_port(), free_port());
+    let admin_listen = format!("admin_listen=127.0.0.1:{admin}");
+    for round in 0..10 {
+        let broker = TestBroker::start_on(&dir, port, &[&admin_listen]);
+        let mut http = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        http.write_all(b"GET /v1/health HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        http.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "round {round}: {answer}");
+        broker.stop();
+    }
+}
+
 #[test]
 fn meta_properties_pins_the_node_id() {
     let dir = temp_dir("meta");

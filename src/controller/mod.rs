@@ -236,6 +236,7 @@ impl Controller {
         broker.install_everywhere(Arc::new(image)).await;
         if voters.len() > 1 || !config.controller_listen.is_empty() {
             let listener = crate::server::bind_exclusive(&me.addr)
+                .await
                 .map_err(|e| anyhow::anyhow!("cannot listen for controller traffic on {}: {e}", me.addr))?;
             glommio::spawn_local(transport::serve(listener, controller.clone())).detach();
         }

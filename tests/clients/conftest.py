@@ -21,14 +21,20 @@ SHARDS = 2
 
 
 def _port_candidates():
-    """Ports below the kernel's ephemeral range, from a per-process start."""
+    """Up to 12,000 ports just below the kernel's ephemeral range, or just
+    above it when there is more room there, cycled from a per-process start."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            ephemeral_low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    first = max(ephemeral_low - 12000, 1024)
-    count = max(ephemeral_low - first, 1)
+            low, high = (int(n) for n in f.read().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    below, above = max(low - 1024, 0), max(65535 - high, 0)
+    if below >= above:
+        count = max(min(below, 12000), 1)
+        first = low - count
+    else:
+        count = min(above, 12000)
+        first = high + 1
     start = os.getpid() * 7919 % count
     return (first + (start + i) % count for i in itertools.count())
 
@@ -37,10 +43,10 @@ _PORTS = _port_candidates()
 
 
 def free_port():
-    """A loopback port free now, picked below the ephemeral range and never
+    """A loopback port free now, picked outside the ephemeral range and never
     twice in this process: a port picked by binding port 0 could be handed by
     the kernel to a broker's port-0 admin listener before the broker meant to
-    have it binds it; below the range no port-0 bind can take it."""
+    have it binds it; outside the range no port-0 bind can take it."""
     for port in itertools.islice(_PORTS, 12000):
         with socket.socket() as s:
             try:
@@ -48,7 +54,7 @@ def free_port():
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free loopback port below the ephemeral range")
+    raise RuntimeError("no free loopback port outside the ephemeral range")
 
 
 def answers(port):
@@ -63,23 +69,25 @@ def answers(port):
 
 def node_metadata(port, topics=None):
     """(controller id, {broker id: port}, {topic: {partition: leader}}) as the
-    broker listening on `port` itself reports it, from a Metadata v1 request
+    broker listening on `port` itself reports it (topics it answers with an
+    error left out), from a Metadata request
     on a raw socket; `topics` None asks for every topic. Kafka clients send a
     metadata query to any broker they have learned of, not necessarily the
-    one they were given, so they cannot ask one node for its own view."""
+    one they were given, so they cannot ask one node for its own view.
+    Version 4, so that asking for a topic never creates it."""
     names = b"".join(struct.pack(">h", len(t)) + t.encode() for t in topics or ())
     wanted = struct.pack(">i", -1) if topics is None else struct.pack(">i", len(topics)) + names
-    body = struct.pack(">hhih", 3, 1, 1, 4) + b"test" + wanted
+    body = struct.pack(">hhih", 3, 4, 1, 4) + b"test" + wanted + struct.pack(">?", False)  # no auto-creation
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(struct.pack(">i", len(body)) + body)
         (size,) = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))
         answer = sock.recv(size, socket.MSG_WAITALL)
     assert len(answer) == size, f"the broker on port {port} closed the connection mid-answer"
-    return MetadataV1Answer(answer).read()
+    return MetadataV4Answer(answer).read()
 
 
-class MetadataV1Answer:
-    """Reads a Metadata v1 answer whole; leftover bytes fail it."""
+class MetadataV4Answer:
+    """Reads a Metadata v4 answer whole; leftover bytes fail it."""
 
     def __init__(self, answer):
         self.answer, self.at = answer, 4  # past the correlation id
@@ -96,11 +104,13 @@ class MetadataV1Answer:
 
     def read(self):
         brokers, topics = {}, {}
+        self.take(">i")  # throttle_time_ms
         for _ in range(self.take(">i")[0]):
             (node_id,) = self.take(">i")
             self.string()  # host
             (brokers[node_id],) = self.take(">i")
             self.string()  # rack
+        self.string()  # cluster_id
         (controller,) = self.take(">i")
         for _ in range(self.take(">i")[0]):
             (error,) = self.take(">h")

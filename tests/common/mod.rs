@@ -28,19 +28,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// Shards of every test broker: more than one, so cross-shard paths are tested.
 const SHARDS: usize = 2;
 
-/// A loopback port free now, picked below the kernel's ephemeral range and
+/// A loopback port free now, picked outside the kernel's ephemeral range and
 /// never twice in one test process. A port picked by binding port 0 could be
 /// handed by the kernel to another broker's port-0 listener (its admin
-/// endpoint, an embedded bench) before this broker binds it; below the range
-/// no port-0 bind can take it, and the counter keeps parallel tests apart.
+/// endpoint, an embedded bench) before this broker binds it; outside the
+/// range no port-0 bind can take it, and the counter keeps parallel tests apart.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    let first = ephemeral_low.saturating_sub(12_000).max(1_024);
-    let count = ephemeral_low.saturating_sub(first).max(1);
+    let (first, count) = ports_outside_ephemeral_range();
     // Test binaries run one after another, each from its own starting point.
     let start = std::process::id().wrapping_mul(7_919) % count;
     for _ in 0..count {
@@ -50,6 +45,22 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port in {first}..{}", first + count);
+}
+
+/// Up to 12,000 ports just below the ephemeral range, or just above it when
+/// there is more room there: (first port, how many).
+fn ports_outside_ephemeral_range() -> (u32, u32) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = range.split_whitespace().filter_map(|n| n.parse::<u32>().ok());
+    let (low, high) = (bounds.next().unwrap_or(32_768), bounds.next().unwrap_or(60_999));
+    let below = low.saturating_sub(1_024);
+    let above = 65_535u32.saturating_sub(high);
+    if below >= above {
+        let count = below.clamp(1, 12_000);
+        (low - count, count)
+    } else {
+        (high + 1, above.min(12_000))
+    }
 }
 
 /// The `--set` that gives a broker's admin endpoint its own free port.
@@ -89,15 +100,16 @@ impl TestBroker {
         }
         cmd.envs(env.iter().copied());
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn spate");
-        let broker = TestBroker { child: Some(child), addr, dir: dir.to_path_buf() };
+        let mut broker = TestBroker { child: Some(child), addr, dir: dir.to_path_buf() };
         broker.wait_ready(log_start);
         broker
     }
 
     /// Waits until this run (its log from `log_start` on) has every shard listening.
-    fn wait_ready(&self, log_start: usize) {
+    fn wait_ready(&mut self, log_start: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            assert!(self.is_running(), "broker at {} exited at start; log:\n{}", self.addr, self.log());
             // Every shard binds its own listener; until all have, descriptor
             // counts and connection placement are not yet those of a running broker.
             let log = self.log();
