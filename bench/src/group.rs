@@ -257,8 +257,17 @@ fn commit_request(group: &str, topic: &str, m: &Membership, offsets: &[(i32, i64
     req
 }
 
-/// Commits `offsets`, timing the round trip; false if the group moved on
-/// or its coordinator did (the member rejoins, finding it again if need be).
+/// What a commit ends in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    Done,
+    /// The group rebalanced or fenced this member: rejoin.
+    GroupMovedOn,
+    /// The connection is not to the coordinator: find it again, rejoin.
+    CoordinatorMoved,
+}
+
+/// Commits `offsets`, timing the round trip of a commit that lands.
 async fn commit(
     coord: &Conn,
     plan: &ConsumerPlan,
@@ -267,26 +276,35 @@ async fn commit(
     offsets: &[(i32, i64)],
     stats: &ThreadStats,
     shared: &Shared,
-) -> Result<bool> {
+) -> Result<Committed> {
     if offsets.is_empty() {
-        return Ok(true);
+        return Ok(Committed::Done);
     }
     let started = Instant::now();
     let resp: OffsetCommitResponse =
         coord.call(ApiKey::OffsetCommit, 7, &commit_request(group, &plan.topic, m, offsets)).await?;
     let took = started.elapsed().as_micros() as u64;
-    stats.borrow_mut().commit_latency.record(shared.started.elapsed(), took, 1);
     for code in resp.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.error_code)) {
         if code == ResponseError::RebalanceInProgress.code()
             || code == ResponseError::IllegalGeneration.code()
             || code == ResponseError::UnknownMemberId.code()
-            || coordinator_moved(code)
         {
-            return Ok(false);
+            return Ok(Committed::GroupMovedOn);
+        }
+        if coordinator_moved(code) {
+            return Ok(Committed::CoordinatorMoved);
         }
         check(code, "offset commit")?;
     }
-    Ok(true)
+    stats.borrow_mut().commit_latency.record(shared.started.elapsed(), took, 1);
+    Ok(Committed::Done)
+}
+
+/// Finds `group`'s coordinator again after a pause, as a Kafka client does
+/// once told the one it had is not (or no longer) it.
+async fn find_coordinator_again(addr: &str, group: &str) -> Result<Rc<Conn>> {
+    glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
+    Ok(Rc::new(coordinator(addr, group).await?))
 }
 
 /// A group member: consumes its assignment, commits every
@@ -302,17 +320,15 @@ pub async fn run_group_consumer(
     let data = Fetcher::connect(plan.leaders.iter().map(String::as_str)).await?;
     let mut member_id = String::new();
     let mut idle_after_producers = 0;
+    // Times in a row the coordinator was found to have moved, at a join or
+    // a commit; reset by a commit that lands.
     let mut coordinator_moves = 0;
     'membership: loop {
         let m = match join(&coord, &plan, &group, &mut member_id).await? {
-            Joined::Member(m) => {
-                coordinator_moves = 0;
-                m
-            }
+            Joined::Member(m) => m,
             Joined::CoordinatorMoved if coordinator_moves < COORDINATOR_RETRIES => {
                 coordinator_moves += 1;
-                glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
-                coord = Rc::new(coordinator(&plan.addr, &group.group).await?);
+                coord = find_coordinator_again(&plan.addr, &group.group).await?;
                 continue 'membership;
             }
             Joined::CoordinatorMoved => bail!("group {}: the coordinator kept moving", group.group),
@@ -333,14 +349,25 @@ pub async fn run_group_consumer(
                 || idle_after_producers >= 5
                 || shared.stopping();
             if finished || rebalancing.get() || last_commit.elapsed() >= group.commit_interval {
-                let current = commit(&coord, &plan, &group.group, &m, &offsets, &stats, &shared).await?;
+                let committed = commit(&coord, &plan, &group.group, &m, &offsets, &stats, &shared).await?;
                 last_commit = Instant::now();
                 if finished {
                     drop(heartbeats);
                     leave(&coord, &group.group, &m.member_id).await?;
                     break 'membership;
                 }
-                if !current || rebalancing.get() {
+                match committed {
+                    Committed::Done => coordinator_moves = 0,
+                    Committed::GroupMovedOn => {}
+                    Committed::CoordinatorMoved if coordinator_moves < COORDINATOR_RETRIES => {
+                        coordinator_moves += 1;
+                        drop(heartbeats);
+                        coord = find_coordinator_again(&plan.addr, &group.group).await?;
+                        continue 'membership;
+                    }
+                    Committed::CoordinatorMoved => bail!("group {}: the coordinator kept moving", group.group),
+                }
+                if committed != Committed::Done || rebalancing.get() {
                     drop(heartbeats);
                     continue 'membership;
                 }
@@ -396,24 +423,54 @@ pub struct CommitPlan {
     pub max_inflight: usize,
 }
 
+/// The coordinator connection the committer's lanes share, found again
+/// once for all of them when it answers "not the coordinator".
+struct SharedCoordinator {
+    conn: RefCell<Rc<Conn>>,
+    /// A lane is finding the coordinator: the others wait for it.
+    finding: Cell<bool>,
+    /// Times in a row it was found to have moved; reset by a commit that lands.
+    moves: Cell<u32>,
+}
+
+impl SharedCoordinator {
+    /// `answered_by` said it is not the coordinator: unless another lane
+    /// has already replaced it (or is replacing it), find the coordinator
+    /// again. Ok when the commit should be sent again.
+    async fn moved(&self, answered_by: &Rc<Conn>, plan: &CommitPlan) -> Result<()> {
+        if !Rc::ptr_eq(&self.conn.borrow(), answered_by) {
+            return Ok(());
+        }
+        if self.finding.get() {
+            glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
+            return Ok(());
+        }
+        if self.moves.get() >= COORDINATOR_RETRIES {
+            bail!("group {}: the coordinator kept moving", plan.group);
+        }
+        self.moves.set(self.moves.get() + 1);
+        self.finding.set(true);
+        let found = find_coordinator_again(&plan.addr, &plan.group).await;
+        self.finding.set(false);
+        *self.conn.borrow_mut() = found?;
+        Ok(())
+    }
+}
+
 /// Sends simple-consumer OffsetCommits (one partition each, offsets rising),
 /// `max_inflight` at a time, and times each. A commit answered "not the
 /// coordinator" is sent again to the coordinator found anew.
 pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>, stats: ThreadStats) -> Result<()> {
-    let coord = Rc::new(RefCell::new(Rc::new(coordinator(&plan.addr, &plan.group).await?)));
-    let coordinator_moves = Rc::new(Cell::new(0u32));
+    let coord = Rc::new(SharedCoordinator {
+        conn: RefCell::new(Rc::new(coordinator(&plan.addr, &plan.group).await?)),
+        finding: Cell::new(false),
+        moves: Cell::new(0),
+    });
     let next = Rc::new(Cell::new(0u64));
     let failure: Rc<RefCell<Option<anyhow::Error>>> = Rc::default();
     let lanes = (0..plan.max_inflight.max(1)).map(|_| {
-        let (coord, coordinator_moves, stats, next, plan, shared, failure) = (
-            coord.clone(),
-            coordinator_moves.clone(),
-            stats.clone(),
-            next.clone(),
-            plan.clone(),
-            shared.clone(),
-            failure.clone(),
-        );
+        let (coord, stats, next, plan, shared, failure) =
+            (coord.clone(), stats.clone(), next.clone(), plan.clone(), shared.clone(), failure.clone());
         async move {
             let member = Membership { member_id: String::new(), generation: -1, partitions: Vec::new() };
             loop {
@@ -428,35 +485,19 @@ pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>, stats: ThreadS
                 next.set(i + 1);
                 let partition = (i % plan.partitions as u64) as i32;
                 let req = commit_request(&plan.group, &plan.topic, &member, &[(partition, i as i64)]);
-                let committed = loop {
-                    let started = Instant::now();
-                    let conn = coord.borrow().clone();
-                    let resp = conn.call::<_, OffsetCommitResponse>(ApiKey::OffsetCommit, 7, &req).await;
-                    let code =
-                        resp.map(|r| r.topics.first().and_then(|t| t.partitions.first()).map_or(0, |p| p.error_code));
-                    match code {
-                        Ok(c) if coordinator_moved(c) && coordinator_moves.get() < COORDINATOR_RETRIES => {
-                            coordinator_moves.set(coordinator_moves.get() + 1);
-                            glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
-                            match coordinator(&plan.addr, &plan.group).await {
-                                Ok(found) => *coord.borrow_mut() = Rc::new(found),
-                                Err(e) => break Err(e),
-                            }
-                        }
-                        code => break code.and_then(|c| check(c, "offset commit")).map(|()| started),
-                    }
-                };
-                match committed {
-                    Ok(started) => {
-                        coordinator_moves.set(0);
+                match commit_once_landed(&coord, &plan, &req).await {
+                    Ok(took) => {
+                        coord.moves.set(0);
                         let mut stats = stats.borrow_mut();
                         let at = shared.started.elapsed();
-                        stats.latency(at, started.elapsed().as_micros() as u64, 1);
+                        stats.latency(at, took.as_micros() as u64, 1);
                         stats.count(at, 1, 0);
                         stats.flush_live(&shared.live, false);
                         shared.done.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => *failure.borrow_mut() = Some(e),
+                    Err(e) => {
+                        failure.borrow_mut().get_or_insert(e);
+                    }
                 }
             }
         }
@@ -466,6 +507,27 @@ pub async fn run_committer(plan: CommitPlan, shared: Arc<Shared>, stats: ThreadS
         return Err(e);
     }
     Ok(())
+}
+
+/// Sends `req` until the coordinator takes it (finding the coordinator
+/// again while it answers that it is not); the round trip that landed.
+/// Bounded: every resend follows a find (counted in `moves`) or waits for one.
+async fn commit_once_landed(
+    coord: &SharedCoordinator,
+    plan: &CommitPlan,
+    req: &OffsetCommitRequest,
+) -> Result<Duration> {
+    loop {
+        let started = Instant::now();
+        let conn = coord.conn.borrow().clone();
+        let resp: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 7, req).await?;
+        let code = resp.topics.first().and_then(|t| t.partitions.first()).map_or(0, |p| p.error_code);
+        if !coordinator_moved(code) {
+            check(code, "offset commit")?;
+            return Ok(started.elapsed());
+        }
+        coord.moved(&conn, plan).await?;
+    }
 }
 
 #[cfg(test)]
