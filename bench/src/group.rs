@@ -301,8 +301,13 @@ async fn commit(
 }
 
 /// Finds `group`'s coordinator again after a pause, as a Kafka client does
-/// once told the one it had is not (or no longer) it.
-async fn find_coordinator_again(addr: &str, group: &str) -> Result<Rc<Conn>> {
+/// once told the one it had is not (or no longer) it. `moves` counts the
+/// moves seen in a row: past COORDINATOR_RETRIES the run fails.
+async fn find_coordinator_again(addr: &str, group: &str, moves: &mut u32) -> Result<Rc<Conn>> {
+    if *moves >= COORDINATOR_RETRIES {
+        bail!("group {group}: the coordinator kept moving");
+    }
+    *moves += 1;
     glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
     Ok(Rc::new(coordinator(addr, group).await?))
 }
@@ -326,12 +331,10 @@ pub async fn run_group_consumer(
     'membership: loop {
         let m = match join(&coord, &plan, &group, &mut member_id).await? {
             Joined::Member(m) => m,
-            Joined::CoordinatorMoved if coordinator_moves < COORDINATOR_RETRIES => {
-                coordinator_moves += 1;
-                coord = find_coordinator_again(&plan.addr, &group.group).await?;
+            Joined::CoordinatorMoved => {
+                coord = find_coordinator_again(&plan.addr, &group.group, &mut coordinator_moves).await?;
                 continue 'membership;
             }
-            Joined::CoordinatorMoved => bail!("group {}: the coordinator kept moving", group.group),
         };
         let mut offsets = resume_offsets(&coord, &plan, &group.group, &m.partitions).await?;
         let rebalancing = Rc::new(Cell::new(false));
@@ -356,19 +359,14 @@ pub async fn run_group_consumer(
                     leave(&coord, &group.group, &m.member_id).await?;
                     break 'membership;
                 }
-                match committed {
-                    Committed::Done => coordinator_moves = 0,
-                    Committed::GroupMovedOn => {}
-                    Committed::CoordinatorMoved if coordinator_moves < COORDINATOR_RETRIES => {
-                        coordinator_moves += 1;
-                        drop(heartbeats);
-                        coord = find_coordinator_again(&plan.addr, &group.group).await?;
-                        continue 'membership;
-                    }
-                    Committed::CoordinatorMoved => bail!("group {}: the coordinator kept moving", group.group),
+                if committed == Committed::Done {
+                    coordinator_moves = 0;
                 }
                 if committed != Committed::Done || rebalancing.get() {
                     drop(heartbeats);
+                    if committed == Committed::CoordinatorMoved {
+                        coord = find_coordinator_again(&plan.addr, &group.group, &mut coordinator_moves).await?;
+                    }
                     continue 'membership;
                 }
             }
@@ -445,13 +443,11 @@ impl SharedCoordinator {
             glommio::timer::sleep(COORDINATOR_RETRY_BACKOFF).await;
             return Ok(());
         }
-        if self.moves.get() >= COORDINATOR_RETRIES {
-            bail!("group {}: the coordinator kept moving", plan.group);
-        }
-        self.moves.set(self.moves.get() + 1);
+        let mut moves = self.moves.get();
         self.finding.set(true);
-        let found = find_coordinator_again(&plan.addr, &plan.group).await;
+        let found = find_coordinator_again(&plan.addr, &plan.group, &mut moves).await;
         self.finding.set(false);
+        self.moves.set(moves);
         *self.conn.borrow_mut() = found?;
         Ok(())
     }
